@@ -1,0 +1,3 @@
+//! The cluster model: Kubernetes objects in, an immutable indexed snapshot out.
+
+pub mod objects;
