@@ -1,3 +1,15 @@
 //! The cluster model: Kubernetes objects in, an immutable indexed snapshot out.
+//!
+//! ```text
+//!  files (kubectl -o yaml)  ─┐
+//!                            ├─> Store (stripped objects) ─> Snapshot (indexes) ─> ClusterView
+//!  API server (list/watch) ──┘                                 (ArcSwap, read by every query)
+//! ```
 
+pub mod model;
 pub mod objects;
+pub mod snapshot;
+pub mod view;
+
+pub use snapshot::{Snapshot, Store};
+pub use view::ClusterView;

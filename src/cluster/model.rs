@@ -1,0 +1,355 @@
+//! The stripped object types DNS needs ("only the items we need", as CoreDNS says), converted
+//! from the k8s-openapi API types. Everything else of an object is dropped on arrival, which is
+//! what keeps memory small in clusters with 100 000 pods.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The node label Fargate sets on micro-VM nodes.
+pub const COMPUTE_TYPE_LABEL: &str = "eks.amazonaws.com/compute-type";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceKind {
+    ClusterIp,
+    Headless,
+    ExternalName,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn parse(s: Option<&str>) -> Protocol {
+        match s.map(|s| s.to_ascii_uppercase()).as_deref() {
+            Some("UDP") => Protocol::Udp,
+            Some("SCTP") => Protocol::Sctp,
+            _ => Protocol::Tcp, // the API default
+        }
+    }
+
+    /// The label form used in SRV names (`_tcp`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Port {
+    /// Empty for an unnamed port.
+    pub name: Box<str>,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub namespace: Box<str>,
+    pub name: Box<str>,
+    pub kind: ServiceKind,
+    /// `spec.clusterIPs` (or `spec.clusterIP`), in the API's order; empty when headless.
+    pub cluster_ips: Vec<IpAddr>,
+    pub external_name: Option<Box<str>>,
+    pub ports: Vec<Port>,
+    pub publish_not_ready: bool,
+    pub has_selector: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addresses: Vec<IpAddr>,
+    /// `conditions.ready`; absent counts as ready.
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub hostname: Option<Box<str>>,
+    /// `targetRef.name` when the target is a Pod.
+    pub pod_name: Option<Box<str>>,
+    pub node_name: Option<Box<str>>,
+    pub zone: Option<Box<str>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSlice {
+    pub namespace: Box<str>,
+    pub name: Box<str>,
+    /// The service this slice belongs to (its `kubernetes.io/service-name` label).
+    pub service: Box<str>,
+    pub endpoints: Vec<Endpoint>,
+    pub ports: Arc<[Port]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: Box<str>,
+    pub name: Box<str>,
+    pub ips: Vec<IpAddr>,
+    pub node_name: Option<Box<str>>,
+    pub hostname: Option<Box<str>>,
+    pub subdomain: Option<Box<str>>,
+    /// Kept for Fargate profile selection (which selects by labels).
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: Box<str>,
+    /// Runs a single micro-VM pod (Fargate), not an EC2 worker.
+    pub micro_vm: bool,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: Box<str>,
+    pub labels: BTreeMap<String, String>,
+}
+
+fn boxed(s: &str) -> Box<str> {
+    s.into()
+}
+
+fn ips<'a>(values: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for v in values {
+        if let Ok(ip) = v.trim().parse::<IpAddr>() {
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+    }
+    out
+}
+
+impl Service {
+    /// None when the object has no name (nothing DNS could serve).
+    pub fn from_api(svc: &core::Service) -> Option<Service> {
+        let name = svc.metadata.name.as_deref()?;
+        let namespace = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let spec = svc.spec.clone().unwrap_or_default();
+        let kind = if spec.type_.as_deref() == Some("ExternalName") {
+            ServiceKind::ExternalName
+        } else if spec.cluster_ip.as_deref() == Some("None")
+            || spec
+                .cluster_ips
+                .as_ref()
+                .is_some_and(|v| v.first().map(String::as_str) == Some("None"))
+        {
+            ServiceKind::Headless
+        } else {
+            ServiceKind::ClusterIp
+        };
+        let cluster_ips = match kind {
+            ServiceKind::ClusterIp => match &spec.cluster_ips {
+                Some(list) if !list.is_empty() => ips(list),
+                _ => ips(spec.cluster_ip.iter()),
+            },
+            _ => Vec::new(),
+        };
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                Some(Port {
+                    name: boxed(p.name.as_deref().unwrap_or("")),
+                    protocol: Protocol::parse(p.protocol.as_deref()),
+                    port: u16::try_from(p.port).ok()?,
+                })
+            })
+            .collect();
+        Some(Service {
+            namespace: boxed(namespace),
+            name: boxed(name),
+            kind,
+            cluster_ips,
+            external_name: spec
+                .external_name
+                .as_deref()
+                .filter(|_| kind == ServiceKind::ExternalName)
+                .map(|n| boxed(n.trim_end_matches('.'))),
+            ports,
+            publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
+            has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
+        })
+    }
+}
+
+impl EndpointSlice {
+    pub fn from_api(slice: &discovery::EndpointSlice) -> Option<EndpointSlice> {
+        let name = slice.metadata.name.as_deref()?;
+        let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
+        let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+        if slice.address_type == "FQDN" {
+            return None; // deprecated, never served by CoreDNS either
+        }
+        let endpoints = slice
+            .endpoints
+            .iter()
+            .flatten()
+            .map(|e| {
+                let c = e.conditions.clone().unwrap_or_default();
+                Endpoint {
+                    addresses: ips(&e.addresses),
+                    ready: c.ready.unwrap_or(true),
+                    serving: c.serving.unwrap_or(true),
+                    terminating: c.terminating.unwrap_or(false),
+                    hostname: e.hostname.as_deref().map(boxed),
+                    pod_name: e
+                        .target_ref
+                        .as_ref()
+                        .filter(|r| r.kind.as_deref().unwrap_or("Pod") == "Pod")
+                        .and_then(|r| r.name.as_deref())
+                        .map(boxed),
+                    node_name: e.node_name.as_deref().map(boxed),
+                    zone: e.zone.as_deref().map(boxed),
+                }
+            })
+            .filter(|e| !e.addresses.is_empty())
+            .collect();
+        let ports: Vec<Port> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                Some(Port {
+                    name: boxed(p.name.as_deref().unwrap_or("")),
+                    protocol: Protocol::parse(p.protocol.as_deref()),
+                    port: u16::try_from(p.port?).ok()?,
+                })
+            })
+            .collect();
+        Some(EndpointSlice {
+            namespace: boxed(namespace),
+            name: boxed(name),
+            service: boxed(service),
+            endpoints,
+            ports: ports.into(),
+        })
+    }
+
+    /// v1 Endpoints as slices (one per subset), for services that have no EndpointSlice.
+    pub fn from_endpoints(ep: &core::Endpoints) -> Vec<EndpointSlice> {
+        let Some(name) = ep.metadata.name.as_deref() else {
+            return Vec::new();
+        };
+        let namespace = ep.metadata.namespace.as_deref().unwrap_or("default");
+        let mut out = Vec::new();
+        for (i, subset) in ep.subsets.iter().flatten().enumerate() {
+            let convert = |a: &core::EndpointAddress, ready: bool| Endpoint {
+                addresses: ips(std::iter::once(&a.ip)),
+                ready,
+                serving: ready,
+                terminating: false,
+                hostname: a.hostname.as_deref().map(boxed),
+                pod_name: a
+                    .target_ref
+                    .as_ref()
+                    .filter(|r| r.kind.as_deref().unwrap_or("Pod") == "Pod")
+                    .and_then(|r| r.name.as_deref())
+                    .map(boxed),
+                node_name: a.node_name.as_deref().map(boxed),
+                zone: None,
+            };
+            let endpoints = subset
+                .addresses
+                .iter()
+                .flatten()
+                .map(|a| convert(a, true))
+                .chain(
+                    subset
+                        .not_ready_addresses
+                        .iter()
+                        .flatten()
+                        .map(|a| convert(a, false)),
+                )
+                .filter(|e| !e.addresses.is_empty())
+                .collect();
+            let ports: Vec<Port> = subset
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| {
+                    Some(Port {
+                        name: boxed(p.name.as_deref().unwrap_or("")),
+                        protocol: Protocol::parse(p.protocol.as_deref()),
+                        port: u16::try_from(p.port).ok()?,
+                    })
+                })
+                .collect();
+            out.push(EndpointSlice {
+                namespace: boxed(namespace),
+                name: format!("{name}-v1-{i}").into(),
+                service: boxed(name),
+                endpoints,
+                ports: ports.into(),
+            });
+        }
+        out
+    }
+}
+
+impl Pod {
+    pub fn from_api(pod: &core::Pod) -> Option<Pod> {
+        let name = pod.metadata.name.as_deref()?;
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let spec = pod.spec.as_ref();
+        let status = pod.status.as_ref();
+        let mut addrs = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .map(|v| ips(v.iter().map(|p| &p.ip)))
+            .unwrap_or_default();
+        if addrs.is_empty() {
+            addrs = ips(status.and_then(|s| s.pod_ip.as_ref()));
+        }
+        // hostNetwork pods share the node's IP; they must not claim it in `pods verified`.
+        if spec.and_then(|s| s.host_network).unwrap_or(false) {
+            addrs.clear();
+        }
+        Some(Pod {
+            namespace: boxed(namespace),
+            name: boxed(name),
+            ips: addrs,
+            node_name: spec.and_then(|s| s.node_name.as_deref()).map(boxed),
+            hostname: spec.and_then(|s| s.hostname.as_deref()).map(boxed),
+            subdomain: spec.and_then(|s| s.subdomain.as_deref()).map(boxed),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+        })
+    }
+}
+
+impl Node {
+    pub fn from_api(node: &core::Node) -> Option<Node> {
+        let name = node.metadata.name.as_deref()?;
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        let micro_vm = labels.get(COMPUTE_TYPE_LABEL).map(String::as_str) == Some("fargate")
+            || name.starts_with("fargate-");
+        Some(Node {
+            name: boxed(name),
+            micro_vm,
+            labels,
+        })
+    }
+}
+
+impl Namespace {
+    pub fn from_api(ns: &core::Namespace) -> Option<Namespace> {
+        Some(Namespace {
+            name: boxed(ns.metadata.name.as_deref()?),
+            labels: ns.metadata.labels.clone().unwrap_or_default(),
+        })
+    }
+}

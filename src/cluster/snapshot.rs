@@ -1,0 +1,343 @@
+//! The store of stripped objects (changed by the sources) and the immutable, indexed snapshot
+//! built from it (read by every query). Queries are a few hash lookups into the snapshot; a
+//! change builds a new snapshot and swaps it in whole, so readers never wait for writers.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::model::{EndpointSlice, Namespace, Node, Pod, Port, Service, ServiceKind};
+use super::objects::ObjectSet;
+
+/// (namespace, name)
+pub type Key = (Box<str>, Box<str>);
+
+/// The DNS service whose addresses answer `ns.dns.<zone>` and the apex NS glue.
+pub const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
+
+/// Every object the sources know, stripped. Cloned (cheaply: values are `Arc`s) by sources
+/// that build a new snapshot while the old one serves.
+#[derive(Debug, Default, Clone)]
+pub struct Store {
+    pub namespaces: HashMap<Box<str>, Arc<Namespace>>,
+    pub services: HashMap<Key, Arc<Service>>,
+    pub slices: HashMap<Key, Arc<EndpointSlice>>,
+    /// v1 Endpoints converted to slices, keyed by service; used only for a service that has
+    /// no EndpointSlice, so dumps holding both never double an address.
+    pub legacy_endpoints: HashMap<Key, Vec<Arc<EndpointSlice>>>,
+    pub pods: HashMap<Key, Arc<Pod>>,
+    pub nodes: HashMap<Box<str>, Arc<Node>>,
+}
+
+fn key(ns: &str, name: &str) -> Key {
+    (ns.into(), name.into())
+}
+
+impl Store {
+    pub fn from_objects(objects: &ObjectSet) -> Store {
+        let mut store = Store::default();
+        for ns in objects.namespaces.iter().filter_map(Namespace::from_api) {
+            store.namespaces.insert(ns.name.clone(), Arc::new(ns));
+        }
+        for svc in objects.services.iter().filter_map(Service::from_api) {
+            store
+                .services
+                .insert(key(&svc.namespace, &svc.name), Arc::new(svc));
+        }
+        for slice in objects
+            .endpoint_slices
+            .iter()
+            .filter_map(EndpointSlice::from_api)
+        {
+            store
+                .slices
+                .insert(key(&slice.namespace, &slice.name), Arc::new(slice));
+        }
+        for ep in &objects.endpoints {
+            let slices = EndpointSlice::from_endpoints(ep);
+            if let Some(first) = slices.first() {
+                let k = key(&first.namespace, &first.service);
+                store
+                    .legacy_endpoints
+                    .insert(k, slices.into_iter().map(Arc::new).collect());
+            }
+        }
+        for pod in objects.pods.iter().filter_map(Pod::from_api) {
+            store
+                .pods
+                .insert(key(&pod.namespace, &pod.name), Arc::new(pod));
+        }
+        for node in objects.nodes.iter().filter_map(Node::from_api) {
+            store.nodes.insert(node.name.clone(), Arc::new(node));
+        }
+        store
+    }
+}
+
+/// One endpoint address of a service, merged over all its slices.
+#[derive(Debug, Clone)]
+pub struct EndpointEntry {
+    pub address: IpAddr,
+    /// Counts `publishNotReadyAddresses`: every endpoint of such a service is ready.
+    pub ready: bool,
+    /// The endpoint's own `hostname`, lowercased.
+    pub hostname: Option<Box<str>>,
+    /// The target pod's name, lowercased (for `endpoint_pod_names`).
+    pub pod_name: Option<Box<str>>,
+    /// The address with `.`/`:` replaced by `-` (`10-3-0-1`, `fd00--1` -> `fd00--1`).
+    pub dashed: Box<str>,
+    pub ports: Arc<[Port]>,
+    pub node_name: Option<Box<str>>,
+}
+
+impl EndpointEntry {
+    /// The name label of this endpoint: its hostname, else (with `endpoint_pod_names`) the pod
+    /// name when shorter than 64 characters, else the dashed IP.
+    pub fn label(&self, endpoint_pod_names: bool) -> &str {
+        if let Some(h) = &self.hostname {
+            return h;
+        }
+        if endpoint_pod_names {
+            if let Some(p) = self.pod_name.as_deref().filter(|p| p.len() < 64) {
+                return p;
+            }
+        }
+        &self.dashed
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceEntry {
+    pub service: Arc<Service>,
+    /// De-duplicated by address, in slice-name order for stable answers.
+    pub endpoints: Vec<EndpointEntry>,
+}
+
+impl ServiceEntry {
+    pub fn ready_endpoints(&self) -> impl Iterator<Item = &EndpointEntry> {
+        self.endpoints.iter().filter(|e| e.ready)
+    }
+}
+
+/// What a reverse lookup of an IP finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PtrTarget {
+    /// A service cluster IP: `<svc>.<ns>`.
+    Service {
+        service: Box<str>,
+        namespace: Box<str>,
+    },
+    /// An endpoint address: `<hostname>.<svc>.<ns>`, one per service selecting it.
+    Endpoint {
+        service: Box<str>,
+        namespace: Box<str>,
+        /// Index into the service's endpoints.
+        index: usize,
+    },
+}
+
+/// The immutable view every query reads. All keys are lowercase.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Unix time of the last change, the SOA serial.
+    pub serial: u32,
+    /// The first complete load has happened; until then NXDOMAIN becomes SERVFAIL.
+    pub synced: bool,
+    namespaces: HashSet<Box<str>>,
+    /// Keyed `<name>.<namespace>`, which is how the labels stand in a query name.
+    services: HashMap<Box<str>, ServiceEntry>,
+    ptr: HashMap<IpAddr, Vec<PtrTarget>>,
+    pods_by_ip: HashMap<IpAddr, Vec<Box<str>>>,
+    pub dns_service_ips: Vec<IpAddr>,
+    /// The store the snapshot was built from, for placement and debugging views.
+    pub store: Arc<Store>,
+}
+
+pub fn now_serial() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(1)
+}
+
+pub fn dashed_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string().replace('.', "-"),
+        IpAddr::V6(v6) => {
+            let mut s = v6.to_string().replace(':', "-");
+            if s.ends_with('-') {
+                s.push('0');
+            }
+            if s.starts_with('-') {
+                s.insert(0, '0');
+            }
+            s
+        }
+    }
+}
+
+fn lower(s: &str) -> Box<str> {
+    s.to_ascii_lowercase().into()
+}
+
+impl Snapshot {
+    pub fn build(store: Arc<Store>, serial: u32, synced: bool) -> Snapshot {
+        let mut namespaces: HashSet<Box<str>> = store.namespaces.keys().map(|n| lower(n)).collect();
+        let mut services: HashMap<Box<str>, ServiceEntry> =
+            HashMap::with_capacity(store.services.len());
+        for ((ns, name), svc) in &store.services {
+            namespaces.insert(lower(ns));
+            services.insert(
+                format!("{}.{}", name, ns).to_ascii_lowercase().into(),
+                ServiceEntry {
+                    service: svc.clone(),
+                    endpoints: Vec::new(),
+                },
+            );
+        }
+
+        // Slices in name order so that answers come out the same on every rebuild.
+        let mut slices: Vec<&Arc<EndpointSlice>> = store.slices.values().collect();
+        slices.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        let with_slices: HashSet<(&str, &str)> = slices
+            .iter()
+            .map(|s| (&*s.namespace, &*s.service))
+            .collect();
+        let mut legacy: Vec<(&Key, &Vec<Arc<EndpointSlice>>)> = store
+            .legacy_endpoints
+            .iter()
+            .filter(|((ns, svc), _)| !with_slices.contains(&(&**ns, &**svc)))
+            .collect();
+        legacy.sort_by(|a, b| a.0.cmp(b.0));
+        let all_slices = slices
+            .into_iter()
+            .chain(legacy.into_iter().flat_map(|(_, v)| v.iter()));
+
+        for slice in all_slices {
+            let k = format!("{}.{}", slice.service, slice.namespace).to_ascii_lowercase();
+            let Some(entry) = services.get_mut(k.as_str()) else {
+                continue; // a slice whose service is gone or not yet seen
+            };
+            let publish = entry.service.publish_not_ready;
+            for ep in &slice.endpoints {
+                for &address in &ep.addresses {
+                    if entry.endpoints.iter().any(|e| e.address == address) {
+                        continue;
+                    }
+                    entry.endpoints.push(EndpointEntry {
+                        address,
+                        ready: ep.ready || publish,
+                        hostname: ep.hostname.as_deref().map(lower),
+                        pod_name: ep.pod_name.as_deref().map(lower),
+                        dashed: dashed_ip(address).into(),
+                        ports: slice.ports.clone(),
+                        node_name: ep.node_name.clone(),
+                    });
+                }
+            }
+        }
+
+        let mut ptr: HashMap<IpAddr, Vec<PtrTarget>> = HashMap::new();
+        let mut keys: Vec<&Box<str>> = services.keys().collect();
+        keys.sort();
+        for k in &keys {
+            let entry = &services[*k];
+            for ip in &entry.service.cluster_ips {
+                ptr.entry(*ip).or_default().push(PtrTarget::Service {
+                    service: lower(&entry.service.name),
+                    namespace: lower(&entry.service.namespace),
+                });
+            }
+        }
+        for k in &keys {
+            let entry = &services[*k];
+            if entry.service.kind == ServiceKind::ExternalName {
+                continue;
+            }
+            for (index, ep) in entry.endpoints.iter().enumerate() {
+                if !ep.ready {
+                    continue;
+                }
+                let targets = ptr.entry(ep.address).or_default();
+                // Service cluster IPs are checked first: an IP that is a cluster IP answers
+                // only as the service.
+                if targets
+                    .iter()
+                    .any(|t| matches!(t, PtrTarget::Service { .. }))
+                {
+                    continue;
+                }
+                targets.push(PtrTarget::Endpoint {
+                    service: lower(&entry.service.name),
+                    namespace: lower(&entry.service.namespace),
+                    index,
+                });
+            }
+        }
+
+        let mut pods_by_ip: HashMap<IpAddr, Vec<Box<str>>> = HashMap::new();
+        for pod in store.pods.values() {
+            for ip in &pod.ips {
+                let list = pods_by_ip.entry(*ip).or_default();
+                let ns = lower(&pod.namespace);
+                if !list.contains(&ns) {
+                    list.push(ns);
+                }
+            }
+        }
+
+        let dns_service_ips = services
+            .get(format!("{}.{}", DNS_SERVICE.1, DNS_SERVICE.0).as_str())
+            .map(|e| e.service.cluster_ips.clone())
+            .unwrap_or_default();
+
+        Snapshot {
+            serial,
+            synced,
+            namespaces,
+            services,
+            ptr,
+            pods_by_ip,
+            dns_service_ips,
+            store,
+        }
+    }
+
+    /// An empty snapshot that has not synced: every would-be NXDOMAIN is SERVFAIL.
+    pub fn unsynced() -> Snapshot {
+        Snapshot {
+            serial: now_serial(),
+            ..Default::default()
+        }
+    }
+
+    /// `namespace` must be lowercase.
+    pub fn namespace_exists(&self, namespace: &str) -> bool {
+        self.namespaces.contains(namespace)
+    }
+
+    /// `key` is `<name>.<namespace>`, lowercase.
+    pub fn service(&self, key: &str) -> Option<&ServiceEntry> {
+        self.services.get(key)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &ServiceEntry> {
+        self.services.values()
+    }
+
+    pub fn ptr(&self, ip: &IpAddr) -> &[PtrTarget] {
+        self.ptr.get(ip).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Whether a pod with this IP exists in this (lowercase) namespace.
+    pub fn pod_ip_in_namespace(&self, ip: &IpAddr, namespace: &str) -> bool {
+        self.pods_by_ip
+            .get(ip)
+            .is_some_and(|list| list.iter().any(|n| &**n == namespace))
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+}
