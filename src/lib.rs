@@ -1,4 +1,6 @@
 //! clusterdns: a CoreDNS-compatible cluster DNS server for Kubernetes clusters whose pods run
 //! partly on worker nodes and partly in micro-VMs (EKS Fargate).
+pub mod app;
 pub mod cluster;
+pub mod dns;
 pub mod fargate;

@@ -6,6 +6,7 @@
 //!  API server (list/watch) ──┘                                 (ArcSwap, read by every query)
 //! ```
 
+pub mod file_source;
 pub mod model;
 pub mod objects;
 pub mod snapshot;

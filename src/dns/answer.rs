@@ -1,0 +1,33 @@
+//! What a handler produces: the sections of a response, before it meets the wire.
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::Record;
+
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    pub rcode: ResponseCode,
+    pub authoritative: bool,
+    pub recursion_available: bool,
+    pub answers: Vec<Record>,
+    pub authorities: Vec<Record>,
+    pub additionals: Vec<Record>,
+    /// The handler that wrote the reply (the `plugin` label of response metrics); empty when
+    /// the server itself answered.
+    pub plugin: &'static str,
+}
+
+impl Answer {
+    pub fn rcode(rcode: ResponseCode, plugin: &'static str) -> Answer {
+        Answer {
+            rcode,
+            plugin,
+            ..Default::default()
+        }
+    }
+
+    /// NXDOMAIN, or NOERROR with no answer (NODATA).
+    pub fn is_negative(&self) -> bool {
+        self.rcode == ResponseCode::NXDomain
+            || (self.rcode == ResponseCode::NoError && self.answers.is_empty())
+    }
+}

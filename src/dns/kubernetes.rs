@@ -1,0 +1,771 @@
+//! The `kubernetes` handler: `cluster.local` (and the reverse zones) answered from the
+//! snapshot, following the Kubernetes DNS specification (schema 1.1.0) and, where it is
+//! silent, CoreDNS's plugin/kubernetes (parse.go, kubernetes.go, reverse.go).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+use super::answer::Answer;
+use super::pipeline::{Flow, Handler, Request};
+use crate::cluster::model::{Port, ServiceKind};
+use crate::cluster::snapshot::{EndpointEntry, PtrTarget, ServiceEntry, Snapshot};
+use crate::cluster::ClusterView;
+
+const PLUGIN: &str = "kubernetes";
+/// dns-version TXT TTL, fixed by the specification.
+const VERSION_TTL: u32 = 28800;
+/// Bounds the chase of ExternalName targets that point back into the cluster zone.
+const MAX_CNAME_CHAIN: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PodMode {
+    /// CoreDNS's default: `*.pod.<zone>` is NXDOMAIN.
+    #[default]
+    Disabled,
+    /// Answer the IP encoded in the name without checking (EKS and kubeadm default).
+    Insecure,
+    /// Answer only when a pod with that IP exists in that namespace.
+    Verified,
+}
+
+impl std::str::FromStr for PodMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "disabled" => Ok(PodMode::Disabled),
+            "insecure" => Ok(PodMode::Insecure),
+            "verified" => Ok(PodMode::Verified),
+            other => Err(format!(
+                "unknown pods mode {other:?}: expected disabled, insecure or verified"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KubernetesConfig {
+    /// Zones served (lowercase FQDNs): the cluster zone(s) and the reverse zones.
+    pub zones: Vec<Name>,
+    pub ttl: u32,
+    pub pods: PodMode,
+    pub endpoint_pod_names: bool,
+    /// `fallthrough [ZONES]`: None = off; Some(empty) = every zone.
+    pub fallthrough: Option<Vec<Name>>,
+    pub ignore_empty_service: bool,
+    pub noendpoints: bool,
+    /// `namespaces NS...`: when non-empty only these are exposed.
+    pub namespaces: Vec<String>,
+}
+
+impl KubernetesConfig {
+    /// `kubernetes <zone> in-addr.arpa ip6.arpa` with CoreDNS's defaults.
+    pub fn for_zone(zone: &str) -> Result<KubernetesConfig, String> {
+        let mut zones = vec![parse_zone(zone)?];
+        for z in ["in-addr.arpa.", "ip6.arpa."] {
+            zones.push(Name::from_ascii(z).map_err(|e| e.to_string())?);
+        }
+        Ok(KubernetesConfig {
+            zones,
+            ttl: 5,
+            pods: PodMode::Disabled,
+            endpoint_pod_names: false,
+            fallthrough: None,
+            ignore_empty_service: false,
+            noendpoints: false,
+            namespaces: Vec::new(),
+        })
+    }
+}
+
+/// A zone as typed by a user (`cluster.local`, `Cluster.Local.`) as a lowercase FQDN.
+pub fn parse_zone(zone: &str) -> Result<Name, String> {
+    let mut name = Name::from_ascii(zone).map_err(|e| format!("invalid zone {zone:?}: {e}"))?;
+    name.set_fqdn(true);
+    Ok(name.to_lowercase())
+}
+
+pub struct Kubernetes {
+    cfg: KubernetesConfig,
+    view: Arc<ClusterView>,
+}
+
+fn is_reverse(zone: &Name) -> bool {
+    let z = zone.to_ascii();
+    z.ends_with("in-addr.arpa.") || z.ends_with("ip6.arpa.")
+}
+
+/// Lowercase labels of `name` left of its last `zone_labels` labels.
+fn relative_labels(name: &Name, zone_labels: usize) -> Option<Vec<String>> {
+    let n = name.num_labels() as usize;
+    let mut out = Vec::with_capacity(n.saturating_sub(zone_labels));
+    for label in name.iter().take(n - zone_labels) {
+        out.push(std::str::from_utf8(label).ok()?.to_ascii_lowercase());
+    }
+    Some(out)
+}
+
+/// SRV names carry `_port` and `_proto`; CoreDNS strips one leading underscore.
+fn strip_underscore(s: &str) -> &str {
+    s.strip_prefix('_').unwrap_or(s)
+}
+
+/// `*`, `any` and the empty label match anything.
+fn wildcard(s: &str) -> bool {
+    s.is_empty() || s == "*" || s == "any"
+}
+
+fn port_matches(want_port: &str, want_proto: &str, p: &Port) -> bool {
+    (wildcard(want_port) || (!p.name.is_empty() && p.name.eq_ignore_ascii_case(want_port)))
+        && (wildcard(want_proto) || p.protocol.as_str().eq_ignore_ascii_case(want_proto))
+}
+
+/// The IP a pod-record label encodes: `10-0-0-1`, or dashed IPv6 (`fd00--1`).
+fn pod_label_ip(label: &str) -> Option<IpAddr> {
+    if label.matches('-').count() == 3 && !label.contains("--") {
+        label
+            .replace('-', ".")
+            .parse::<Ipv4Addr>()
+            .ok()
+            .map(IpAddr::V4)
+    } else {
+        label
+            .replace('-', ":")
+            .parse::<Ipv6Addr>()
+            .ok()
+            .map(IpAddr::V6)
+    }
+}
+
+fn address_record(name: &Name, ttl: u32, ip: IpAddr) -> Record {
+    match ip {
+        IpAddr::V4(v4) => Record::from_rdata(name.clone(), ttl, RData::A(A(v4))),
+        IpAddr::V6(v6) => Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(v6))),
+    }
+}
+
+fn family_matches(qtype: RecordType, ip: &IpAddr) -> bool {
+    matches!(
+        (qtype, ip),
+        (RecordType::A, IpAddr::V4(_)) | (RecordType::AAAA, IpAddr::V6(_)) | (RecordType::ANY, _)
+    )
+}
+
+/// Internal result before SOA and flags are added.
+enum Outcome {
+    Records {
+        answers: Vec<Record>,
+        additionals: Vec<Record>,
+    },
+    /// The name exists but has no records of the asked type.
+    NoData,
+    NxDomain,
+}
+
+impl Outcome {
+    fn records(answers: Vec<Record>) -> Outcome {
+        Outcome::Records {
+            answers,
+            additionals: Vec::new(),
+        }
+    }
+
+    /// Answers, or NODATA when the (existing) name has none of the asked type.
+    fn or_nodata(answers: Vec<Record>, additionals: Vec<Record>) -> Outcome {
+        if answers.is_empty() {
+            Outcome::NoData
+        } else {
+            Outcome::Records {
+                answers,
+                additionals,
+            }
+        }
+    }
+}
+
+struct Ctx<'a> {
+    snap: &'a Snapshot,
+    zone: &'a Name,
+    qname: &'a Name,
+    qtype: RecordType,
+}
+
+impl Kubernetes {
+    pub fn new(cfg: KubernetesConfig, view: Arc<ClusterView>) -> Kubernetes {
+        Kubernetes { cfg, view }
+    }
+
+    pub fn config(&self) -> &KubernetesConfig {
+        &self.cfg
+    }
+
+    /// The most specific configured zone holding `qname`.
+    pub fn zone_for(&self, qname: &Name) -> Option<&Name> {
+        self.cfg
+            .zones
+            .iter()
+            .filter(|z| z.zone_of(qname))
+            .max_by_key(|z| z.num_labels())
+    }
+
+    /// Answers `qname`/`qtype`, or None when the name is outside every zone served.
+    pub fn lookup(&self, qname: &Name, qtype: RecordType) -> Option<Answer> {
+        let zone = self.zone_for(qname)?;
+        let snap = self.view.snapshot();
+        let ctx = Ctx {
+            snap: &snap,
+            zone,
+            qname,
+            qtype,
+        };
+        let outcome = if qtype == RecordType::AXFR || qtype == RecordType::IXFR {
+            return Some(Answer::rcode(ResponseCode::Refused, PLUGIN));
+        } else if is_reverse(zone) {
+            self.reverse(&ctx)
+        } else {
+            self.forward(&ctx)
+        };
+        Some(self.finish(&ctx, outcome))
+    }
+
+    /// Flags, SOA in negative answers, SERVFAIL before the first sync.
+    fn finish(&self, ctx: &Ctx, outcome: Outcome) -> Answer {
+        let mut answer = Answer {
+            authoritative: true,
+            plugin: PLUGIN,
+            ..Default::default()
+        };
+        match outcome {
+            Outcome::Records {
+                answers,
+                additionals,
+            } => {
+                answer.answers = answers;
+                answer.additionals = additionals;
+            }
+            Outcome::NoData => answer.authorities.push(self.soa(ctx)),
+            Outcome::NxDomain if !ctx.snap.synced => {
+                return Answer::rcode(ResponseCode::ServFail, PLUGIN);
+            }
+            Outcome::NxDomain => {
+                answer.rcode = ResponseCode::NXDomain;
+                answer.authorities.push(self.soa(ctx));
+            }
+        }
+        answer
+    }
+
+    fn soa(&self, ctx: &Ctx) -> Record {
+        let ttl = self.cfg.ttl;
+        let mname = Name::from_ascii("ns.dns")
+            .and_then(|n| n.append_domain(ctx.zone))
+            .unwrap_or_else(|_| ctx.zone.clone());
+        let rname = Name::from_ascii("hostmaster")
+            .and_then(|n| n.append_domain(ctx.zone))
+            .unwrap_or_else(|_| ctx.zone.clone());
+        Record::from_rdata(
+            ctx.zone.clone(),
+            ttl.min(300),
+            RData::SOA(SOA::new(
+                mname,
+                rname,
+                ctx.snap.serial,
+                7200,
+                1800,
+                86400,
+                ttl,
+            )),
+        )
+    }
+
+    fn fqdn(&self, ctx: &Ctx, labels: &[&str]) -> Name {
+        let mut name = Name::root();
+        for l in labels.iter().rev() {
+            name = match name.prepend_label(*l) {
+                Ok(n) => n,
+                Err(_) => return ctx.zone.clone(),
+            };
+        }
+        name.append_domain(ctx.zone)
+            .unwrap_or_else(|_| ctx.zone.clone())
+    }
+
+    fn namespace_exposed(&self, snap: &Snapshot, ns: &str) -> bool {
+        (self.cfg.namespaces.is_empty()
+            || self
+                .cfg
+                .namespaces
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(ns)))
+            && snap.namespace_exists(ns)
+    }
+
+    fn forward(&self, ctx: &Ctx) -> Outcome {
+        let Some(labels) = relative_labels(ctx.qname, ctx.zone.num_labels() as usize) else {
+            return Outcome::NxDomain;
+        };
+        let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let ttl = self.cfg.ttl;
+        match l.as_slice() {
+            [] => self.apex(ctx),
+            ["dns-version"] => match ctx.qtype {
+                RecordType::TXT | RecordType::ANY => Outcome::records(vec![Record::from_rdata(
+                    ctx.qname.clone(),
+                    VERSION_TTL,
+                    RData::TXT(TXT::new(vec!["1.1.0".into()])),
+                )]),
+                _ => Outcome::NoData,
+            },
+            ["dns"] => Outcome::NoData,
+            ["ns", "dns"] => {
+                let records = ctx
+                    .snap
+                    .dns_service_ips
+                    .iter()
+                    .filter(|ip| family_matches(ctx.qtype, ip))
+                    .map(|ip| address_record(ctx.qname, ttl, *ip))
+                    .collect();
+                Outcome::or_nodata(records, Vec::new())
+            }
+            [.., "svc"] => self.svc(ctx, &l[..l.len() - 1]),
+            [.., "pod"] => self.pod(ctx, &l[..l.len() - 1]),
+            _ => Outcome::NxDomain,
+        }
+    }
+
+    fn apex(&self, ctx: &Ctx) -> Outcome {
+        match ctx.qtype {
+            RecordType::SOA => Outcome::records(vec![self.soa(ctx)]),
+            RecordType::NS => {
+                let ns_name = self.fqdn(ctx, &["ns", "dns"]);
+                let glue = ctx
+                    .snap
+                    .dns_service_ips
+                    .iter()
+                    .map(|ip| address_record(&ns_name, self.cfg.ttl, *ip))
+                    .collect();
+                Outcome::Records {
+                    answers: vec![Record::from_rdata(
+                        ctx.qname.clone(),
+                        self.cfg.ttl,
+                        RData::NS(NS(ns_name)),
+                    )],
+                    additionals: glue,
+                }
+            }
+            _ => Outcome::NoData,
+        }
+    }
+
+    /// `l` holds the labels left of `svc`: `[.., service, namespace]`.
+    fn svc(&self, ctx: &Ctx, l: &[&str]) -> Outcome {
+        let snap = ctx.snap;
+        match l {
+            [] => Outcome::NoData,
+            [ns] => {
+                if self.namespace_exposed(snap, ns) {
+                    Outcome::NoData
+                } else {
+                    Outcome::NxDomain
+                }
+            }
+            [rest @ .., svc, ns] => {
+                if !self.namespace_exposed(snap, ns) {
+                    return Outcome::NxDomain;
+                }
+                let key = format!("{svc}.{ns}");
+                let Some(entry) = snap.service(&key) else {
+                    return Outcome::NxDomain;
+                };
+                match rest {
+                    [] => self.service(ctx, entry, svc, ns, "*", "*"),
+                    [endpoint] => self.endpoint(ctx, entry, svc, ns, endpoint),
+                    [port, proto] => self.service(
+                        ctx,
+                        entry,
+                        svc,
+                        ns,
+                        strip_underscore(port),
+                        strip_underscore(proto),
+                    ),
+                    _ => Outcome::NxDomain,
+                }
+            }
+        }
+    }
+
+    fn srv_weight(count: usize) -> u16 {
+        if count == 0 {
+            return 0;
+        }
+        ((100 / count) as u16).max(1)
+    }
+
+    fn service(
+        &self,
+        ctx: &Ctx,
+        entry: &ServiceEntry,
+        svc: &str,
+        ns: &str,
+        port: &str,
+        proto: &str,
+    ) -> Outcome {
+        let ttl = self.cfg.ttl;
+        let qtype = ctx.qtype;
+        let explicit_port = !(wildcard(port) && wildcard(proto));
+        let service = &entry.service;
+        match service.kind {
+            ServiceKind::ExternalName => {
+                if explicit_port {
+                    return Outcome::NxDomain;
+                }
+                let Some(target) = service.external_name.as_deref() else {
+                    return Outcome::NxDomain;
+                };
+                match qtype {
+                    RecordType::A
+                    | RecordType::AAAA
+                    | RecordType::CNAME
+                    | RecordType::TXT
+                    | RecordType::MX
+                    | RecordType::ANY => {}
+                    _ => return Outcome::NoData,
+                }
+                let Ok(mut target_name) = Name::from_ascii(target) else {
+                    return Outcome::NoData;
+                };
+                target_name.set_fqdn(true);
+                let mut answers = vec![Record::from_rdata(
+                    ctx.qname.clone(),
+                    ttl,
+                    RData::CNAME(CNAME(target_name.clone())),
+                )];
+                if matches!(qtype, RecordType::A | RecordType::AAAA) {
+                    answers.extend(self.chase(ctx, &target_name));
+                }
+                Outcome::records(answers)
+            }
+            ServiceKind::ClusterIp => {
+                let ports: Vec<&Port> = service
+                    .ports
+                    .iter()
+                    .filter(|p| port_matches(port, proto, p))
+                    .collect();
+                if explicit_port && ports.is_empty() {
+                    return Outcome::NxDomain;
+                }
+                if self.cfg.ignore_empty_service && entry.ready_endpoints().next().is_none() {
+                    return Outcome::NxDomain;
+                }
+                match qtype {
+                    RecordType::A | RecordType::AAAA | RecordType::ANY => {
+                        let records = service
+                            .cluster_ips
+                            .iter()
+                            .filter(|ip| family_matches(qtype, ip))
+                            .map(|ip| address_record(ctx.qname, ttl, *ip))
+                            .collect();
+                        Outcome::or_nodata(records, Vec::new())
+                    }
+                    RecordType::SRV => {
+                        let target = self.fqdn(ctx, &[svc, ns, "svc"]);
+                        let weight = Self::srv_weight(ports.len());
+                        let answers = ports
+                            .iter()
+                            .map(|p| {
+                                Record::from_rdata(
+                                    ctx.qname.clone(),
+                                    ttl,
+                                    RData::SRV(SRV::new(0, weight, p.port, target.clone())),
+                                )
+                            })
+                            .collect();
+                        let additionals = if ports.is_empty() {
+                            Vec::new()
+                        } else {
+                            service
+                                .cluster_ips
+                                .iter()
+                                .map(|ip| address_record(&target, ttl, *ip))
+                                .collect()
+                        };
+                        Outcome::or_nodata(answers, additionals)
+                    }
+                    _ => Outcome::NoData,
+                }
+            }
+            ServiceKind::Headless => {
+                let ready: Vec<&EndpointEntry> = entry.ready_endpoints().collect();
+                if ready.is_empty() {
+                    return Outcome::NxDomain;
+                }
+                self.endpoint_records(ctx, &ready, svc, ns, port, proto, explicit_port)
+            }
+        }
+    }
+
+    /// Records for a set of endpoints: addresses, or SRV per endpoint x matching port.
+    #[allow(clippy::too_many_arguments)]
+    fn endpoint_records(
+        &self,
+        ctx: &Ctx,
+        endpoints: &[&EndpointEntry],
+        svc: &str,
+        ns: &str,
+        port: &str,
+        proto: &str,
+        explicit_port: bool,
+    ) -> Outcome {
+        let ttl = self.cfg.ttl;
+        let pairs: Vec<(&EndpointEntry, &Port)> = endpoints
+            .iter()
+            .flat_map(|e| {
+                e.ports
+                    .iter()
+                    .filter(|p| port_matches(port, proto, p))
+                    .map(move |p| (*e, p))
+            })
+            .collect();
+        if explicit_port && pairs.is_empty() {
+            return Outcome::NxDomain;
+        }
+        match ctx.qtype {
+            RecordType::A | RecordType::AAAA | RecordType::ANY => {
+                let mut records = Vec::new();
+                for e in endpoints {
+                    if explicit_port && !pairs.iter().any(|(pe, _)| pe.address == e.address) {
+                        continue;
+                    }
+                    if family_matches(ctx.qtype, &e.address) {
+                        records.push(address_record(ctx.qname, ttl, e.address));
+                    }
+                }
+                Outcome::or_nodata(records, Vec::new())
+            }
+            RecordType::SRV => {
+                let weight = Self::srv_weight(pairs.len());
+                let mut answers = Vec::with_capacity(pairs.len());
+                let mut additionals: Vec<Record> = Vec::new();
+                for (e, p) in &pairs {
+                    let target =
+                        self.fqdn(ctx, &[e.label(self.cfg.endpoint_pod_names), svc, ns, "svc"]);
+                    answers.push(Record::from_rdata(
+                        ctx.qname.clone(),
+                        ttl,
+                        RData::SRV(SRV::new(0, weight, p.port, target.clone())),
+                    ));
+                    let glue = address_record(&target, ttl, e.address);
+                    if !additionals.contains(&glue) {
+                        additionals.push(glue);
+                    }
+                }
+                Outcome::or_nodata(answers, additionals)
+            }
+            _ => Outcome::NoData,
+        }
+    }
+
+    fn endpoint(
+        &self,
+        ctx: &Ctx,
+        entry: &ServiceEntry,
+        svc: &str,
+        ns: &str,
+        label: &str,
+    ) -> Outcome {
+        if self.cfg.noendpoints || entry.service.kind == ServiceKind::ExternalName {
+            return Outcome::NxDomain;
+        }
+        let matching: Vec<&EndpointEntry> = entry
+            .ready_endpoints()
+            .filter(|e| e.label(self.cfg.endpoint_pod_names) == label)
+            .collect();
+        if matching.is_empty() {
+            return Outcome::NxDomain;
+        }
+        self.endpoint_records(ctx, &matching, svc, ns, "*", "*", false)
+    }
+
+    /// `l` holds the labels left of `pod`: `[.., ip, namespace]`.
+    fn pod(&self, ctx: &Ctx, l: &[&str]) -> Outcome {
+        let snap = ctx.snap;
+        match l {
+            [] => Outcome::NoData,
+            _ if self.cfg.pods == PodMode::Disabled => Outcome::NxDomain,
+            [ns] => {
+                if self.namespace_exposed(snap, ns) {
+                    Outcome::NoData
+                } else {
+                    Outcome::NxDomain
+                }
+            }
+            [label, ns] => {
+                if !self.namespace_exposed(snap, ns) {
+                    return Outcome::NxDomain;
+                }
+                let Some(ip) = pod_label_ip(label) else {
+                    return Outcome::NxDomain;
+                };
+                if self.cfg.pods == PodMode::Verified && !snap.pod_ip_in_namespace(&ip, ns) {
+                    return Outcome::NxDomain;
+                }
+                if family_matches(ctx.qtype, &ip) {
+                    Outcome::records(vec![address_record(ctx.qname, self.cfg.ttl, ip)])
+                } else {
+                    Outcome::NoData
+                }
+            }
+            _ => Outcome::NxDomain,
+        }
+    }
+
+    fn reverse(&self, ctx: &Ctx) -> Outcome {
+        if ctx.qname.num_labels() == ctx.zone.num_labels() {
+            return self.apex(ctx);
+        }
+        let ip = match ctx.qname.parse_arpa_name() {
+            Ok(net) if net.prefix_len() == net.max_prefix_len() => net.addr(),
+            _ => return Outcome::NxDomain,
+        };
+        let targets = ctx.snap.ptr(&ip);
+        if targets.is_empty() {
+            return Outcome::NxDomain;
+        }
+        if !matches!(ctx.qtype, RecordType::PTR | RecordType::ANY) {
+            return Outcome::NoData;
+        }
+        // PTR targets live in the cluster zone: the first forward zone configured.
+        let Some(cluster_zone) = self.cfg.zones.iter().find(|z| !is_reverse(z)) else {
+            return Outcome::NxDomain;
+        };
+        let zctx = Ctx {
+            snap: ctx.snap,
+            zone: cluster_zone,
+            qname: ctx.qname,
+            qtype: ctx.qtype,
+        };
+        let mut answers = Vec::with_capacity(targets.len());
+        for target in targets {
+            let name = match target {
+                PtrTarget::Service { service, namespace } => {
+                    self.fqdn(&zctx, &[service, namespace, "svc"])
+                }
+                PtrTarget::Endpoint {
+                    service,
+                    namespace,
+                    index,
+                } => {
+                    let key = format!("{service}.{namespace}");
+                    let Some(e) = ctx.snap.service(&key).and_then(|s| s.endpoints.get(*index))
+                    else {
+                        continue;
+                    };
+                    self.fqdn(
+                        &zctx,
+                        &[
+                            e.label(self.cfg.endpoint_pod_names),
+                            service,
+                            namespace,
+                            "svc",
+                        ],
+                    )
+                }
+            };
+            answers.push(Record::from_rdata(
+                ctx.qname.clone(),
+                self.cfg.ttl,
+                RData::PTR(PTR(name)),
+            ));
+        }
+        Outcome::or_nodata(answers, Vec::new())
+    }
+
+    /// Address records of an ExternalName target inside our own zones (others are left to the
+    /// client or the forwarder).
+    fn chase(&self, ctx: &Ctx, target: &Name) -> Vec<Record> {
+        let mut out = Vec::new();
+        let mut name = target.clone();
+        for _ in 0..MAX_CNAME_CHAIN {
+            let Some(zone) = self.zone_for(&name) else {
+                break;
+            };
+            if is_reverse(zone) {
+                break;
+            }
+            let sub = Ctx {
+                snap: ctx.snap,
+                zone,
+                qname: &name,
+                qtype: ctx.qtype,
+            };
+            match self.forward(&sub) {
+                Outcome::Records { answers, .. } => {
+                    let next = answers.iter().find_map(|r| match &r.data {
+                        RData::CNAME(c) if r.record_type() == RecordType::CNAME => {
+                            Some(c.0.clone())
+                        }
+                        _ => None,
+                    });
+                    out.extend(answers);
+                    match next {
+                        Some(n) => name = n,
+                        None => break,
+                    }
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+
+    fn in_fallthrough(&self, qname: &Name) -> bool {
+        match &self.cfg.fallthrough {
+            None => false,
+            Some(zones) if zones.is_empty() => true,
+            Some(zones) => zones.iter().any(|z| z.zone_of(qname)),
+        }
+    }
+}
+
+impl Handler for Kubernetes {
+    fn name(&self) -> &'static str {
+        PLUGIN
+    }
+
+    fn handle(&self, req: &Request) -> Flow {
+        let Some(answer) = self.lookup(&req.qname, req.qtype) else {
+            return Flow::Next;
+        };
+        if answer.rcode == ResponseCode::NXDomain && self.in_fallthrough(&req.qname) {
+            return Flow::Next;
+        }
+        Flow::Answer(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_labels() {
+        assert_eq!(pod_label_ip("10-0-0-1"), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(pod_label_ip("fd00--1"), Some("fd00::1".parse().unwrap()));
+        assert_eq!(
+            pod_label_ip("2001-db8--0"),
+            Some("2001:db8::".parse().unwrap())
+        );
+        assert_eq!(pod_label_ip("10-0-0"), None);
+        assert_eq!(pod_label_ip("nginx"), None);
+    }
+
+    #[test]
+    fn weights() {
+        assert_eq!(Kubernetes::srv_weight(1), 100);
+        assert_eq!(Kubernetes::srv_weight(3), 33);
+        assert_eq!(Kubernetes::srv_weight(200), 1);
+    }
+}

@@ -1,0 +1,18 @@
+//! The DNS side: wire handling, the handler pipeline and the handlers.
+//!
+//! ```text
+//!  UDP/TCP socket ─> wire::parse ─> Pipeline (handlers in CoreDNS's fixed order:
+//!                                    ... cache, kubernetes, forward) ─> wire::encode ─> socket
+//!                                              │
+//!                                   reads ClusterView (ArcSwap<Snapshot>), lock-free
+//! ```
+
+pub mod answer;
+pub mod kubernetes;
+pub mod pipeline;
+pub mod server;
+pub mod wire;
+
+pub use answer::Answer;
+pub use kubernetes::{Kubernetes, KubernetesConfig, PodMode};
+pub use pipeline::{Flow, Handler, Pipeline, Request};
