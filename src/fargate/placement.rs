@@ -268,7 +268,11 @@ pub fn render_table(placements: &[Placement]) -> String {
         "CAPACITY",
         "MISMATCH",
     ];
-    let dash = |s: Option<String>| s.unwrap_or_else(|| "-".to_owned());
+    // Empty cells would shift the columns for anyone splitting on whitespace.
+    let dash = |s: Option<String>| {
+        s.filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "-".to_owned())
+    };
     let mut rows: Vec<[String; 9]> = vec![HEADER.map(str::to_owned)];
     for p in placements {
         let mismatches = p
@@ -278,15 +282,15 @@ pub fn render_table(placements: &[Placement]) -> String {
             .collect::<Vec<_>>()
             .join(",");
         rows.push([
-            p.namespace.clone(),
-            p.name.clone(),
+            dash(Some(p.namespace.clone())),
+            dash(Some(p.name.clone())),
             dash(p.ip.clone()),
             dash(p.node.clone()),
             p.compute.to_string(),
             dash(p.profile.clone()),
             dash(p.expected_size.map(|s| s.to_string())),
             dash(p.capacity_provisioned.clone()),
-            dash(Some(mismatches).filter(|m| !m.is_empty())),
+            dash(Some(mismatches)),
         ]);
     }
     let mut widths = [0usize; 9];
@@ -322,5 +326,73 @@ pub fn run_placement(objects: &ObjectSet, profiles: &[FargateProfile], json: boo
         text
     } else {
         render_table(&placements)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(yaml: &str) -> Node {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn micro_vm_by_label_or_name() {
+        assert!(is_micro_vm(&node(
+            "metadata: {name: x, labels: {eks.amazonaws.com/compute-type: fargate}}"
+        )));
+        assert!(is_micro_vm(&node(
+            "metadata: {name: fargate-ip-10-0-0-1.x}"
+        )));
+        assert!(!is_micro_vm(&node(
+            "metadata: {name: ip-10-0-0-1.x, labels: {eks.amazonaws.com/compute-type: ec2}}"
+        )));
+        assert!(!is_micro_vm(&node("metadata: {}")));
+    }
+
+    #[test]
+    fn a_bare_pod_is_placed_without_panicking() {
+        let pod: Pod = serde_yaml::from_str("metadata: {}").unwrap();
+        let rows = place(&[pod], &[], &[]);
+        assert_eq!(rows[0].namespace, "default");
+        assert_eq!(rows[0].compute, Compute::Unknown);
+        assert!(rows[0].mismatches.is_empty());
+        let table = render_table(&rows);
+        let last = table.lines().nth(1).unwrap();
+        assert_eq!(
+            last.split_whitespace().collect::<Vec<_>>(),
+            ["default", "-", "-", "-", "unknown", "-", "-", "-", "-"]
+        );
+    }
+
+    #[test]
+    fn table_joins_several_mismatches() {
+        let row = Placement {
+            namespace: "ns".into(),
+            name: "p".into(),
+            ip: None,
+            node: None,
+            phase: None,
+            compute: Compute::Ec2,
+            profile: Some("fp".into()),
+            expected_size: None,
+            capacity_provisioned: None,
+            capacity_agrees: None,
+            mismatches: vec![
+                Mismatch::ProfileSelectedOnEc2 {
+                    profile: "fp".into(),
+                },
+                Mismatch::ProfileLabelDisagrees {
+                    label: "fp-x".into(),
+                    selected: None,
+                },
+            ],
+        };
+        let table = render_table(&[row]);
+        assert!(
+            table.ends_with("profile-selected-on-ec2(fp),profile-label(fp-x != none)\n"),
+            "{table}"
+        );
     }
 }

@@ -357,6 +357,8 @@ fn request(
 
 /// An init container with `restartPolicy: Always` is a sidecar: it keeps running beside the
 /// regular containers, so it belongs in the long-running sum, not among the init containers.
+/// (Kubernetes' own effective request also adds the sidecars started before each later init
+/// container to that init container; fargate.md's rule does not, and this follows fargate.md.)
 fn is_sidecar(container: &Container) -> bool {
     container.restart_policy.as_deref() == Some("Always")
 }
