@@ -1,0 +1,127 @@
+//! Test helpers: hickory's DNS client over real UDP and TCP, and the response formatted as
+//! zone-file lines for comparison with golden files.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use hickory_net::runtime::TokioRuntimeProvider;
+use hickory_net::tcp::TcpClientStream;
+use hickory_net::udp::UdpClientStream;
+use hickory_net::DnsHandle;
+use hickory_proto::op::{DnsRequest, DnsRequestOptions, Edns, Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, Record, RecordType};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+pub fn query_message(name: &str, qtype: RecordType, edns: Option<u16>) -> Message {
+    let mut msg = Message::new(rand_id(), MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(parse_name(name), qtype));
+    if let Some(size) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        msg.set_edns(e);
+    }
+    msg
+}
+
+/// Any label bytes (`_*` included, which hickory's text parser rejects), as a FQDN.
+pub fn parse_name(name: &str) -> Name {
+    let labels: Vec<&[u8]> = name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+        .map(str::as_bytes)
+        .collect();
+    let mut n = Name::from_labels(labels).expect("name");
+    n.set_fqdn(true);
+    n
+}
+
+fn rand_id() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(4242);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Sends `msg` with hickory's client and returns the response message as received.
+pub async fn exchange(server: SocketAddr, transport: Transport, msg: Message) -> Message {
+    let provider = TokioRuntimeProvider::default();
+    let mut options = DnsRequestOptions::default();
+    options.use_edns = msg.edns.is_some();
+    let request = DnsRequest::new(msg, options);
+    // The exchange must outlive the response: dropping it stops its background task.
+    let exchange = match transport {
+        Transport::Udp => UdpClientStream::builder(server, provider.clone())
+            .with_timeout(Some(Duration::from_secs(5)))
+            .exchange(),
+        Transport::Tcp => {
+            TcpClientStream::exchange(server, None, Duration::from_secs(5), None, provider.clone())
+                .await
+                .expect("tcp connect")
+        }
+    };
+    let mut responses = exchange.send(request);
+    let first = responses.next().await;
+    // The provider owns the background tasks' JoinSet: it too must live until here.
+    drop(exchange);
+    drop(provider);
+    match first {
+        Some(Ok(resp)) => resp.into_message(),
+        Some(Err(e)) => panic!("query failed over {transport:?}: {e}"),
+        None => panic!("no response over {transport:?}"),
+    }
+}
+
+pub async fn query(
+    server: SocketAddr,
+    transport: Transport,
+    name: &str,
+    qtype: RecordType,
+) -> Message {
+    exchange(server, transport, query_message(name, qtype, Some(1232))).await
+}
+
+/// `name ttl IN TYPE rdata` with single spaces; SOA serials become `SERIAL` (they are the time
+/// of the last change).
+pub fn format_record(r: &Record) -> String {
+    let text = r.to_string().replace("\\*", "*");
+    let mut parts: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+    if r.record_type() == RecordType::SOA && parts.len() >= 7 {
+        parts[6] = "SERIAL".into();
+    }
+    // Zone-file form: TXT strings quoted (hickory prints them bare).
+    if let hickory_proto::rr::RData::TXT(txt) = &r.data {
+        let quoted: Vec<String> = txt
+            .txt_data
+            .iter()
+            .map(|s| format!("\"{}\"", String::from_utf8_lossy(s)))
+            .collect();
+        parts.truncate(4);
+        parts.extend(quoted);
+    }
+    parts.join(" ")
+}
+
+/// The rcode as dig prints it.
+pub fn rcode_name(msg: &Message) -> String {
+    match u16::from(msg.metadata.response_code) {
+        0 => "NOERROR".into(),
+        1 => "FORMERR".into(),
+        2 => "SERVFAIL".into(),
+        3 => "NXDOMAIN".into(),
+        4 => "NOTIMP".into(),
+        5 => "REFUSED".into(),
+        n => format!("RCODE{n}"),
+    }
+}
+
+pub fn section(records: &[Record]) -> Vec<String> {
+    records.iter().map(format_record).collect()
+}
