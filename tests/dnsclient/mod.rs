@@ -55,6 +55,9 @@ pub async fn exchange(server: SocketAddr, transport: Transport, msg: Message) ->
     let provider = TokioRuntimeProvider::default();
     let mut options = DnsRequestOptions::default();
     options.use_edns = msg.edns.is_some();
+    if let Some(e) = &msg.edns {
+        options.edns_payload_len = e.max_payload();
+    }
     let request = DnsRequest::new(msg, options);
     // The exchange must outlive the response: dropping it stops its background task.
     let exchange = match transport {

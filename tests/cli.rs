@@ -1,0 +1,257 @@
+//! The binary as a user runs it: `clusterdns serve` on port 0, queried with `dig`, with its
+//! manifests edited (and broken) while it runs.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(args: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clusterdns"))
+        .arg("serve")
+        .args(["--dns-addr", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("clusterdns starts");
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let sink = stderr.clone();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).expect("startup line");
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.parse::<SocketAddr>().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no address in {line:?}; stderr: {:?}",
+                stderr.lock().unwrap()
+            )
+        });
+    Server {
+        child,
+        addr,
+        stderr,
+    }
+}
+
+fn dig(addr: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .arg(format!("@{}", addr.ip()))
+        .args(["-p", &addr.port().to_string(), "+tries=1", "+time=2"])
+        .args(args)
+        .output()
+        .expect("dig is installed (apt-get install bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// (status, flags, answer lines) from dig's default output.
+fn parse_dig(out: &str) -> (String, Vec<String>, Vec<String>) {
+    let status = out
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("")
+        .to_string();
+    let flags = out
+        .split(";; flags: ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let mut answers = Vec::new();
+    let mut in_answer = false;
+    for line in out.lines() {
+        if line.starts_with(";; ANSWER SECTION:") {
+            in_answer = true;
+            continue;
+        }
+        if in_answer {
+            if line.trim().is_empty() || line.starts_with(";;") {
+                break;
+            }
+            answers.push(line.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+    }
+    (status, flags, answers)
+}
+
+fn poll<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn dig_against_the_embedded_demo() {
+    let server = start(&[]);
+    let (status, flags, answers) =
+        dig(server.addr, &["nginx.demo.svc.cluster.local"]).pipe(|o| parse_dig(&o));
+    assert_eq!(status, "NOERROR");
+    assert!(flags.contains(&"aa".to_string()), "{flags:?}");
+    assert_eq!(
+        answers,
+        vec!["nginx.demo.svc.cluster.local. 5 IN A 10.100.12.34"]
+    );
+
+    let (status, _, answers) = parse_dig(&dig(
+        server.addr,
+        &["+tcp", "_http._tcp.web.demo.svc.cluster.local", "SRV"],
+    ));
+    assert_eq!(status, "NOERROR");
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert!(
+        answers[0].ends_with("web-0.web.demo.svc.cluster.local."),
+        "{answers:?}"
+    );
+
+    let (status, _, answers) = parse_dig(&dig(server.addr, &["-x", "10.100.0.10"]));
+    assert_eq!(status, "NOERROR");
+    assert_eq!(
+        answers,
+        vec!["10.0.100.10.in-addr.arpa. 5 IN PTR kube-dns.kube-system.svc.cluster.local."]
+    );
+
+    let (status, flags, _) = parse_dig(&dig(server.addr, &["missing.demo.svc.cluster.local"]));
+    assert_eq!(status, "NXDOMAIN");
+    assert!(flags.contains(&"aa".to_string()));
+
+    let (status, _, answers) = parse_dig(&dig(server.addr, &["search.demo.svc.cluster.local"]));
+    assert_eq!(status, "NOERROR");
+    assert_eq!(
+        answers,
+        vec!["search.demo.svc.cluster.local. 5 IN CNAME search.example.com."]
+    );
+}
+
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl Pipe for String {}
+
+const EXTRA: &str = "---\napiVersion: v1\nkind: Service\nmetadata: {name: added, namespace: demo}\nspec: {clusterIP: 10.100.99.99, ports: [{name: http, port: 80}]}\n";
+
+#[test]
+fn manifest_edits_apply_without_restart_and_a_broken_file_keeps_the_last_good_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples/demo-cluster.yaml");
+    std::fs::copy(&demo, dir.path().join("demo.yaml")).unwrap();
+    let server = start(&["--manifests", dir.path().to_str().unwrap()]);
+    let added = |addr| parse_dig(&dig(addr, &["added.demo.svc.cluster.local"]));
+    assert_eq!(added(server.addr).0, "NXDOMAIN");
+
+    // A new file in the directory is picked up.
+    std::fs::write(dir.path().join("extra.yaml"), EXTRA).unwrap();
+    let answers = poll(
+        "the added service to resolve",
+        Duration::from_secs(10),
+        || {
+            let (status, _, answers) = added(server.addr);
+            (status == "NOERROR").then_some(answers)
+        },
+    );
+    assert_eq!(
+        answers,
+        vec!["added.demo.svc.cluster.local. 5 IN A 10.100.99.99"]
+    );
+
+    // Break the file: the error names the file and the object; the old answers stay.
+    std::fs::write(
+        dir.path().join("extra.yaml"),
+        EXTRA.replace("ports: [{name: http, port: 80}]", "ports: 80"),
+    )
+    .unwrap();
+    let line = poll(
+        "the reload error in the log",
+        Duration::from_secs(10),
+        || {
+            server
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains("not reloaded"))
+                .cloned()
+        },
+    );
+    assert!(line.contains("extra.yaml"), "{line}");
+    assert!(line.contains("Service demo/added"), "{line}");
+    assert_eq!(
+        added(server.addr).0,
+        "NOERROR",
+        "last good state keeps serving"
+    );
+    assert_eq!(
+        parse_dig(&dig(server.addr, &["nginx.demo.svc.cluster.local"])).2,
+        vec!["nginx.demo.svc.cluster.local. 5 IN A 10.100.12.34"]
+    );
+
+    // Fixed again, and the service removed: NXDOMAIN.
+    std::fs::remove_file(dir.path().join("extra.yaml")).unwrap();
+    poll(
+        "the removed service to disappear",
+        Duration::from_secs(10),
+        || (added(server.addr).0 == "NXDOMAIN").then_some(()),
+    );
+}
+
+#[test]
+fn a_broken_manifest_at_start_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x, namespace: y}\nspec: {ports: 80}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_clusterdns"))
+        .args(["serve", "--dns-addr", "127.0.0.1:0", "--manifests"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml: document 1: Service y/x:"), "{err}");
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_clusterdns"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--manifests", "--dns-addr", "--zone", "--ttl", "--pods"] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+}
