@@ -1,2 +1,4 @@
 //! clusterdns: a CoreDNS-compatible cluster DNS server for Kubernetes clusters whose pods run
 //! partly on worker nodes and partly in micro-VMs (EKS Fargate).
+
+pub mod corefile;
