@@ -94,7 +94,11 @@ struct Tok {
 }
 
 /// Parses a whole Corefile into server blocks, expanding snippets and imports.
-pub fn parse(text: &str, path: &Path, env: EnvLookup) -> Result<Vec<ServerBlockAst>, CorefileError> {
+pub fn parse(
+    text: &str,
+    path: &Path,
+    env: EnvLookup,
+) -> Result<Vec<ServerBlockAst>, CorefileError> {
     let file: Arc<Path> = Arc::from(path);
     let origin = Arc::new(Origin {
         key: file_key(path),
@@ -214,7 +218,7 @@ impl Parser<'_> {
                     "unexpected '}': no block is open here",
                 ));
             }
-            let tok = self.advance().unwrap_or_else(|| unreachable_token());
+            let tok = self.advance().unwrap_or_else(unreachable_token);
             consumed_any = true;
             let mut w = self.word(&tok);
             // Caddy: a trailing comma means another address follows, perhaps on the next line.
@@ -227,18 +231,31 @@ impl Parser<'_> {
             }
         }
 
-        if keys.len() == 1 && keys[0].text.len() > 2 && keys[0].text.starts_with('(') && keys[0].text.ends_with(')') {
+        if keys.len() == 1
+            && keys[0].text.len() > 2
+            && keys[0].text.starts_with('(')
+            && keys[0].text.ends_with(')')
+        {
             self.snippet(&keys[0])?;
             return Ok(None);
         }
         if keys.is_empty() {
-            let pos = self.peek().map(|t| t.pos.clone()).unwrap_or_else(|| self.end_pos());
-            return Err(CorefileError::at(&pos, "expected a server address (ZONE[:PORT])"));
+            let pos = self
+                .peek()
+                .map(|t| t.pos.clone())
+                .unwrap_or_else(|| self.end_pos());
+            return Err(CorefileError::at(
+                &pos,
+                "expected a server address (ZONE[:PORT])",
+            ));
         }
 
         let braced = self.peek().is_some_and(|t| t.is_bare("{"));
         let directives = if braced {
-            let open = self.advance().map(|t| t.pos).unwrap_or_else(|| self.end_pos());
+            let open = self
+                .advance()
+                .map(|t| t.pos)
+                .unwrap_or_else(|| self.end_pos());
             self.directives(Some(&open), 0)?
         } else {
             // Caddy allows a single server block without braces: everything to the end.
@@ -307,7 +324,11 @@ impl Parser<'_> {
 
     /// Directive lines until the `}` closing the block opened at `open`, or until the end of
     /// the input for a brace-less server block.
-    fn directives(&mut self, open: Option<&Pos>, depth: usize) -> Result<Vec<Directive>, CorefileError> {
+    fn directives(
+        &mut self,
+        open: Option<&Pos>,
+        depth: usize,
+    ) -> Result<Vec<Directive>, CorefileError> {
         if depth > MAX_NESTING {
             let pos = open.cloned().unwrap_or_else(|| self.end_pos());
             return Err(CorefileError::at(
@@ -321,7 +342,10 @@ impl Parser<'_> {
                 return match open {
                     Some(o) => Err(CorefileError::at(
                         &self.end_pos(),
-                        format!("expected '}}' to close the block opened at {}:{}", o.line, o.col),
+                        format!(
+                            "expected '}}' to close the block opened at {}:{}",
+                            o.line, o.col
+                        ),
                     )),
                     None => Ok(out),
                 };
@@ -341,7 +365,11 @@ impl Parser<'_> {
                 continue;
             }
             if tok.is_bare("{") {
-                let what = if depth == 0 { "a plugin name" } else { "an option name" };
+                let what = if depth == 0 {
+                    "a plugin name"
+                } else {
+                    "an option name"
+                };
                 return Err(CorefileError::at(
                     &tok.pos,
                     format!("unexpected '{{': expected {what}; a block must open on the line it belongs to"),
@@ -353,7 +381,7 @@ impl Parser<'_> {
 
     /// One directive: its name, the arguments on the same line, and an optional block.
     fn line(&mut self, depth: usize) -> Result<Directive, CorefileError> {
-        let name_tok = self.advance().unwrap_or_else(|| unreachable_token());
+        let name_tok = self.advance().unwrap_or_else(unreachable_token);
         // Caddy does not substitute environment variables in plugin names.
         let name = if depth == 0 {
             Word {
@@ -387,7 +415,7 @@ impl Parser<'_> {
                 }
                 break;
             }
-            let t = self.advance().unwrap_or_else(|| unreachable_token());
+            let t = self.advance().unwrap_or_else(unreachable_token);
             args.push(self.word(&t));
         }
         Ok(Directive { name, args, block })
@@ -443,7 +471,8 @@ impl Parser<'_> {
             }));
         } else {
             for file in self.import_files(&imp.t, &arg, &pattern)? {
-                let origin = self.child_origin(&imp, &arg, file_key(&file), file.display().to_string())?;
+                let origin =
+                    self.child_origin(&imp, &arg, file_key(&file), file.display().to_string())?;
                 let bytes = std::fs::read(&file).map_err(|e| {
                     CorefileError::at(&arg.pos, format!("cannot import '{}': {e}", file.display()))
                 })?;
@@ -469,7 +498,13 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn child_origin(&self, imp: &Tok, arg: &Token, key: String, label: String) -> Result<Arc<Origin>, CorefileError> {
+    fn child_origin(
+        &self,
+        imp: &Tok,
+        arg: &Token,
+        key: String,
+        label: String,
+    ) -> Result<Arc<Origin>, CorefileError> {
         if imp.origin.contains(&key) {
             let mut chain = imp.origin.labels();
             chain.push(label);
@@ -487,7 +522,12 @@ impl Parser<'_> {
     }
 
     /// The files an import pattern names, relative to the importing file's directory.
-    fn import_files(&self, imp: &Token, arg: &Token, pattern: &str) -> Result<Vec<PathBuf>, CorefileError> {
+    fn import_files(
+        &self,
+        imp: &Token,
+        arg: &Token,
+        pattern: &str,
+    ) -> Result<Vec<PathBuf>, CorefileError> {
         let full = if Path::new(pattern).is_absolute() {
             PathBuf::from(pattern)
         } else {
@@ -555,7 +595,10 @@ pub(crate) fn utf8<'b>(bytes: &'b [u8], file: &Arc<Path>) -> Result<&'b str, Cor
         let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
         let line = valid.matches('\n').count() as u32 + 1;
         let col = valid.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
-        CorefileError::at(&Pos::new(file.clone(), line, col), "the file is not valid UTF-8")
+        CorefileError::at(
+            &Pos::new(file.clone(), line, col),
+            "the file is not valid UTF-8",
+        )
     })
 }
 
@@ -604,7 +647,11 @@ fn glob(pattern: &Path) -> Vec<PathBuf> {
                 next.push(base.join(comp.as_os_str()));
                 continue;
             }
-            let dir = if base.as_os_str().is_empty() { Path::new(".") } else { base.as_path() };
+            let dir = if base.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                base.as_path()
+            };
             let Ok(entries) = std::fs::read_dir(dir) else {
                 continue;
             };
@@ -658,7 +705,9 @@ mod tests {
     }
 
     fn err(s: &str) -> String {
-        parse(s, Path::new("Corefile"), &no_env).unwrap_err().to_string()
+        parse(s, Path::new("Corefile"), &no_env)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -700,7 +749,10 @@ mod tests {
             err(".:53 {\n  errors\n  health {\n    lameduck 5s\n  }\n"),
             "Corefile:5:4: expected '}' to close the block opened at 1:6"
         );
-        assert_eq!(err(". {\n}\n}\n"), "Corefile:3:1: unexpected '}': no block is open here");
+        assert_eq!(
+            err(". {\n}\n}\n"),
+            "Corefile:3:1: unexpected '}': no block is open here"
+        );
         assert_eq!(
             err(". {\n health { } ready\n}"),
             "Corefile:2:13: unexpected 'ready' after '}': expected the end of the line"
@@ -719,7 +771,10 @@ mod tests {
             _ => None,
         };
         assert_eq!(substitute_env("{$ZONE}:53", &env), "cluster.local:53");
-        assert_eq!(substitute_env("a{%ZONE%}b{$NOPE}c", &env), "acluster.localbc");
+        assert_eq!(
+            substitute_env("a{%ZONE%}b{$NOPE}c", &env),
+            "acluster.localbc"
+        );
         assert_eq!(substitute_env("{$W}", &env), "{$ZONE}");
         assert_eq!(substitute_env("{$}x{$", &env), "{$}x{$");
     }

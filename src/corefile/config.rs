@@ -497,12 +497,27 @@ pub enum RewriteFlow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NameRewrite {
     /// FROM and TO are FQDNs.
-    Exact { from: String, to: String },
-    Prefix { from: String, to: String },
-    Suffix { from: String, to: String },
-    Substring { from: String, to: String },
+    Exact {
+        from: String,
+        to: String,
+    },
+    Prefix {
+        from: String,
+        to: String,
+    },
+    Suffix {
+        from: String,
+        to: String,
+    },
+    Substring {
+        from: String,
+        to: String,
+    },
     /// TO may use `{1}`.. for capture groups.
-    Regex { from: Pattern, to: String },
+    Regex {
+        from: Pattern,
+        to: String,
+    },
 }
 
 /// How responses are rewritten back.

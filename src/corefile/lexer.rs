@@ -47,9 +47,9 @@ pub(crate) fn lex(text: &str, file: &Arc<Path>) -> Result<Vec<Token>, CorefileEr
     let mut newline_seen = true;
 
     let finish = |tokens: &mut Vec<Token>,
-                      cur: &mut Option<(String, u32, u32, bool)>,
-                      newline_seen: &mut bool,
-                      end: (u32, u32)| {
+                  cur: &mut Option<(String, u32, u32, bool)>,
+                  newline_seen: &mut bool,
+                  end: (u32, u32)| {
         if let Some((text, l, c, quoted)) = cur.take() {
             tokens.push(Token {
                 text,
@@ -98,7 +98,12 @@ pub(crate) fn lex(text: &str, file: &Arc<Path>) -> Result<Vec<Token>, CorefileEr
             if ch == '\r' {
                 continue;
             }
-            finish(&mut tokens, &mut cur, &mut newline_seen, (here_line, here_col));
+            finish(
+                &mut tokens,
+                &mut cur,
+                &mut newline_seen,
+                (here_line, here_col),
+            );
             if ch == '\n' {
                 comment = false;
                 newline_seen = true;
@@ -110,7 +115,12 @@ pub(crate) fn lex(text: &str, file: &Arc<Path>) -> Result<Vec<Token>, CorefileEr
         }
         if ch == '#' {
             comment = true;
-            finish(&mut tokens, &mut cur, &mut newline_seen, (here_line, here_col));
+            finish(
+                &mut tokens,
+                &mut cur,
+                &mut newline_seen,
+                (here_line, here_col),
+            );
             continue;
         }
         match cur.as_mut() {

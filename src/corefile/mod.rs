@@ -83,7 +83,10 @@ pub fn load(path: &Path) -> Result<Config, CorefileError> {
     let file: Arc<Path> = Arc::from(path);
     let bytes = std::fs::read(path).map_err(|e| {
         // No position inside a file that cannot be read.
-        CorefileError::at(&Pos::new(file.clone(), 0, 0), format!("cannot read the Corefile: {e}"))
+        CorefileError::at(
+            &Pos::new(file.clone(), 0, 0),
+            format!("cannot read the Corefile: {e}"),
+        )
     })?;
     let text = ast::utf8(&bytes, &file)?;
     parse_str(text, path, &|name| std::env::var(name).ok())

@@ -32,7 +32,10 @@ pub(crate) fn build(blocks: &[ServerBlockAst], path: &Path) -> Result<Config> {
         let mut zones: Vec<ZoneKey> = Vec::new();
         for key in &b.keys {
             let parsed = parse_key(&key.text).map_err(|m| {
-                CorefileError::at(&key.pos, format!("invalid server address '{}': {m}", key.text))
+                CorefileError::at(
+                    &key.pos,
+                    format!("invalid server address '{}': {m}", key.text),
+                )
             })?;
             for z in parsed {
                 let id = (z.transport, z.zone.clone(), z.port);
@@ -51,7 +54,11 @@ pub(crate) fn build(blocks: &[ServerBlockAst], path: &Path) -> Result<Config> {
         }
         let block_zones = dedup(zones.iter().map(|z| z.zone.clone()).collect());
         let plugins = build_plugins(&b.directives, &block_zones)?;
-        let pos = b.keys.first().map(|k| k.pos.clone()).unwrap_or_else(|| Pos::new(Arc::from(path), 1, 1));
+        let pos = b
+            .keys
+            .first()
+            .map(|k| k.pos.clone())
+            .unwrap_or_else(|| Pos::new(Arc::from(path), 1, 1));
         servers.push(ServerBlock {
             zones,
             plugins,
@@ -125,7 +132,9 @@ fn build_plugins(directives: &[Directive], block_zones: &[String]) -> Result<Vec
             })),
             (PluginKind::Errors, _) => out.push(PluginConfig::Errors(errors(d)?)),
             (PluginKind::Loadbalance, _) => out.push(PluginConfig::Loadbalance(loadbalance(d)?)),
-            (PluginKind::Autopath, _) => out.push(PluginConfig::Autopath(autopath(d, block_zones)?)),
+            (PluginKind::Autopath, _) => {
+                out.push(PluginConfig::Autopath(autopath(d, block_zones)?))
+            }
             (PluginKind::Cache, _) => out.push(PluginConfig::Cache(cache(d, block_zones)?)),
             (PluginKind::Hosts, _) => out.push(PluginConfig::Hosts(hosts(d, block_zones)?)),
             (PluginKind::Kubernetes, _) => {
@@ -269,7 +278,11 @@ impl<'a> Args<'a> {
                 let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
                 self.err(
                     w,
-                    format!("invalid value '{}' (expected {})", w.text, names.join(" | ")),
+                    format!(
+                        "invalid value '{}' (expected {})",
+                        w.text,
+                        names.join(" | ")
+                    ),
                 )
             })
     }
@@ -314,7 +327,10 @@ fn options<'a>(d: &'a Directive, plugin: &str, supported: &[&str]) -> Result<&'a
         if let Some(inner) = &o.block {
             return Err(CorefileError::at(
                 &inner.open,
-                format!("{plugin}: {}: unexpected '{{': this option takes no block", o.name.text),
+                format!(
+                    "{plugin}: {}: unexpected '{{': this option takes no block",
+                    o.name.text
+                ),
             ));
         }
     }
@@ -323,7 +339,10 @@ fn options<'a>(d: &'a Directive, plugin: &str, supported: &[&str]) -> Result<&'a
 
 fn unknown_option(o: &Directive, plugin: &str, supported: &[&str]) -> CorefileError {
     let msg = if supported.is_empty() {
-        format!("{plugin}: unknown option '{}' ({plugin} takes no options)", o.name.text)
+        format!(
+            "{plugin}: unknown option '{}' ({plugin} takes no options)",
+            o.name.text
+        )
     } else {
         format!(
             "{plugin}: unknown option '{}' (supported: {})",
@@ -379,14 +398,16 @@ fn bind_addr(a: &Args, w: &Word) -> Result<BindAddr> {
         return Ok(BindAddr::Ip(ip));
     }
     let iface_ok = w.text.len() <= 15
-        && w
-            .text
+        && w.text
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
     if looks_like_address(&w.text) || !iface_ok {
         return Err(a.err(
             w,
-            format!("'{}' is not an IP address or a network interface name", w.text),
+            format!(
+                "'{}' is not an IP address or a network interface name",
+                w.text
+            ),
         ));
     }
     Ok(BindAddr::Interface(w.text.clone()))
@@ -567,10 +588,7 @@ fn rewrite(d: &Directive) -> Result<RewriteRule> {
     if kind.text != "name" {
         return Err(a.err(
             kind,
-            format!(
-                "unsupported rule type '{}' (supported: name)",
-                kind.text
-            ),
+            format!("unsupported rule type '{}' (supported: name)", kind.text),
         ));
     }
     let mut match_type = "exact";
@@ -613,7 +631,10 @@ fn rewrite(d: &Directive) -> Result<RewriteRule> {
         if w.text != "answer" {
             return Err(a.err(
                 w,
-                format!("unexpected '{}': expected 'answer' (usage: {USAGE})", w.text),
+                format!(
+                    "unexpected '{}': expected 'answer' (usage: {USAGE})",
+                    w.text
+                ),
             ));
         }
         let what = a.req("'auto', 'name' or 'value' after 'answer'")?;
@@ -670,7 +691,11 @@ fn autopath(d: &Directive, block_zones: &[String]) -> Result<AutopathConfig> {
 
 fn acl(d: &Directive, block_zones: &[String]) -> Result<AclPolicy> {
     const USAGE: &str = "allow|block|filter|drop [type QTYPE...] [net SOURCE...]";
-    let a = Args::new(d, "acl", "acl [ZONES...] { allow|block|filter|drop [type QTYPE...] [net SOURCE...] }");
+    let a = Args::new(
+        d,
+        "acl",
+        "acl [ZONES...] { allow|block|filter|drop [type QTYPE...] [net SOURCE...] }",
+    );
     let zones = a.zones_or(a.rest(), block_zones)?;
     let mut rules = Vec::new();
     let Some(block) = &d.block else {
@@ -682,12 +707,21 @@ fn acl(d: &Directive, block_zones: &[String]) -> Result<AclPolicy> {
             "block" => AclAction::Block,
             "filter" => AclAction::Filter,
             "drop" => AclAction::Drop,
-            _ => return Err(unknown_option(o, "acl", &["allow", "block", "filter", "drop"])),
+            _ => {
+                return Err(unknown_option(
+                    o,
+                    "acl",
+                    &["allow", "block", "filter", "drop"],
+                ))
+            }
         };
         if let Some(inner) = &o.block {
             return Err(CorefileError::at(
                 &inner.open,
-                format!("acl: {}: unexpected '{{': this option takes no block", o.name.text),
+                format!(
+                    "acl: {}: unexpected '{{': this option takes no block",
+                    o.name.text
+                ),
             ));
         }
         let oa = Args::opt(o, "acl", USAGE);
@@ -706,9 +740,9 @@ fn acl(d: &Directive, block_zones: &[String]) -> Result<AclPolicy> {
                 ));
             }
             let mut values = Vec::new();
-            while let Some(w) = words.next_if(|w| {
-                !matches!(w.text.to_ascii_lowercase().as_str(), "type" | "net")
-            }) {
+            while let Some(w) =
+                words.next_if(|w| !matches!(w.text.to_ascii_lowercase().as_str(), "type" | "net"))
+            {
                 values.push(w);
             }
             if values.is_empty() {
@@ -719,12 +753,15 @@ fn acl(d: &Directive, block_zones: &[String]) -> Result<AclPolicy> {
                 if w.text == "*" {
                     all = true;
                 } else if sect == "type" {
-                    let t = w.text.to_ascii_uppercase().parse::<RecordType>().map_err(|_| {
-                        oa.err(w, format!("'{}' is not a DNS record type", w.text))
-                    })?;
+                    let t = w
+                        .text
+                        .to_ascii_uppercase()
+                        .parse::<RecordType>()
+                        .map_err(|_| oa.err(w, format!("'{}' is not a DNS record type", w.text)))?;
                     rule.qtypes.push(t);
                 } else {
-                    rule.nets.push(parse_net(&w.text).map_err(|m| oa.err(w, m))?);
+                    rule.nets
+                        .push(parse_net(&w.text).map_err(|m| oa.err(w, m))?);
                 }
             }
             // `*` means every type or every source: an empty list.
@@ -767,7 +804,9 @@ fn cache(d: &Directive, block_zones: &[String]) -> Result<CacheConfig> {
     // A leading integer is the maximum TTL for both buckets, as in CoreDNS.
     if let Some(first) = args.first() {
         if first.text.parse::<i64>().is_ok() {
-            ttl = Some(a.int::<u32>(first, 1, i64::from(u32::MAX))?);
+            let t = parse_int::<u32>(&first.text, 1, i64::from(u32::MAX))
+                .map_err(|m| a.err(first, format!("TTL {m}")))?;
+            ttl = Some(t);
             args = &args[1..];
         }
     }
@@ -792,10 +831,7 @@ fn cache(d: &Directive, block_zones: &[String]) -> Result<CacheConfig> {
                 }
                 if let Some(w) = oa.next() {
                     let Some(num) = w.text.strip_suffix('%') else {
-                        return Err(oa.err(
-                            w,
-                            format!("percentage '{}' must end with '%'", w.text),
-                        ));
+                        return Err(oa.err(w, format!("percentage '{}' must end with '%'", w.text)));
                     };
                     // CoreDNS accepts 10% to 90%.
                     p.percentage = parse_int(num, 10, 90)
@@ -858,7 +894,12 @@ fn class_of(a: &Args, w: &Word) -> Result<DNSClass> {
     w.text
         .to_ascii_uppercase()
         .parse::<DNSClass>()
-        .map_err(|_| a.err(w, format!("'{}' is not a DNS class (IN, CH, HS, ANY)", w.text)))
+        .map_err(|_| {
+            a.err(
+                w,
+                format!("'{}' is not a DNS class (IN, CH, HS, ANY)", w.text),
+            )
+        })
 }
 
 fn rcode_of(a: &Args, w: &Word) -> Result<ResponseCode> {
@@ -882,7 +923,14 @@ fn rcode_of(a: &Args, w: &Word) -> Result<ResponseCode> {
         .map(|(_, v)| ResponseCode::from_low(*v))
         .ok_or_else(|| {
             let names: Vec<&str> = RCODES.iter().map(|(n, _)| *n).collect();
-            a.err(w, format!("unknown rcode '{}' (expected {})", w.text, names.join(" | ")))
+            a.err(
+                w,
+                format!(
+                    "unknown rcode '{}' (expected {})",
+                    w.text,
+                    names.join(" | ")
+                ),
+            )
         })
 }
 
@@ -923,9 +971,15 @@ fn template(d: &Directive, block_zones: &[String]) -> Result<Template> {
                     t.matches.push(oa.pattern(w)?);
                 }
             }
-            "answer" => t.answers.extend(oa.rest1("RR")?.iter().map(|w| w.text.clone())),
-            "additional" => t.additional.extend(oa.rest1("RR")?.iter().map(|w| w.text.clone())),
-            "authority" => t.authority.extend(oa.rest1("RR")?.iter().map(|w| w.text.clone())),
+            "answer" => t
+                .answers
+                .extend(oa.rest1("RR")?.iter().map(|w| w.text.clone())),
+            "additional" => t
+                .additional
+                .extend(oa.rest1("RR")?.iter().map(|w| w.text.clone())),
+            "authority" => t
+                .authority
+                .extend(oa.rest1("RR")?.iter().map(|w| w.text.clone())),
             "rcode" => {
                 t.rcode = rcode_of(&oa, oa.req("CODE")?)?;
                 oa.done()?;
@@ -939,7 +993,8 @@ fn template(d: &Directive, block_zones: &[String]) -> Result<Template> {
         }
     }
     if t.matches.is_empty() {
-        t.matches.push(Pattern(compile(".*").map_err(|m| a.err(&d.name, m))?));
+        t.matches
+            .push(Pattern(compile(".*").map_err(|m| a.err(&d.name, m))?));
     }
     Ok(t)
 }
@@ -960,7 +1015,11 @@ fn hosts(d: &Directive, block_zones: &[String]) -> Result<HostsConfig> {
         fallthrough: Fallthrough::Off,
     };
     for o in options(d, "hosts", SUPPORTED)? {
-        let oa = Args::opt(o, "hosts", "ttl SECONDS | no_reverse | reload DURATION | fallthrough [ZONES...] | IP NAME...");
+        let oa = Args::opt(
+            o,
+            "hosts",
+            "ttl SECONDS | no_reverse | reload DURATION | fallthrough [ZONES...] | IP NAME...",
+        );
         match o.name.text.as_str() {
             "ttl" => {
                 c.ttl = oa.int(oa.req("SECONDS")?, 1, 65535)?;
@@ -985,7 +1044,10 @@ fn hosts(d: &Directive, block_zones: &[String]) -> Result<HostsConfig> {
                     ));
                 };
                 let names = oa.rest1("NAME")?;
-                let names = names.iter().map(|w| oa.name(w)).collect::<Result<Vec<_>>>()?;
+                let names = names
+                    .iter()
+                    .map(|w| oa.name(w))
+                    .collect::<Result<Vec<_>>>()?;
                 c.inline.push(HostsEntry { addr, names });
             }
         }
@@ -1039,18 +1101,30 @@ fn kubernetes(d: &Directive, block_zones: &[String]) -> Result<KubernetesConfig>
             }
             "namespaces" => {
                 let oa = Args::opt(o, p, "namespaces NAMESPACE...");
-                k.namespaces = oa.rest1("NAMESPACE")?.iter().map(|w| w.text.clone()).collect();
+                k.namespaces = oa
+                    .rest1("NAMESPACE")?
+                    .iter()
+                    .map(|w| w.text.clone())
+                    .collect();
                 namespaces_at = Some(&o.name);
             }
             "namespace_labels" => {
                 let oa = Args::opt(o, p, "namespace_labels SELECTOR");
-                let sel: Vec<&str> = oa.rest1("SELECTOR")?.iter().map(|w| w.text.as_str()).collect();
+                let sel: Vec<&str> = oa
+                    .rest1("SELECTOR")?
+                    .iter()
+                    .map(|w| w.text.as_str())
+                    .collect();
                 k.namespace_labels = Some(sel.join(" "));
                 labels_at = Some(&o.name);
             }
             "labels" => {
                 let oa = Args::opt(o, p, "labels SELECTOR");
-                let sel: Vec<&str> = oa.rest1("SELECTOR")?.iter().map(|w| w.text.as_str()).collect();
+                let sel: Vec<&str> = oa
+                    .rest1("SELECTOR")?
+                    .iter()
+                    .map(|w| w.text.as_str())
+                    .collect();
                 k.labels = Some(sel.join(" "));
             }
             "pods" => {
@@ -1103,15 +1177,15 @@ fn upstream(a: &Args, w: &Word) -> Result<Upstream> {
     let (transport, rest) = split_upstream_transport(&w.text).map_err(|m| a.err(w, m))?;
     let t = transport.unwrap_or(Transport::Dns);
     if let Some(addr) = parse_ip_port(rest, t.default_port()) {
-        return Ok(Upstream::Addr {
-            transport: t,
-            addr,
-        });
+        return Ok(Upstream::Addr { transport: t, addr });
     }
     if transport.is_some() || looks_like_address(rest) || rest.is_empty() {
         return Err(a.err(
             w,
-            format!("'{}' is not an IP address, IP:PORT or resolv.conf file", w.text),
+            format!(
+                "'{}' is not an IP address, IP:PORT or resolv.conf file",
+                w.text
+            ),
         ));
     }
     Ok(Upstream::ResolvConf(PathBuf::from(rest)))
@@ -1134,7 +1208,12 @@ fn forward(d: &Directive) -> Result<ForwardConfig> {
     let from_w = a.req("FROM zone")?;
     let from = match a.zones(std::slice::from_ref(from_w))?.as_slice() {
         [one] => one.clone(),
-        _ => return Err(a.err(from_w, format!("FROM '{}' must name a single zone", from_w.text))),
+        _ => {
+            return Err(a.err(
+                from_w,
+                format!("FROM '{}' must name a single zone", from_w.text),
+            ))
+        }
     };
     let tos = a.rest1("TO upstream")?;
     if let Some(extra) = tos.get(ForwardConfig::MAX_UPSTREAMS) {
@@ -1143,7 +1222,10 @@ fn forward(d: &Directive) -> Result<ForwardConfig> {
             format!("more than {} upstreams", ForwardConfig::MAX_UPSTREAMS),
         ));
     }
-    let to = tos.iter().map(|w| upstream(&a, w)).collect::<Result<Vec<_>>>()?;
+    let to = tos
+        .iter()
+        .map(|w| upstream(&a, w))
+        .collect::<Result<Vec<_>>>()?;
     let mut f = ForwardConfig::new(from, to);
     for o in options(d, "forward", SUPPORTED)? {
         let p = "forward";
@@ -1171,11 +1253,16 @@ fn forward(d: &Directive) -> Result<ForwardConfig> {
                 while let Some(w) = oa.next() {
                     match w.text.as_str() {
                         "no_rec" => f.health_check_no_rec = true,
-                        "domain" => f.health_check_domain = oa.name(oa.req("FQDN after 'domain'")?)?,
+                        "domain" => {
+                            f.health_check_domain = oa.name(oa.req("FQDN after 'domain'")?)?
+                        }
                         _ => {
                             return Err(oa.err(
                                 w,
-                                format!("unexpected '{}': expected 'no_rec' or 'domain FQDN'", w.text),
+                                format!(
+                                    "unexpected '{}': expected 'no_rec' or 'domain FQDN'",
+                                    w.text
+                                ),
                             ))
                         }
                     }

@@ -25,7 +25,9 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
     }
     let mut total: u128 = 0;
     while !rest.is_empty() {
-        let int_len = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let int_len = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let (int_part, after) = rest.split_at(int_len);
         let (frac_part, after) = match after.strip_prefix('.') {
             Some(a) => {
@@ -48,7 +50,11 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
             "s" => 1_000_000_000,
             "m" => 60_000_000_000,
             "h" => 3_600_000_000_000,
-            "" => return Err(format!("invalid duration '{s}': missing unit (ns, us, ms, s, m, h)")),
+            "" => {
+                return Err(format!(
+                    "invalid duration '{s}': missing unit (ns, us, ms, s, m, h)"
+                ))
+            }
             other => {
                 return Err(format!(
                     "invalid duration '{s}': unknown unit '{other}' (ns, us, ms, s, m, h)"
@@ -82,9 +88,7 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
 
 /// Go's `strconv.Atoi` with a range check, for counts, TTLs and capacities.
 pub(crate) fn parse_int<T: TryFrom<i64>>(s: &str, min: i64, max: i64) -> Result<T, String> {
-    let v: i64 = s
-        .parse()
-        .map_err(|_| format!("'{s}' is not an integer"))?;
+    let v: i64 = s.parse().map_err(|_| format!("'{s}' is not an integer"))?;
     if v < min || v > max {
         return Err(format!("{v} is out of range ({min}..={max})"));
     }
@@ -134,7 +138,7 @@ fn split_zone_port(s: &str) -> Result<(&str, Option<u16>), String> {
     }
     let p: u16 = port
         .parse()
-        .map_err(|_| format!("invalid port '{port}' in '{s}': expected a number from 0 to 65535"))?;
+        .map_err(|_| format!("invalid port '{port}': expected a number from 0 to 65535"))?;
     Ok((&s[..colon], Some(p)))
 }
 
@@ -157,7 +161,9 @@ pub(crate) fn normalize_name(s: &str) -> Result<String, String> {
         ));
     }
     if z.len() > 254 {
-        return Err(format!("'{s}' is not a valid domain name: longer than 255 octets"));
+        return Err(format!(
+            "'{s}' is not a valid domain name: longer than 255 octets"
+        ));
     }
     Ok(z)
 }
@@ -188,7 +194,10 @@ fn reverse_zones(cidr: &str) -> Result<Vec<String>, String> {
             }
         }
         let digits: Vec<String> = if digit == 8 {
-            b.iter().take(usize::from(rounded / 8)).map(|o| o.to_string()).collect()
+            b.iter()
+                .take(usize::from(rounded / 8))
+                .map(|o| o.to_string())
+                .collect()
         } else {
             b.iter()
                 .flat_map(|o| [o >> 4, o & 0xf])
@@ -252,9 +261,9 @@ pub(crate) fn parse_host_port(s: &str) -> Result<HostPort, String> {
         }
         (h, p)
     };
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("invalid port '{port}' in '{s}': expected a number from 0 to 65535"))?;
+    let port: u16 = port.parse().map_err(|_| {
+        format!("invalid port '{port}' in '{s}': expected a number from 0 to 65535")
+    })?;
     let host_ok = host.parse::<IpAddr>().is_ok()
         || host
             .chars()
@@ -272,8 +281,7 @@ pub(crate) fn parse_host_port(s: &str) -> Result<HostPort, String> {
 /// typo there is reported as a bad address instead of being taken for a file or interface name.
 pub(crate) fn looks_like_address(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
         && s.chars().any(|c| c.is_ascii_digit() || c == ':')
 }
@@ -332,7 +340,17 @@ mod tests {
         assert_eq!(ok("+2us"), Duration::from_micros(2));
         assert_eq!(ok("3µs"), Duration::from_micros(3));
         assert_eq!(ok("-0s"), Duration::ZERO);
-        for bad in ["", "5", "s", "5x", "1.2.3s", "-1s", ".s", "99999999999h", "5s5"] {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "5x",
+            "1.2.3s",
+            "-1s",
+            ".s",
+            "99999999999h",
+            "5s5",
+        ] {
             assert!(parse_go_duration(bad).is_err(), "{bad} should fail");
         }
     }
@@ -343,7 +361,10 @@ mod tests {
         assert_eq!(k[0].zone, "example.org.");
         assert_eq!((k[0].port, k[0].port_explicit), (1053, true));
         let k = parse_key("tls://.").unwrap();
-        assert_eq!((k[0].zone.as_str(), k[0].port, k[0].port_explicit), (".", 853, false));
+        assert_eq!(
+            (k[0].zone.as_str(), k[0].port, k[0].port_explicit),
+            (".", 853, false)
+        );
         assert!(parse_key(".:99999").is_err());
         assert!(parse_key(".:").is_err());
         assert!(parse_key("http://x").is_err());
@@ -360,7 +381,10 @@ mod tests {
         assert_eq!(normalize_zones("0.0.0.0/0").unwrap(), ["in-addr.arpa."]);
         assert_eq!(normalize_zones("fd00::/8").unwrap(), ["d.f.ip6.arpa."]);
         let k = parse_key("192.168.0.0/16:5353").unwrap();
-        assert_eq!((k[0].zone.as_str(), k[0].port), ("168.192.in-addr.arpa.", 5353));
+        assert_eq!(
+            (k[0].zone.as_str(), k[0].port),
+            ("168.192.in-addr.arpa.", 5353)
+        );
     }
 
     #[test]
