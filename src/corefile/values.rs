@@ -72,7 +72,7 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         let mut scale = nanos_per;
         for d in frac_part.chars().take(20) {
             scale /= 10;
-            value += u128::from(d.to_digit(10).unwrap_or(0)) * scale;
+            value = value.saturating_add(u128::from(d.to_digit(10).unwrap_or(0)) * scale);
         }
         total = total.checked_add(value).ok_or_else(too_big)?;
         if total > i64::MAX as u128 {
