@@ -1,6 +1,8 @@
 //! clusterdns: a CoreDNS-compatible cluster DNS server for Kubernetes clusters whose pods run
 //! partly on worker nodes and partly in micro-VMs (EKS Fargate).
+
 pub mod app;
 pub mod cluster;
+pub mod corefile;
 pub mod dns;
 pub mod fargate;
