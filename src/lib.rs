@@ -2,3 +2,4 @@
 //! partly on worker nodes and partly in micro-VMs (EKS Fargate).
 pub mod cluster;
 pub mod fargate;
+pub mod prober;
