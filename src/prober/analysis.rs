@@ -10,7 +10,7 @@
 //! and inbound on the destination subnet for the request, and the other way for the return
 //! traffic on the ephemeral ports 1024-65535. Traffic within one subnet crosses no ACL.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -59,7 +59,10 @@ impl fmt::Display for Addr {
 /// The security groups of a party's ENI, and how we know them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Groups {
-    Known { ids: Vec<String>, source: String },
+    Known {
+        ids: Vec<String>,
+        source: String,
+    },
     Unknown(String),
     /// Not an ENI in the VPC (the Amazon-provided DNS server): security groups do not apply.
     NotEni,
@@ -184,8 +187,21 @@ fn cidr_match(cidr: &IpNet, addr: &Addr) -> Tri {
     }
 }
 
+/// Hands out network-ACL rule numbers for fixes, so that the fixes of one report do not
+/// collide when applied together and the same fix gets the same number everywhere.
+#[derive(Debug, Default)]
+pub struct FixPlanner {
+    assigned: BTreeMap<String, u32>,
+    taken: BTreeMap<(String, bool), BTreeSet<u32>>,
+}
+
 /// Judges one flow through every layer.
 pub fn judge(model: &VpcModel, flow: &Flow) -> Judgement {
+    judge_planned(model, flow, &mut FixPlanner::default())
+}
+
+/// [`judge`], with network-ACL fix numbers coordinated across a report.
+pub fn judge_planned(model: &VpcModel, flow: &Flow, planner: &mut FixPlanner) -> Judgement {
     if flow.dst.kind == PartyKind::VpcResolver {
         return Judgement {
             verdict: Verdict::Allowed,
@@ -193,11 +209,8 @@ pub fn judge(model: &VpcModel, flow: &Flow) -> Judgement {
             fix: None,
         };
     }
-    let mut layers = vec![
-        sg_layer(model, flow, true),
-        sg_layer(model, flow, false),
-    ];
-    layers.extend(acl_layers(model, flow));
+    let mut layers = vec![sg_layer(model, flow, true), sg_layer(model, flow, false)];
+    layers.extend(acl_layers(model, flow, planner));
     combine(layers)
 }
 
@@ -206,14 +219,22 @@ fn combine(layers: Vec<Layer>) -> Judgement {
     let mut missing = Vec::new();
     let mut fixes = Vec::new();
     let mut unknown = Vec::new();
+    // Several checks can report the same thing (both directions of one unknown ACL).
+    let push = |list: &mut Vec<String>, item: String| {
+        if !list.contains(&item) {
+            list.push(item);
+        }
+    };
     for layer in layers {
         match layer {
-            Layer::Allowed(s) => allowed.push(s),
+            Layer::Allowed(s) => push(&mut allowed, s),
             Layer::Blocked { missing: m, fix } => {
-                missing.push(m);
-                fixes.extend(fix);
+                push(&mut missing, m);
+                if let Some(fix) = fix {
+                    push(&mut fixes, fix);
+                }
             }
-            Layer::Unknown(s) => unknown.push(s),
+            Layer::Unknown(s) => push(&mut unknown, s),
         }
     }
     if !missing.is_empty() {
@@ -268,7 +289,9 @@ fn sg_layer(model: &VpcModel, flow: &Flow, egress: bool) -> Layer {
     let mut near: Vec<(String, String)> = Vec::new();
     for gid in ids {
         let Some(sg) = model.security_groups.get(gid) else {
-            unknown.push(format!("{gid} is not in the describe-security-groups input"));
+            unknown.push(format!(
+                "{gid} is not in the describe-security-groups input"
+            ));
             continue;
         };
         let perms = if egress { &sg.egress } else { &sg.ingress };
@@ -406,7 +429,14 @@ fn sg_missing(
             .collect();
         missing.push_str(&format!(" (has {})", has.join(", ")));
     }
-    let fix = sg_fix(egress, &target, flow.protocol, flow.port, peer_ref, peer_addr);
+    let fix = sg_fix(
+        egress,
+        &target,
+        flow.protocol,
+        flow.port,
+        peer_ref,
+        peer_addr,
+    );
     Layer::Blocked {
         missing,
         fix: Some(fix),
@@ -437,11 +467,7 @@ fn sg_fix(
             );
         }
     }
-    let proto_field = if simple {
-        proto
-    } else {
-        protocol.to_string()
-    };
+    let proto_field = if simple { proto } else { protocol.to_string() };
     let peer_field = match (peer_group, cidr) {
         (Some(g), _) => format!("UserIdGroupPairs=[{{GroupId={g}}}]"),
         (None, IpNet::V4(c)) => format!("IpRanges=[{{CidrIp={c}}}]"),
@@ -455,7 +481,7 @@ fn sg_fix(
 
 // ---- network ACLs ----
 
-fn acl_layers(model: &VpcModel, flow: &Flow) -> Vec<Layer> {
+fn acl_layers(model: &VpcModel, flow: &Flow, planner: &mut FixPlanner) -> Vec<Layer> {
     if model.network_acls.is_empty() {
         return vec![Layer::Allowed(
             "network ACLs not checked (no describe-network-acls input)".into(),
@@ -479,8 +505,22 @@ fn acl_layers(model: &VpcModel, flow: &Flow) -> Vec<Layer> {
     }
     let checks = [
         // request: out of the source subnet, into the destination subnet
-        (src_subnet, true, flow.dst_addr, flow.dst, (flow.port, flow.port), false),
-        (dst_subnet, false, flow.src_addr, flow.src, (flow.port, flow.port), false),
+        (
+            src_subnet,
+            true,
+            flow.dst_addr,
+            flow.dst,
+            (flow.port, flow.port),
+            false,
+        ),
+        (
+            dst_subnet,
+            false,
+            flow.src_addr,
+            flow.src,
+            (flow.port, flow.port),
+            false,
+        ),
         // return traffic to the client's ephemeral port
         (dst_subnet, true, flow.src_addr, flow.src, EPHEMERAL, true),
         (src_subnet, false, flow.dst_addr, flow.dst, EPHEMERAL, true),
@@ -488,7 +528,17 @@ fn acl_layers(model: &VpcModel, flow: &Flow) -> Vec<Layer> {
     let mut allowed = Vec::new();
     let mut out = Vec::new();
     for (subnet, egress, peer_addr, peer, ports, is_return) in checks {
-        match acl_check(model, subnet, egress, flow.protocol, &peer_addr, peer, ports, is_return) {
+        match acl_check(
+            model,
+            planner,
+            subnet,
+            egress,
+            flow.protocol,
+            &peer_addr,
+            peer,
+            ports,
+            is_return,
+        ) {
             Layer::Allowed(text) => allowed.push(text),
             other => out.push(other),
         }
@@ -537,10 +587,7 @@ fn first_match(entries: &[&AclEntry], protocol: u8, peer: &Addr, port: u16) -> H
                 return if same {
                     hit
                 } else {
-                    Hit::Unknown(format!(
-                        "rule {} covers only part of {peer}",
-                        e.rule_number
-                    ))
+                    Hit::Unknown(format!("rule {} covers only part of {peer}", e.rule_number))
                 };
             }
         }
@@ -551,6 +598,7 @@ fn first_match(entries: &[&AclEntry], protocol: u8, peer: &Addr, port: u16) -> H
 #[allow(clippy::too_many_arguments)]
 fn acl_check(
     model: &VpcModel,
+    planner: &mut FixPlanner,
     subnet: &str,
     egress: bool,
     protocol: u8,
@@ -605,26 +653,36 @@ fn acl_check(
     let what = if is_return { "return traffic " } else { "" };
     let proto = protocol_name(protocol);
     if !denied.is_empty() {
-        let spans: Vec<String> = denied
-            .iter()
-            .map(|(s, e, rule)| {
-                let ports = if s == e {
-                    s.to_string()
-                } else {
-                    format!("{s}-{e}")
-                };
-                let rule = match rule {
-                    Some(32767) | None => "rule * (32767)".to_string(),
-                    Some(n) => format!("rule {n}"),
-                };
-                format!("{ports} ({rule})")
-            })
-            .collect();
-        let missing = format!(
-            "{} ({subnet}) {dir} denies {what}{proto} {} {prep} {peer_addr}",
-            acl.id,
-            spans.join(", ")
-        );
+        let rule_text = |rule: &Option<u32>| match rule {
+            Some(32767) | None => "rule *".to_string(),
+            Some(n) => format!("rule {n}"),
+        };
+        let ports_text = |s: u32, e: u32| {
+            if s == e {
+                s.to_string()
+            } else {
+                format!("{s}-{e}")
+            }
+        };
+        let missing = match denied.as_slice() {
+            [(s, e, rule)] => format!(
+                "{} ({subnet}) {dir} denies {what}{proto} {} {prep} {peer_addr} ({})",
+                acl.id,
+                ports_text(*s, *e),
+                rule_text(rule)
+            ),
+            spans => {
+                let spans: Vec<String> = spans
+                    .iter()
+                    .map(|(s, e, rule)| format!("{} ({})", ports_text(*s, *e), rule_text(rule)))
+                    .collect();
+                format!(
+                    "{} ({subnet}) {dir} denies {what}{proto} {prep} {peer_addr} on ports {}",
+                    acl.id,
+                    spans.join(", ")
+                )
+            }
+        };
         let first_deny = denied
             .iter()
             .map(|d| d.2.unwrap_or(32767))
@@ -638,7 +696,7 @@ fn acl_check(
             .and_then(|s| model.subnet(s))
             .and_then(|s| s.block(peer_addr.is_v6()))
             .unwrap_or_else(|| peer_addr.cidr());
-        let fix = acl_fix(acl, egress, first_deny, protocol, (from, to), cidr);
+        let fix = acl_fix(planner, acl, egress, first_deny, protocol, (from, to), cidr);
         return Layer::Blocked { missing, fix };
     }
     if !unknown.is_empty() {
@@ -659,6 +717,7 @@ fn acl_check(
 
 /// `create-network-acl-entry` with a free rule number below the denying one.
 fn acl_fix(
+    planner: &mut FixPlanner,
     acl: &NetworkAcl,
     egress: bool,
     below: u32,
@@ -666,19 +725,6 @@ fn acl_fix(
     (from, to): (u32, u32),
     cidr: IpNet,
 ) -> Option<String> {
-    let used: BTreeSet<u32> = acl
-        .entries
-        .iter()
-        .filter(|e| e.egress == egress)
-        .map(|e| e.rule_number)
-        .collect();
-    let highest_below = used.range(..below).next_back().copied().unwrap_or(0);
-    let round = (highest_below / 10 + 1) * 10;
-    let number = if round < below && !used.contains(&round) {
-        Some(round)
-    } else {
-        (1..below).rev().find(|n| !used.contains(n))
-    }?;
     let direction = if egress { "--egress" } else { "--ingress" };
     let proto = if protocol == TCP || protocol == UDP {
         protocol_name(protocol)
@@ -689,8 +735,37 @@ fn acl_fix(
         IpNet::V4(c) => format!("--cidr-block {c}"),
         IpNet::V6(c) => format!("--ipv6-cidr-block {c}"),
     };
+    let rest = format!(
+        "--protocol {proto} --port-range From={from},To={to} {cidr_opt} --rule-action allow"
+    );
+    let key = format!("{} {direction} {rest}", acl.id);
+    let number = match planner.assigned.get(&key) {
+        Some(n) if *n < below => *n,
+        _ => {
+            let taken = planner
+                .taken
+                .entry((acl.id.clone(), egress))
+                .or_insert_with(|| {
+                    acl.entries
+                        .iter()
+                        .filter(|e| e.egress == egress)
+                        .map(|e| e.rule_number)
+                        .collect()
+                });
+            let highest_below = taken.range(..below).next_back().copied().unwrap_or(0);
+            let round = (highest_below / 10 + 1) * 10;
+            let n = if round < below && !taken.contains(&round) {
+                round
+            } else {
+                (1..below).rev().find(|n| !taken.contains(n))?
+            };
+            taken.insert(n);
+            planner.assigned.insert(key, n);
+            n
+        }
+    };
     Some(format!(
-        "aws ec2 create-network-acl-entry --network-acl-id {} {direction} --rule-number {number} --protocol {proto} --port-range From={from},To={to} {cidr_opt} --rule-action allow",
+        "aws ec2 create-network-acl-entry --network-acl-id {} {direction} --rule-number {number} {rest}",
         acl.id
     ))
 }
@@ -700,7 +775,14 @@ mod tests {
     use super::*;
     use crate::prober::aws::Protocol;
 
-    fn entry(rule: u32, egress: bool, proto: Protocol, allow: bool, cidr: &str, ports: Option<(u16, u16)>) -> AclEntry {
+    fn entry(
+        rule: u32,
+        egress: bool,
+        proto: Protocol,
+        allow: bool,
+        cidr: &str,
+        ports: Option<(u16, u16)>,
+    ) -> AclEntry {
         AclEntry {
             rule_number: rule,
             egress,
@@ -713,7 +795,14 @@ mod tests {
 
     #[test]
     fn first_match_wins_in_rule_order() {
-        let a = entry(100, false, Protocol::Number(UDP), false, "10.0.0.0/16", Some((53, 53)));
+        let a = entry(
+            100,
+            false,
+            Protocol::Number(UDP),
+            false,
+            "10.0.0.0/16",
+            Some((53, 53)),
+        );
         let b = entry(90, false, Protocol::All, true, "10.0.1.0/24", None);
         let entries = vec![&b, &a];
         let ip = Addr::Ip("10.0.1.5".parse().unwrap());
@@ -729,6 +818,9 @@ mod tests {
         let b = entry(200, false, Protocol::All, true, "10.0.0.0/16", None);
         let block = Addr::Block("10.0.1.0/24".parse().unwrap());
         assert_eq!(first_match(&[&a, &b], UDP, &block, 53), Hit::Allow(100));
-        assert!(matches!(first_match(&[&a], UDP, &block, 53), Hit::Unknown(_)));
+        assert!(matches!(
+            first_match(&[&a], UDP, &block, 53),
+            Hit::Unknown(_)
+        ));
     }
 }

@@ -358,7 +358,8 @@ impl VpcModel {
             .subnet(subnet_id)
             .and_then(|s| s.vpc_id.clone())
             .or_else(|| self.cluster().and_then(|c| c.vpc_id.clone()));
-        let defaults: Vec<&NetworkAcl> = self.network_acls.iter().filter(|a| a.is_default).collect();
+        let defaults: Vec<&NetworkAcl> =
+            self.network_acls.iter().filter(|a| a.is_default).collect();
         match vpc {
             Some(vpc) => defaults
                 .iter()
@@ -386,9 +387,7 @@ impl VpcModel {
     /// Reads one file's text: AWS CLI JSON (by top-level key) or SecurityGroupPolicy
     /// YAML/JSON.
     pub fn add_text(&mut self, text: &str, file: &Path) -> Result<(), ProbeError> {
-        let is_yaml = file
-            .extension()
-            .is_some_and(|e| e == "yaml" || e == "yml");
+        let is_yaml = file.extension().is_some_and(|e| e == "yaml" || e == "yml");
         if is_yaml {
             for document in serde_yaml::Deserializer::from_str(text) {
                 let value = Value::deserialize(document).map_err(|e| ProbeError::Syntax {
@@ -432,8 +431,8 @@ impl VpcModel {
             // FargateProfile is shared with crate::fargate; check its required field first so
             // the error has the same path style as every other.
             n.req_str("fargateProfileName", cx)?;
-            let profile: FargateProfile = serde_json::from_value(n.v.clone())
-                .map_err(|e| cx.err(&n.path, e.to_string()))?;
+            let profile: FargateProfile =
+                serde_json::from_value(n.v.clone()).map_err(|e| cx.err(&n.path, e.to_string()))?;
             self.fargate_profiles.push(profile);
         }
         if root.get("fargateProfileNames").is_some() {
@@ -557,8 +556,7 @@ pub fn load(path: &Path) -> Result<VpcModel, ProbeError> {
             if entry.file_name().to_string_lossy().starts_with('.') || p.is_dir() {
                 continue;
             }
-            if p
-                .extension()
+            if p.extension()
                 .is_some_and(|e| e == "json" || e == "yaml" || e == "yml")
             {
                 files.push(p);
@@ -1004,7 +1002,10 @@ mod tests {
         let err = model(r#"{"Subnets":[{"SubnetId":"s","CidrBlock":"10.0.0.0/33"}]}"#)
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("x.json: $.Subnets[0].CidrBlock: \"10.0.0.0/33\""), "{err}");
+        assert!(
+            err.starts_with("x.json: $.Subnets[0].CidrBlock: \"10.0.0.0/33\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1029,8 +1030,9 @@ mod tests {
 
     #[test]
     fn selectors() {
-        let labels: BTreeMap<String, String> =
-            [("app".to_string(), "pay".to_string())].into_iter().collect();
+        let labels: BTreeMap<String, String> = [("app".to_string(), "pay".to_string())]
+            .into_iter()
+            .collect();
         let s = LabelSelector {
             match_labels: labels.clone(),
             match_expressions: vec![("tier".into(), "DoesNotExist".into(), vec![])],

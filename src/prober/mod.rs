@@ -19,7 +19,9 @@ pub mod report;
 
 use std::path::PathBuf;
 
-pub use analysis::{judge, Addr, Flow, Groups, Judgement, Party, PartyKind, Verdict};
+pub use analysis::{
+    judge, judge_planned, Addr, FixPlanner, Flow, Groups, Judgement, Party, PartyKind, Verdict,
+};
 pub use aws::{load, VpcModel};
 pub use paths::{judge_all, Finding};
 pub use report::{render_json, render_table, run_static};

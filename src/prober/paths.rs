@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-use super::analysis::{judge, Addr, Flow, Groups, Judgement, Party, PartyKind};
+use super::analysis::{judge_planned, Addr, FixPlanner, Flow, Groups, Judgement, Party, PartyKind};
 use super::aws::{protocol_name, VpcModel, SCTP, TCP, UDP};
 use crate::cluster::objects::ObjectSet;
 use crate::fargate::profile::PROFILE_LABEL;
@@ -31,7 +31,10 @@ const LINK_LOCAL_RESOLVER: [u8; 4] = [169, 254, 169, 253];
 /// The paths, in report order: (id, what it is).
 pub const PATHS: &[(&str, &str)] = &[
     ("fargate-to-dns", "micro-VM pods -> cluster DNS"),
-    ("nodegroup-to-dns", "node-group pods -> cluster DNS on micro-VMs"),
+    (
+        "nodegroup-to-dns",
+        "node-group pods -> cluster DNS on micro-VMs",
+    ),
     (
         "fargate-to-nodegroup-services",
         "micro-VM pods -> service endpoints on node groups",
@@ -83,12 +86,18 @@ struct PodInfo<'a> {
     pod: Option<&'a Pod>,
 }
 
+/// An endpoint address as a slice lists it: IP, node name, target pod, (protocol, port) list.
+type RawEndpoint = (IpAddr, Option<String>, Option<(String, String)>, Vec<Port>);
+
+/// Protocol number, port, and the port's name in the slice.
+type Port = (u8, u16, Option<String>);
+
 /// A target address with the service port(s) to try on it.
 struct Target {
     party: Party,
     placement: Placement,
     addr: Addr,
-    ports: Vec<(u8, u16)>,
+    ports: Vec<Port>,
     service: Option<String>,
 }
 
@@ -100,7 +109,9 @@ struct View<'a> {
     notes: BTreeSet<String>,
 }
 
-fn labels_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> BTreeMap<String, String> {
+fn labels_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> BTreeMap<String, String> {
     meta.labels.clone().unwrap_or_default()
 }
 
@@ -178,7 +189,10 @@ impl<'a> View<'a> {
 
     fn node_is_micro_vm(&self, node_name: &str) -> bool {
         let labelled = self.nodes.get(node_name).is_some_and(|n| {
-            labels_of(&n.metadata).get(COMPUTE_TYPE_LABEL).map(String::as_str) == Some("fargate")
+            labels_of(&n.metadata)
+                .get(COMPUTE_TYPE_LABEL)
+                .map(String::as_str)
+                == Some("fargate")
         });
         labelled || node_name.starts_with("fargate-")
     }
@@ -316,29 +330,26 @@ impl<'a> View<'a> {
         };
         let mut sources = Vec::new();
         let mut ids = Vec::new();
-        match &ng.launch_template {
-            Some(lt) => {
-                let version = self.model.launch_template_versions.iter().find(|v| {
-                    let same = (lt.id.is_some() && v.id == lt.id)
-                        || (lt.name.is_some() && v.name == lt.name);
-                    same && (lt.version.is_none() || v.version == lt.version)
-                });
-                let label = lt.name.clone().or(lt.id.clone()).unwrap_or_default();
-                match version {
-                    // EKS adds the cluster SG only when the template names no groups.
-                    Some(v) if !v.security_group_ids.is_empty() => {
-                        ids.extend(v.security_group_ids.iter().cloned());
-                        sources.push(format!("launch template {label}"));
-                    }
-                    Some(_) => {}
-                    None => {
-                        return Groups::Unknown(format!(
-                            "node group {name} uses launch template {label}, whose security groups are not in the input (give describe-launch-template-versions or describe-network-interfaces)"
-                        ))
-                    }
+        if let Some(lt) = &ng.launch_template {
+            let version = self.model.launch_template_versions.iter().find(|v| {
+                let same =
+                    (lt.id.is_some() && v.id == lt.id) || (lt.name.is_some() && v.name == lt.name);
+                same && (lt.version.is_none() || v.version == lt.version)
+            });
+            let label = lt.name.clone().or(lt.id.clone()).unwrap_or_default();
+            match version {
+                // EKS adds the cluster SG only when the template names no groups.
+                Some(v) if !v.security_group_ids.is_empty() => {
+                    ids.extend(v.security_group_ids.iter().cloned());
+                    sources.push(format!("launch template {label}"));
+                }
+                Some(_) => {}
+                None => {
+                    return Groups::Unknown(format!(
+                        "node group {name} uses launch template {label}, whose security groups are not in the input (give describe-launch-template-versions or describe-network-interfaces)"
+                    ))
                 }
             }
-            None => {}
         }
         if ids.is_empty() {
             match self.cluster_sg() {
@@ -385,10 +396,9 @@ impl<'a> View<'a> {
                     ),
                 }
             }
-            (None, Placement::Unknown) => (
-                Groups::Unknown("the pod's node is unknown".into()),
-                None,
-            ),
+            (None, Placement::Unknown) => {
+                (Groups::Unknown("the pod's node is unknown".into()), None)
+            }
         };
         let subnet = eni_subnet.or_else(|| first.and_then(|ip| self.subnet_for(ip)));
         Party {
@@ -446,9 +456,9 @@ impl<'a> View<'a> {
             .collect();
         for profile in &self.model.fargate_profiles {
             let name = profile.fargate_profile_name.clone();
-            let running = out.iter().any(|(_, p)| {
-                matches!(p, Placement::MicroVm { profile: Some(n) } if *n == name)
-            });
+            let running = out
+                .iter()
+                .any(|(_, p)| matches!(p, Placement::MicroVm { profile: Some(n) } if *n == name));
             if running {
                 continue;
             }
@@ -495,9 +505,9 @@ impl<'a> View<'a> {
             .cloned()
             .collect();
         for ng in &self.model.nodegroups {
-            let running = out.iter().any(
-                |(_, p)| matches!(p, Placement::Node { group: Some(g), .. } if *g == ng.name),
-            );
+            let running = out
+                .iter()
+                .any(|(_, p)| matches!(p, Placement::Node { group: Some(g), .. } if *g == ng.name));
             if running {
                 continue;
             }
@@ -527,29 +537,34 @@ impl<'a> View<'a> {
     /// The addresses behind a service, with their ports: EndpointSlices, else v1 Endpoints.
     fn service_targets(&mut self, namespace: &str, service: &str) -> Vec<Target> {
         let objects = self.objects;
-        let mut raw: Vec<(IpAddr, Option<String>, Option<(String, String)>, Vec<(u8, u16, Option<String>)>)> = Vec::new();
+        let mut raw: Vec<RawEndpoint> = Vec::new();
         for slice in &objects.endpoint_slices {
             let ns = slice.metadata.namespace.as_deref().unwrap_or("");
             let owner = labels_of(&slice.metadata).get(SERVICE_NAME_LABEL).cloned();
             if ns != namespace || owner.as_deref() != Some(service) {
                 continue;
             }
-            let ports: Vec<(u8, u16, Option<String>)> = slice
+            let ports: Vec<Port> = slice
                 .ports
                 .iter()
                 .flatten()
                 .filter_map(|p| {
                     let port = u16::try_from(p.port?).ok()?;
-                    Some((protocol_number(p.protocol.as_deref())?, port, p.name.clone()))
+                    Some((
+                        protocol_number(p.protocol.as_deref())?,
+                        port,
+                        p.name.clone(),
+                    ))
                 })
                 .collect();
             for ep in slice.endpoints.iter().flatten() {
                 if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
                     continue;
                 }
-                let target_ref = ep.target_ref.as_ref().and_then(|r| {
-                    Some((r.namespace.clone().unwrap_or_default(), r.name.clone()?))
-                });
+                let target_ref = ep
+                    .target_ref
+                    .as_ref()
+                    .and_then(|r| Some((r.namespace.clone().unwrap_or_default(), r.name.clone()?)));
                 for a in &ep.addresses {
                     if let Ok(ip) = a.parse::<IpAddr>() {
                         raw.push((ip, ep.node_name.clone(), target_ref.clone(), ports.clone()));
@@ -565,13 +580,17 @@ impl<'a> View<'a> {
                     continue;
                 }
                 for subset in eps.subsets.iter().flatten() {
-                    let ports: Vec<(u8, u16, Option<String>)> = subset
+                    let ports: Vec<Port> = subset
                         .ports
                         .iter()
                         .flatten()
                         .filter_map(|p| {
                             let port = u16::try_from(p.port).ok()?;
-                            Some((protocol_number(p.protocol.as_deref())?, port, p.name.clone()))
+                            Some((
+                                protocol_number(p.protocol.as_deref())?,
+                                port,
+                                p.name.clone(),
+                            ))
                         })
                         .collect();
                     for a in subset.addresses.iter().flatten() {
@@ -622,7 +641,7 @@ impl<'a> View<'a> {
                 party,
                 placement,
                 addr: Addr::Ip(ip),
-                ports: ports.iter().map(|(p, n, _)| (*p, *n)).collect(),
+                ports,
                 service: Some(format!("{namespace}/{service}")),
             });
         }
@@ -648,14 +667,22 @@ impl<'a> View<'a> {
             .unwrap_or_default();
         let mut targets = self.service_targets("kube-system", "kube-dns");
         for t in &mut targets {
-            let named: Vec<(u8, u16)> = t
+            // The endpoint ports the Service's port 53 leads to (by name), else 53 itself.
+            let named: Vec<Port> = t
                 .ports
                 .iter()
-                .copied()
-                .filter(|&(proto, port)| (proto == UDP || proto == TCP) && port == 53)
+                .filter(|(proto, port, name)| {
+                    (*proto == UDP || *proto == TCP)
+                        && if dns_port_names.is_empty() {
+                            *port == 53
+                        } else {
+                            dns_port_names.contains(name)
+                        }
+                })
+                .cloned()
                 .collect();
-            t.ports = if named.is_empty() || dns_port_names.is_empty() {
-                vec![(UDP, 53), (TCP, 53)]
+            t.ports = if named.is_empty() {
+                vec![(UDP, 53, None), (TCP, 53, None)]
             } else {
                 named
             };
@@ -679,7 +706,8 @@ impl<'a> View<'a> {
             }
             match &cluster {
                 Some(c) => {
-                    let mut ids: Vec<String> = c.cluster_security_group_id.iter().cloned().collect();
+                    let mut ids: Vec<String> =
+                        c.cluster_security_group_id.iter().cloned().collect();
                     ids.extend(c.security_group_ids.iter().cloned());
                     (
                         Groups::Known {
@@ -689,10 +717,7 @@ impl<'a> View<'a> {
                         None,
                     )
                 }
-                None => (
-                    Groups::Unknown("no describe-cluster input".into()),
-                    None,
-                ),
+                None => (Groups::Unknown("no describe-cluster input".into()), None),
             }
         };
         let mut out = Vec::new();
@@ -716,7 +741,7 @@ impl<'a> View<'a> {
         for ip in ips {
             let (groups, subnet) = groups_for(self, Some(ip));
             out.push(Party {
-                name: format!("API server {ip}"),
+                name: "API server".into(),
                 kind: PartyKind::ControlPlane,
                 compute: "EKS control plane".into(),
                 addrs: vec![Addr::Ip(ip)],
@@ -772,6 +797,7 @@ fn compute_text(placement: &Placement) -> String {
 
 struct Judge<'m> {
     model: &'m VpcModel,
+    planner: FixPlanner,
     findings: Vec<Finding>,
 }
 
@@ -793,7 +819,7 @@ impl Judge<'_> {
         if from_addr == to_addr {
             return; // a pod talking to itself crosses nothing
         }
-        let judgement = judge(
+        let judgement = judge_planned(
             self.model,
             &Flow {
                 src: from,
@@ -803,6 +829,7 @@ impl Judge<'_> {
                 protocol,
                 port,
             },
+            &mut self.planner,
         );
         self.findings.push(Finding {
             path,
@@ -841,20 +868,37 @@ pub fn judge_all(model: &VpcModel, objects: &ObjectSet) -> (Vec<Finding>, Vec<St
     let control_plane = view.control_plane();
     let mut j = Judge {
         model,
+        planner: FixPlanner::default(),
         findings: Vec::new(),
     };
 
     // 1 and 2: DNS.
     for t in &dns {
         for (from, _) in &micro_vm {
-            for &(proto, port) in &t.ports {
-                j.flow("fargate-to-dns", from, &t.party, t.addr, proto, port, t.service.as_ref());
+            for &(proto, port, _) in &t.ports {
+                j.flow(
+                    "fargate-to-dns",
+                    from,
+                    &t.party,
+                    t.addr,
+                    proto,
+                    port,
+                    t.service.as_ref(),
+                );
             }
         }
         if matches!(t.placement, Placement::MicroVm { .. }) {
             for (from, _) in &node_group {
-                for &(proto, port) in &t.ports {
-                    j.flow("nodegroup-to-dns", from, &t.party, t.addr, proto, port, t.service.as_ref());
+                for &(proto, port, _) in &t.ports {
+                    j.flow(
+                        "nodegroup-to-dns",
+                        from,
+                        &t.party,
+                        t.addr,
+                        proto,
+                        port,
+                        t.service.as_ref(),
+                    );
                 }
             }
         }
@@ -866,7 +910,8 @@ pub fn judge_all(model: &VpcModel, objects: &ObjectSet) -> (Vec<Finding>, Vec<St
         .iter()
         .filter_map(|s| Some((s.metadata.namespace.clone()?, s.metadata.name.clone()?)))
         .filter(|(ns, name)| {
-            !(ns == "kube-system" && name == "kube-dns") && !(ns == "default" && name == "kubernetes")
+            // kube-dns is judged by the DNS paths; the API server is not a pod.
+            !(ns == "kube-system" && name == "kube-dns" || ns == "default" && name == "kubernetes")
         })
         .collect();
     services.sort();
@@ -879,8 +924,16 @@ pub fn judge_all(model: &VpcModel, objects: &ObjectSet) -> (Vec<Finding>, Vec<St
                 Placement::Unknown => continue,
             };
             for (from, _) in sources {
-                for &(proto, port) in &t.ports {
-                    j.flow(path, from, &t.party, t.addr, proto, port, t.service.as_ref());
+                for &(proto, port, _) in &t.ports {
+                    j.flow(
+                        path,
+                        from,
+                        &t.party,
+                        t.addr,
+                        proto,
+                        port,
+                        t.service.as_ref(),
+                    );
                 }
             }
         }
@@ -890,7 +943,15 @@ pub fn judge_all(model: &VpcModel, objects: &ObjectSet) -> (Vec<Finding>, Vec<St
     for cp in &control_plane {
         for (to, _) in &micro_vm {
             for addr in &to.addrs {
-                j.flow("control-plane-to-fargate-kubelet", cp, to, *addr, TCP, 10250, None);
+                j.flow(
+                    "control-plane-to-fargate-kubelet",
+                    cp,
+                    to,
+                    *addr,
+                    TCP,
+                    10250,
+                    None,
+                );
             }
         }
     }
@@ -909,7 +970,15 @@ pub fn judge_all(model: &VpcModel, objects: &ObjectSet) -> (Vec<Finding>, Vec<St
     };
     for t in &dns {
         for proto in [UDP, TCP] {
-            j.flow("dns-to-vpc-resolver", &t.party, &resolver, Addr::Ip(resolver_ip), proto, 53, None);
+            j.flow(
+                "dns-to-vpc-resolver",
+                &t.party,
+                &resolver,
+                Addr::Ip(resolver_ip),
+                proto,
+                53,
+                None,
+            );
         }
         for cp in &control_plane {
             for addr in &cp.addrs {
@@ -919,17 +988,31 @@ pub fn judge_all(model: &VpcModel, objects: &ObjectSet) -> (Vec<Finding>, Vec<St
     }
 
     let mut findings = j.findings;
-    let order = |id: &str| PATHS.iter().position(|(p, _)| *p == id).unwrap_or(usize::MAX);
+    let order = |id: &str| {
+        PATHS
+            .iter()
+            .position(|(p, _)| *p == id)
+            .unwrap_or(usize::MAX)
+    };
     findings.sort_by(|a, b| {
-        (order(a.path), a.judgement.verdict, &a.from.name, &a.to.name, a.to_addr.to_string(), protocol_name(a.protocol), a.port).cmp(&(
-            order(b.path),
-            b.judgement.verdict,
-            &b.from.name,
-            &b.to.name,
-            b.to_addr.to_string(),
-            protocol_name(b.protocol),
-            b.port,
-        ))
+        (
+            order(a.path),
+            a.judgement.verdict,
+            &a.from.name,
+            &a.to.name,
+            a.to_addr.to_string(),
+            protocol_name(a.protocol),
+            a.port,
+        )
+            .cmp(&(
+                order(b.path),
+                b.judgement.verdict,
+                &b.from.name,
+                &b.to.name,
+                b.to_addr.to_string(),
+                protocol_name(b.protocol),
+                b.port,
+            ))
     });
     (findings, view.notes.into_iter().collect())
 }
