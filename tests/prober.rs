@@ -364,3 +364,61 @@ fn files_are_recognised_by_content_not_name() {
     assert_eq!(renamed, original);
     assert_eq!(code, original_code);
 }
+
+#[test]
+fn node_groups_without_eni_data_use_what_eks_attaches() {
+    // Case (b) without describe-network-interfaces: the node group has a launch template whose
+    // groups are not in the input, so its pods' groups are unknown, never assumed.
+    let case = case_dir("udp53-missing");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&case).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_owned();
+        if path.extension().is_some_and(|e| e == "json") && name != "enis.json" {
+            std::fs::copy(&path, dir.path().join(name)).unwrap();
+        }
+    }
+    let objects = load_path(&case.join("cluster")).unwrap();
+    let (json, _) = run_static(dir.path(), &objects, true).unwrap();
+    let findings: Vec<Value> = serde_json::from_str(&json).unwrap();
+    let f = &rows(
+        &findings,
+        "web/frontend-0",
+        "kube-system/coredns-a",
+        "udp",
+        53,
+    )[0];
+    assert_eq!(f["verdict"], "unknown");
+    assert_eq!(
+        f["reason"],
+        "security groups of kube-system/coredns-a unknown: node group ng-general uses launch template ng-general-lt, whose security groups are not in the input (give describe-launch-template-versions or describe-network-interfaces)"
+    );
+
+    // With the template's version described, its groups are the nodes' groups (EKS adds the
+    // cluster SG only to templates that name none).
+    std::fs::write(
+        dir.path().join("lt.json"),
+        r#"{"LaunchTemplateVersions":[{"LaunchTemplateId":"lt-0abc","LaunchTemplateName":"ng-general-lt","VersionNumber":3,
+            "LaunchTemplateData":{"SecurityGroupIds":["sg-0node"]}}]}"#,
+    )
+    .unwrap();
+    let (json, code) = run_static(dir.path(), &objects, true).unwrap();
+    assert_eq!(code, 1);
+    let findings: Vec<Value> = serde_json::from_str(&json).unwrap();
+    let f = &rows(
+        &findings,
+        "web/frontend-0",
+        "kube-system/coredns-a",
+        "udp",
+        53,
+    )[0];
+    assert_eq!(f["verdict"], "blocked");
+    assert_eq!(
+        f["to"]["security_groups_source"],
+        "launch template ng-general-lt"
+    );
+    assert_eq!(
+        f["reason"],
+        "sg-0node ingress lacks UDP 53 from sg-0a11c1u5 (has tcp 53 from sg-0a11c1u5)"
+    );
+}

@@ -823,4 +823,125 @@ mod tests {
             Hit::Unknown(_)
         ));
     }
+
+    fn model(sgs: &str, acls: &str) -> VpcModel {
+        let mut m = VpcModel::default();
+        m.add_text(sgs, std::path::Path::new("sgs.json")).unwrap();
+        m.add_text(acls, std::path::Path::new("acls.json")).unwrap();
+        m.add_text(
+            r#"{"Subnets":[{"SubnetId":"subnet-a","CidrBlock":"10.0.0.0/24","VpcId":"vpc-1"},
+                           {"SubnetId":"subnet-b","CidrBlock":"10.0.1.0/24","VpcId":"vpc-1"}]}"#,
+            std::path::Path::new("subnets.json"),
+        )
+        .unwrap();
+        m
+    }
+
+    fn party(name: &str, ip: &str, subnet: &str, groups: &[&str]) -> Party {
+        Party {
+            name: name.into(),
+            kind: PartyKind::Pod,
+            compute: String::new(),
+            addrs: vec![Addr::Ip(ip.parse().unwrap())],
+            subnet: Some(subnet.into()),
+            groups: Groups::Known {
+                ids: groups.iter().map(|g| g.to_string()).collect(),
+                source: "test".into(),
+            },
+        }
+    }
+
+    fn verdict_of(m: &VpcModel, src: &Party, dst: &Party, protocol: u8, port: u16) -> Judgement {
+        judge(
+            m,
+            &Flow {
+                src,
+                src_addr: src.addrs[0],
+                dst,
+                dst_addr: dst.addrs[0],
+                protocol,
+                port,
+            },
+        )
+    }
+
+    const OPEN_ACL: &str = r#"{"NetworkAcls":[{"NetworkAclId":"acl-d","VpcId":"vpc-1","IsDefault":true,"Associations":[],
+        "Entries":[{"CidrBlock":"0.0.0.0/0","Egress":false,"Protocol":"-1","RuleAction":"allow","RuleNumber":100},
+                   {"CidrBlock":"0.0.0.0/0","Egress":true,"Protocol":"-1","RuleAction":"allow","RuleNumber":100}]}]}"#;
+
+    #[test]
+    fn any_source_group_and_any_destination_group_with_inclusive_numeric_ports() {
+        let m = model(
+            r#"{"SecurityGroups":[
+              {"GroupId":"sg-a","IpPermissionsEgress":[{"IpProtocol":"6","FromPort":8000,"ToPort":8080,"IpRanges":[{"CidrIp":"10.0.1.0/24"}]}]},
+              {"GroupId":"sg-b","IpPermissions":[]}, {"GroupId":"sg-z"},
+              {"GroupId":"sg-c","IpPermissions":[{"IpProtocol":"tcp","FromPort":8080,"ToPort":8080,"UserIdGroupPairs":[{"GroupId":"sg-z"}]}]}]}"#,
+            OPEN_ACL,
+        );
+        let src = party("src", "10.0.0.5", "subnet-a", &["sg-b", "sg-a", "sg-z"]);
+        let dst = party("dst", "10.0.1.5", "subnet-b", &["sg-b", "sg-c"]);
+        let j = verdict_of(&m, &src, &dst, TCP, 8080);
+        assert_eq!(j.verdict, Verdict::Allowed, "{}", j.reason);
+        assert!(j.reason.starts_with("sg-a egress tcp 8000-8080 to 10.0.1.0/24; sg-c ingress tcp 8080 from sg-z; acl-d (subnet-a) outbound rule 100"), "{}", j.reason);
+        let j = verdict_of(&m, &src, &dst, TCP, 8081);
+        assert_eq!(j.verdict, Verdict::Blocked);
+        assert_eq!(j.reason, "sg-b, sg-a, sg-z egress lack TCP 8081 to sg-b; sg-b, sg-c ingress lack TCP 8081 from sg-b");
+        let j = verdict_of(&m, &src, &dst, UDP, 8080);
+        assert_eq!(j.verdict, Verdict::Blocked);
+    }
+
+    #[test]
+    fn undescribed_groups_and_unknown_peers_are_unknown() {
+        let m = model(
+            r#"{"SecurityGroups":[{"GroupId":"sg-a","IpPermissionsEgress":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}]}],
+                "IpPermissions":[{"IpProtocol":"-1","UserIdGroupPairs":[{"GroupId":"sg-a"}]}]}]}"#,
+            OPEN_ACL,
+        );
+        let src = party("src", "10.0.0.5", "subnet-a", &["sg-a"]);
+        let dst = party("dst", "10.0.1.5", "subnet-b", &["sg-gone"]);
+        let j = verdict_of(&m, &src, &dst, UDP, 53);
+        assert_eq!(j.verdict, Verdict::Unknown);
+        assert_eq!(
+            j.reason,
+            "sg-gone is not in the describe-security-groups input"
+        );
+        let mut src = src;
+        src.groups = Groups::Unknown("no ENI".into());
+        let dst = party("dst", "10.0.1.5", "subnet-b", &["sg-a"]);
+        let j = verdict_of(&m, &src, &dst, UDP, 53);
+        assert_eq!(j.verdict, Verdict::Unknown);
+        assert!(
+            j.reason.contains("security groups of src unknown: no ENI"),
+            "{}",
+            j.reason
+        );
+    }
+
+    #[test]
+    fn acl_denies_part_of_the_ephemeral_range_and_the_fix_goes_below_the_deny() {
+        let m = model(
+            r#"{"SecurityGroups":[{"GroupId":"sg-a","IpPermissionsEgress":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}]}],
+                "IpPermissions":[{"IpProtocol":"-1","IpRanges":[{"CidrIp":"0.0.0.0/0"}]}]}]}"#,
+            r#"{"NetworkAcls":[{"NetworkAclId":"acl-d","VpcId":"vpc-1","IsDefault":true,"Associations":[],
+                "Entries":[{"CidrBlock":"0.0.0.0/0","Egress":false,"Protocol":"6","PortRange":{"From":53,"To":53},"RuleAction":"allow","RuleNumber":100},
+                           {"CidrBlock":"0.0.0.0/0","Egress":false,"Protocol":"6","PortRange":{"From":1024,"To":32767},"RuleAction":"deny","RuleNumber":110},
+                           {"CidrBlock":"0.0.0.0/0","Egress":false,"Protocol":"6","PortRange":{"From":1024,"To":65535},"RuleAction":"allow","RuleNumber":120},
+                           {"CidrBlock":"0.0.0.0/0","Egress":true,"Protocol":"-1","RuleAction":"allow","RuleNumber":100}]}]}"#,
+        );
+        let src = party("src", "10.0.0.5", "subnet-a", &["sg-a"]);
+        let dst = party("dst", "10.0.1.5", "subnet-b", &["sg-a"]);
+        let j = verdict_of(&m, &src, &dst, TCP, 53);
+        assert_eq!(j.verdict, Verdict::Blocked);
+        assert_eq!(j.reason, "acl-d (subnet-a) inbound denies return traffic tcp 1024-32767 from 10.0.1.5 (rule 110)");
+        assert_eq!(
+            j.fix.as_deref(),
+            Some("aws ec2 create-network-acl-entry --network-acl-id acl-d --ingress --rule-number 109 --protocol tcp --port-range From=1024,To=32767 --cidr-block 10.0.1.0/24 --rule-action allow")
+        );
+        // Same subnet: no ACL is crossed.
+        let near = party("near", "10.0.0.6", "subnet-a", &["sg-a"]);
+        assert_eq!(
+            verdict_of(&m, &src, &near, TCP, 53).verdict,
+            Verdict::Allowed
+        );
+    }
 }
