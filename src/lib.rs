@@ -6,3 +6,4 @@ pub mod cluster;
 pub mod corefile;
 pub mod dns;
 pub mod fargate;
+pub mod prober;
