@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use clusterdns::app::{self, ServeOptions};
+use clusterdns::cluster::objects::ObjectSet;
 use clusterdns::dns::PodMode;
 
 #[derive(Parser)]
@@ -24,6 +25,46 @@ struct Cli {
 enum Command {
     /// Serve cluster DNS (with no flags: the embedded demo cluster on 127.0.0.1:1053).
     Serve(ServeArgs),
+    /// Where every pod runs (EC2 node or micro-VM), which Fargate profile selects it, the
+    /// micro-VM size it gets, and every mismatch.
+    Placement(PlacementArgs),
+    /// Judge from AWS CLI JSON whether micro-VM pods and node-group pods can reach each other
+    /// and the DNS servers, and name the missing rule. Exit 0 all allowed, 1 one blocked, 2
+    /// bad input.
+    Probe(ProbeArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct PlacementArgs {
+    /// Kubernetes objects (pods, nodes) as `kubectl get -o yaml` prints them; default: the
+    /// embedded demo cluster.
+    #[arg(long, value_name = "PATH")]
+    manifests: Option<PathBuf>,
+    /// `aws eks describe-fargate-profile` JSON: a file or a directory of them.
+    #[arg(long, value_name = "PATH")]
+    fargate_profiles: PathBuf,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(clap::Args)]
+struct ProbeArgs {
+    /// A directory (or file) of AWS CLI JSON: eks describe-cluster, describe-fargate-profile,
+    /// describe-nodegroup, ec2 describe-subnets, describe-security-groups,
+    /// describe-network-acls, describe-network-interfaces.
+    #[arg(long, value_name = "PATH")]
+    aws: PathBuf,
+    /// Kubernetes objects as `kubectl get -o yaml` prints them; default: the embedded demo.
+    #[arg(long, value_name = "PATH")]
+    manifests: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
 }
 
 #[derive(clap::Parser)]
@@ -94,6 +135,39 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn objects(manifests: Option<&std::path::Path>) -> anyhow::Result<ObjectSet> {
+    Ok(match manifests {
+        Some(p) => clusterdns::cluster::objects::load_path(p)?,
+        None => clusterdns::cluster::file_source::embedded_objects()?,
+    })
+}
+
+fn placement(args: PlacementArgs) -> anyhow::Result<u8> {
+    let objects = objects(args.manifests.as_deref())?;
+    let profiles = clusterdns::fargate::load_profiles(&args.fargate_profiles)?;
+    let json = matches!(args.format, Format::Json);
+    print!(
+        "{}",
+        clusterdns::fargate::placement::run_placement(&objects, &profiles, json)
+    );
+    Ok(0)
+}
+
+fn probe(args: ProbeArgs) -> anyhow::Result<u8> {
+    let objects = objects(args.manifests.as_deref())?;
+    let json = matches!(args.format, Format::Json);
+    match clusterdns::prober::report::run_static(&args.aws, &objects, json) {
+        Ok((out, code)) => {
+            print!("{out}");
+            Ok(code)
+        }
+        Err(e) => {
+            eprintln!("clusterdns probe: {e}");
+            Ok(e.exit_code())
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -111,11 +185,13 @@ fn main() -> ExitCode {
         .unwrap_or(Command::Serve(ServeArgs::parse_from(["serve"])));
     let result = runtime.block_on(async {
         match command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(args).await.map(|()| 0),
+            Command::Placement(args) => placement(args),
+            Command::Probe(args) => probe(args),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("clusterdns: {e:#}");
             ExitCode::from(2)
