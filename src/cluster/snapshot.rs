@@ -112,11 +112,59 @@ pub struct ServiceEntry {
     pub service: Arc<Service>,
     /// De-duplicated by address, in slice-name order for stable answers.
     pub endpoints: Vec<EndpointEntry>,
+    /// Ready endpoints by name label (hostname or dashed IP), and by the label they get with
+    /// `endpoint_pod_names`: an endpoint-name query is one hash lookup even for services with
+    /// thousands of endpoints.
+    by_label: HashMap<Box<str>, Vec<u32>>,
+    by_pod_label: HashMap<Box<str>, Vec<u32>>,
 }
 
 impl ServiceEntry {
+    fn new(service: Arc<Service>) -> ServiceEntry {
+        ServiceEntry {
+            service,
+            endpoints: Vec::new(),
+            by_label: HashMap::new(),
+            by_pod_label: HashMap::new(),
+        }
+    }
+
+    fn index(&mut self) {
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if !e.ready {
+                continue;
+            }
+            self.by_label
+                .entry(e.label(false).into())
+                .or_default()
+                .push(i as u32);
+            self.by_pod_label
+                .entry(e.label(true).into())
+                .or_default()
+                .push(i as u32);
+        }
+    }
+
     pub fn ready_endpoints(&self) -> impl Iterator<Item = &EndpointEntry> {
         self.endpoints.iter().filter(|e| e.ready)
+    }
+
+    /// Ready endpoints whose name label is `label` (lowercase).
+    pub fn endpoints_named(
+        &self,
+        label: &str,
+        endpoint_pod_names: bool,
+    ) -> impl Iterator<Item = &EndpointEntry> {
+        let index = if endpoint_pod_names {
+            &self.by_pod_label
+        } else {
+            &self.by_label
+        };
+        index
+            .get(label)
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| self.endpoints.get(i as usize))
     }
 }
 
@@ -190,10 +238,7 @@ impl Snapshot {
             namespaces.insert(lower(ns));
             services.insert(
                 format!("{}.{}", name, ns).to_ascii_lowercase().into(),
-                ServiceEntry {
-                    service: svc.clone(),
-                    endpoints: Vec::new(),
-                },
+                ServiceEntry::new(svc.clone()),
             );
         }
 
@@ -236,6 +281,10 @@ impl Snapshot {
                     });
                 }
             }
+        }
+
+        for entry in services.values_mut() {
+            entry.index();
         }
 
         let mut ptr: HashMap<IpAddr, Vec<PtrTarget>> = HashMap::new();
@@ -339,5 +388,82 @@ impl Snapshot {
 
     pub fn service_count(&self) -> usize {
         self.services.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const TWO_SERVICES_ONE_POD: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: x}
+spec: {clusterIP: None}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: x}
+spec: {clusterIP: None}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: c, namespace: x}
+spec: {clusterIP: 10.0.0.9}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: a-1, namespace: x, labels: {kubernetes.io/service-name: a}}
+addressType: IPv4
+endpoints: [{addresses: [10.1.0.5], hostname: h}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: b-1, namespace: x, labels: {kubernetes.io/service-name: b}}
+addressType: IPv4
+endpoints: [{addresses: [10.1.0.5]}, {addresses: [10.0.0.9]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: b-2, namespace: x, labels: {kubernetes.io/service-name: b}}
+addressType: IPv4
+endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10.1.0.6], conditions: {ready: false}}]
+"#;
+
+    fn snapshot() -> Snapshot {
+        let mut set = ObjectSet::default();
+        set.add_text(TWO_SERVICES_ONE_POD, Path::new("t.yaml"))
+            .unwrap();
+        Snapshot::build(Arc::new(Store::from_objects(&set)), 1, true)
+    }
+
+    #[test]
+    fn an_ip_selected_by_several_services_gets_one_ptr_per_service() {
+        let snap = snapshot();
+        let targets = snap.ptr(&"10.1.0.5".parse().unwrap());
+        assert_eq!(targets.len(), 2, "{targets:?}");
+        // A cluster IP answers only as the service, even when it is also an endpoint.
+        let targets = snap.ptr(&"10.0.0.9".parse().unwrap());
+        assert_eq!(
+            targets,
+            &[PtrTarget::Service {
+                service: "c".into(),
+                namespace: "x".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn endpoints_merge_across_slices_deduplicated_by_address() {
+        let snap = snapshot();
+        let b = snap.service("b.x").unwrap();
+        let addrs: Vec<String> = b.endpoints.iter().map(|e| e.address.to_string()).collect();
+        assert_eq!(addrs, ["10.1.0.5", "10.0.0.9", "10.1.0.6"]);
+        assert_eq!(b.ready_endpoints().count(), 2);
+        assert_eq!(b.endpoints_named("10-1-0-5", false).count(), 1);
+        assert_eq!(b.endpoints_named("10-1-0-6", false).count(), 0, "not ready");
+        let a = snap.service("a.x").unwrap();
+        assert_eq!(a.endpoints_named("h", false).count(), 1);
     }
 }

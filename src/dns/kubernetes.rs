@@ -580,8 +580,7 @@ impl Kubernetes {
             return Outcome::NxDomain;
         }
         let matching: Vec<&EndpointEntry> = entry
-            .ready_endpoints()
-            .filter(|e| e.label(self.cfg.endpoint_pod_names) == label)
+            .endpoints_named(label, self.cfg.endpoint_pod_names)
             .collect();
         if matching.is_empty() {
             return Outcome::NxDomain;
