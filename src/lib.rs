@@ -6,4 +6,5 @@ pub mod cluster;
 pub mod corefile;
 pub mod dns;
 pub mod fargate;
+pub mod metrics;
 pub mod prober;

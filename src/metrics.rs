@@ -1,0 +1,372 @@
+//! Prometheus metrics with CoreDNS's names, labels and buckets (../shared/reference/metrics.md),
+//! so existing dashboards and alerts keep working, plus our own under `clusterdns_`. One
+//! registry per server instance, passed down (no global registry: tests run several servers).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// 0.00025 s doubling to 8.192 s, CoreDNS's time buckets.
+pub fn time_buckets() -> Vec<f64> {
+    (0..16).map(|i| 0.00025 * f64::from(1u32 << i)).collect()
+}
+
+/// CoreDNS's size buckets.
+pub const SIZE_BUCKETS: [f64; 14] = [
+    0.0, 100.0, 200.0, 300.0, 400.0, 511.0, 1023.0, 2047.0, 4095.0, 8291.0, 16000.0, 32000.0,
+    48000.0, 64000.0,
+];
+
+/// The query types CoreDNS reports by name; the rest are `other`.
+pub fn type_label(t: RecordType) -> &'static str {
+    match t {
+        RecordType::A => "A",
+        RecordType::AAAA => "AAAA",
+        RecordType::CNAME => "CNAME",
+        RecordType::DNSKEY => "DNSKEY",
+        RecordType::DS => "DS",
+        RecordType::MX => "MX",
+        RecordType::NSEC3 => "NSEC3",
+        RecordType::NSEC => "NSEC",
+        RecordType::NS => "NS",
+        RecordType::PTR => "PTR",
+        RecordType::RRSIG => "RRSIG",
+        RecordType::SOA => "SOA",
+        RecordType::SRV => "SRV",
+        RecordType::TXT => "TXT",
+        RecordType::HTTPS => "HTTPS",
+        RecordType::IXFR => "IXFR",
+        RecordType::AXFR => "AXFR",
+        RecordType::ANY => "ANY",
+        _ => "other",
+    }
+}
+
+/// Rcode names as Go's miekg/dns prints them (CoreDNS's `rcode` label values).
+pub fn rcode_label(r: ResponseCode) -> &'static str {
+    match u16::from(r) {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        6 => "YXDOMAIN",
+        7 => "YXRRSET",
+        8 => "NXRRSET",
+        9 => "NOTAUTH",
+        10 => "NOTZONE",
+        16 => "BADSIG",
+        17 => "BADKEY",
+        18 => "BADTIME",
+        19 => "BADMODE",
+        20 => "BADNAME",
+        21 => "BADALG",
+        22 => "BADTRUNC",
+        23 => "BADCOOKIE",
+        _ => "other",
+    }
+}
+
+/// `dns://:53`, or `dns://10.0.0.10:53` when bound to one address, as CoreDNS labels servers.
+pub fn server_label(addr: SocketAddr, bound_to_all: bool) -> String {
+    if bound_to_all {
+        format!("dns://:{}", addr.port())
+    } else {
+        format!("dns://{addr}")
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub responses: IntCounterVec,
+    pub duration: HistogramVec,
+    pub request_size: HistogramVec,
+    pub response_size: HistogramVec,
+    pub do_requests: IntCounterVec,
+    pub panics: IntCounter,
+    pub plugin_enabled: IntGaugeVec,
+    pub programming_duration: HistogramVec,
+    pub health_duration: Histogram,
+    pub health_failures: IntCounter,
+    pub reload_failed: IntCounter,
+    /// clusterdns_*: the data source's state.
+    pub source_synced: IntGauge,
+    pub source_stale_seconds: prometheus::Gauge,
+    pub objects: IntGaugeVec,
+    pub endpoints_by_compute: IntGaugeVec,
+    pub placement_mismatches: IntGauge,
+}
+
+/// One answered query, as the server saw it.
+pub struct QueryRecord<'a> {
+    pub server: &'a str,
+    pub zone: &'a str,
+    pub proto: &'static str,
+    pub ipv6_client: bool,
+    pub qtype: RecordType,
+    pub rcode: ResponseCode,
+    pub plugin: &'a str,
+    pub duration: Duration,
+    pub request_size: usize,
+    pub response_size: usize,
+    pub do_bit: bool,
+}
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    reg.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn histogram(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric");
+    reg.register(Box::new(h.clone())).expect("registered once");
+    h
+}
+
+impl Metrics {
+    /// Builds every metric into a new registry. Names and labels are constants: the
+    /// `expect`s can only fail on a programming error, caught by the tests.
+    pub fn new() -> Metrics {
+        let reg = Registry::new();
+        let build_info = IntGaugeVec::new(
+            Opts::new("coredns_build_info", "A metric with a constant '1' value labeled by version, revision, and goversion from which CoreDNS was built."),
+            &["version", "revision", "goversion"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), "clusterdns", rustc_version()])
+            .set(1);
+        reg.register(Box::new(build_info)).expect("registered once");
+        let panics = IntCounter::new(
+            "coredns_panics_total",
+            "A metrics that counts the number of panics.",
+        )
+        .expect("valid metric");
+        reg.register(Box::new(panics.clone()))
+            .expect("registered once");
+        let plugin_enabled = IntGaugeVec::new(
+            Opts::new(
+                "coredns_plugin_enabled",
+                "A metric that indicates whether a plugin is enabled on per server and zone basis.",
+            ),
+            &["server", "zone", "view", "name"],
+        )
+        .expect("valid metric");
+        reg.register(Box::new(plugin_enabled.clone()))
+            .expect("registered once");
+        let health_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "coredns_health_request_duration_seconds",
+                "Histogram of the time (in seconds) each request took.",
+            )
+            .buckets(vec![0.00025, 0.0025, 0.025, 0.25, 2.5]),
+        )
+        .expect("valid metric");
+        reg.register(Box::new(health_duration.clone()))
+            .expect("registered once");
+        let health_failures = IntCounter::new(
+            "coredns_health_request_failures_total",
+            "The number of times the health check failed.",
+        )
+        .expect("valid metric");
+        reg.register(Box::new(health_failures.clone()))
+            .expect("registered once");
+        let reload_failed = IntCounter::new(
+            "coredns_reload_failed_total",
+            "Counter of the number of failed reload attempts.",
+        )
+        .expect("valid metric");
+        reg.register(Box::new(reload_failed.clone()))
+            .expect("registered once");
+        let source_synced = IntGauge::new(
+            "clusterdns_source_synced",
+            "1 once the cluster data source has completed its first full load.",
+        )
+        .expect("valid metric");
+        reg.register(Box::new(source_synced.clone()))
+            .expect("registered once");
+        let source_stale_seconds = prometheus::Gauge::new("clusterdns_source_stale_seconds", "Seconds since the cluster data source last saw the API server healthy; 0 when current.")
+            .expect("valid metric");
+        reg.register(Box::new(source_stale_seconds.clone()))
+            .expect("registered once");
+        let objects = IntGaugeVec::new(
+            Opts::new("clusterdns_objects", "Objects held per kind."),
+            &["kind"],
+        )
+        .expect("valid metric");
+        reg.register(Box::new(objects.clone()))
+            .expect("registered once");
+        let endpoints_by_compute = IntGaugeVec::new(
+            Opts::new(
+                "clusterdns_endpoints",
+                "Service endpoints by the kind of compute they run on (ec2, micro-vm, unknown).",
+            ),
+            &["compute"],
+        )
+        .expect("valid metric");
+        reg.register(Box::new(endpoints_by_compute.clone()))
+            .expect("registered once");
+        let placement_mismatches = IntGauge::new(
+            "clusterdns_placement_mismatches",
+            "Pods whose placement disagrees with the Fargate profiles.",
+        )
+        .expect("valid metric");
+        reg.register(Box::new(placement_mismatches.clone()))
+            .expect("registered once");
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        let _ = reg.register(Box::new(process));
+
+        let t = time_buckets();
+        let sizes = SIZE_BUCKETS.to_vec();
+        Metrics {
+            requests: counter(
+                &reg,
+                "coredns_dns_requests_total",
+                "Counter of DNS requests made per zone, protocol and family.",
+                &["server", "zone", "view", "proto", "family", "type"],
+            ),
+            responses: counter(
+                &reg,
+                "coredns_dns_responses_total",
+                "Counter of response status codes.",
+                &["server", "zone", "view", "rcode", "plugin"],
+            ),
+            duration: histogram(
+                &reg,
+                "coredns_dns_request_duration_seconds",
+                "Histogram of the time (in seconds) each request took per zone.",
+                &["server", "zone", "view"],
+                t,
+            ),
+            request_size: histogram(
+                &reg,
+                "coredns_dns_request_size_bytes",
+                "Size of the EDNS0 UDP buffer in bytes (64K for TCP) per zone and protocol.",
+                &["server", "zone", "view", "proto"],
+                sizes.clone(),
+            ),
+            response_size: histogram(
+                &reg,
+                "coredns_dns_response_size_bytes",
+                "Size of the returned response in bytes.",
+                &["server", "zone", "view", "proto"],
+                sizes,
+            ),
+            do_requests: counter(
+                &reg,
+                "coredns_dns_do_requests_total",
+                "Counter of DNS requests with DO bit set per zone.",
+                &["server", "zone", "view"],
+            ),
+            programming_duration: histogram(
+                &reg,
+                "coredns_kubernetes_dns_programming_duration_seconds",
+                "Histogram of the time (in seconds) it took to program a dns instance.",
+                &["service_kind"],
+                (0..20).map(|i| 0.001 * f64::from(1u32 << i)).collect(),
+            ),
+            panics,
+            plugin_enabled,
+            health_duration,
+            health_failures,
+            reload_failed,
+            source_synced,
+            source_stale_seconds,
+            objects,
+            endpoints_by_compute,
+            placement_mismatches,
+            registry: reg,
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn observe(&self, q: &QueryRecord) {
+        let family = if q.ipv6_client { "2" } else { "1" };
+        self.requests
+            .with_label_values(&[q.server, q.zone, "", q.proto, family, type_label(q.qtype)])
+            .inc();
+        self.responses
+            .with_label_values(&[q.server, q.zone, "", rcode_label(q.rcode), q.plugin])
+            .inc();
+        self.duration
+            .with_label_values(&[q.server, q.zone, ""])
+            .observe(q.duration.as_secs_f64());
+        self.request_size
+            .with_label_values(&[q.server, q.zone, "", q.proto])
+            .observe(q.request_size as f64);
+        self.response_size
+            .with_label_values(&[q.server, q.zone, "", q.proto])
+            .observe(q.response_size as f64);
+        if q.do_bit {
+            self.do_requests
+                .with_label_values(&[q.server, q.zone, ""])
+                .inc();
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn rustc_version() -> &'static str {
+    option_env!("CLUSTERDNS_RUSTC_VERSION").unwrap_or("rust")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_labels_and_buckets_match_coredns() {
+        let m = Metrics::new();
+        m.observe(&QueryRecord {
+            server: "dns://:53",
+            zone: "cluster.local.",
+            proto: "udp",
+            ipv6_client: false,
+            qtype: RecordType::A,
+            rcode: ResponseCode::NXDomain,
+            plugin: "kubernetes",
+            duration: Duration::from_micros(300),
+            request_size: 60,
+            response_size: 120,
+            do_bit: false,
+        });
+        let text = m.render();
+        assert!(text.contains(r#"coredns_dns_requests_total{family="1",proto="udp",server="dns://:53",type="A",view="",zone="cluster.local."} 1"#), "{text}");
+        assert!(text.contains(r#"coredns_dns_responses_total{plugin="kubernetes",rcode="NXDOMAIN",server="dns://:53",view="",zone="cluster.local."} 1"#));
+        assert!(text.contains(r#"coredns_dns_request_duration_seconds_bucket{server="dns://:53",view="",zone="cluster.local.",le="0.0005"} 1"#));
+        assert!(text.contains(r#"le="8.192""#));
+        assert!(text.contains("coredns_build_info{"));
+        assert_eq!(type_label(RecordType::NULL), "other");
+    }
+}
