@@ -5,6 +5,7 @@ pub mod app;
 pub mod cluster;
 pub mod corefile;
 pub mod dns;
+pub mod export;
 pub mod fargate;
 pub mod metrics;
 pub mod prober;

@@ -32,6 +32,24 @@ enum Command {
     /// and the DNS servers, and name the missing rule. Exit 0 all allowed, 1 one blocked, 2
     /// bad input.
     Probe(ProbeArgs),
+    /// Print the cluster zone (or a reverse zone) as an RFC 1035 zone file, e.g. to serve the
+    /// same records from NSD or Knot.
+    ExportZone(ExportArgs),
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Kubernetes objects as `kubectl get -o yaml` prints them; default: the embedded demo.
+    #[arg(long, value_name = "PATH")]
+    manifests: Option<PathBuf>,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    zone: String,
+    /// Print this reverse zone instead: in-addr.arpa or ip6.arpa.
+    #[arg(long, value_name = "ZONE")]
+    reverse: Option<String>,
+    #[arg(long, default_value_t = 5)]
+    ttl: u32,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -168,6 +186,25 @@ fn probe(args: ProbeArgs) -> anyhow::Result<u8> {
     }
 }
 
+fn export_zone(args: ExportArgs) -> anyhow::Result<u8> {
+    use clusterdns::cluster::{Snapshot, Store};
+    let objects = objects(args.manifests.as_deref())?;
+    let snap = Snapshot::build(
+        std::sync::Arc::new(Store::from_objects(&objects)),
+        clusterdns::cluster::snapshot::now_serial(),
+        true,
+    );
+    let text = match args.reverse.as_deref() {
+        None => clusterdns::export::forward_zone(&snap, &args.zone, args.ttl),
+        Some(r @ ("in-addr.arpa" | "ip6.arpa" | "in-addr.arpa." | "ip6.arpa.")) => {
+            clusterdns::export::reverse_zone(&snap, r, &args.zone, args.ttl)
+        }
+        Some(other) => anyhow::bail!("--reverse {other}: expected in-addr.arpa or ip6.arpa"),
+    };
+    print!("{text}");
+    Ok(0)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -188,6 +225,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await.map(|()| 0),
             Command::Placement(args) => placement(args),
             Command::Probe(args) => probe(args),
+            Command::ExportZone(args) => export_zone(args),
         }
     });
     match result {

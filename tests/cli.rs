@@ -255,3 +255,38 @@ fn help_explains_every_flag() {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
 }
+
+#[test]
+fn export_zone_prints_zones_nsd_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    for (zone, args) in [
+        ("cluster.local", vec!["export-zone"]),
+        (
+            "in-addr.arpa",
+            vec!["export-zone", "--reverse", "in-addr.arpa"],
+        ),
+        ("ip6.arpa", vec!["export-zone", "--reverse", "ip6.arpa"]),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_clusterdns"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.starts_with(&format!("$ORIGIN {zone}.")), "{text}");
+        let file = dir.path().join(format!("{zone}.zone"));
+        std::fs::write(&file, &text).unwrap();
+        // NSD's own zone checker is the judge of the syntax (.ci/run installs nsd).
+        let check = Command::new("nsd-checkzone")
+            .arg(zone)
+            .arg(&file)
+            .output()
+            .expect("nsd-checkzone is installed (apt-get install nsd)");
+        assert!(
+            check.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+}

@@ -375,6 +375,11 @@ impl Snapshot {
         self.services.values()
     }
 
+    /// Every reverse entry (for zone export).
+    pub fn ptr_entries(&self) -> impl Iterator<Item = (&IpAddr, &[PtrTarget])> {
+        self.ptr.iter().map(|(ip, t)| (ip, t.as_slice()))
+    }
+
     pub fn ptr(&self, ip: &IpAddr) -> &[PtrTarget] {
         self.ptr.get(ip).map(Vec::as_slice).unwrap_or(&[])
     }

@@ -1,0 +1,219 @@
+//! The cluster zone as an RFC 1035 zone file: what `clusterdns export-zone` prints. Useful to
+//! serve the same records from another server (the benchmarks compare against NSD and Knot
+//! this way) and to see at a glance what the cluster publishes. Pod records (`*.pod.<zone>`)
+//! are synthesised per query and cannot be listed; they are left out.
+
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use crate::cluster::model::{Port, ServiceKind};
+use crate::cluster::snapshot::{EndpointEntry, PtrTarget, Snapshot};
+
+fn addr_rr(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("A\t{v4}"),
+        IpAddr::V6(v6) => format!("AAAA\t{v6}"),
+    }
+}
+
+fn weight(n: usize) -> usize {
+    (100 / n.max(1)).max(1)
+}
+
+fn header(out: &mut String, origin: &str, snap: &Snapshot, ttl: u32) {
+    let _ = writeln!(out, "$ORIGIN {origin}");
+    let _ = writeln!(out, "$TTL {ttl}");
+    let _ = writeln!(
+        out,
+        "@\t{}\tIN\tSOA\tns.dns.{origin} hostmaster.{origin} {} 7200 1800 86400 {ttl}",
+        ttl.min(300),
+        snap.serial
+    );
+    let _ = writeln!(out, "@\t{ttl}\tIN\tNS\tns.dns.{origin}");
+}
+
+/// The forward zone (`zone` such as `cluster.local`).
+pub fn forward_zone(snap: &Snapshot, zone: &str, ttl: u32) -> String {
+    let origin = format!("{}.", zone.trim_end_matches('.').to_ascii_lowercase());
+    let mut out = String::new();
+    header(&mut out, &origin, snap, ttl);
+    for ip in &snap.dns_service_ips {
+        let _ = writeln!(out, "ns.dns\t{ttl}\tIN\t{}", addr_rr(ip));
+    }
+    let _ = writeln!(out, "dns-version\t28800\tIN\tTXT\t\"1.1.0\"");
+    let mut services: Vec<_> = snap.services().collect();
+    services.sort_by(|a, b| {
+        (&a.service.namespace, &a.service.name).cmp(&(&b.service.namespace, &b.service.name))
+    });
+    for entry in services {
+        let svc = &entry.service;
+        let base = format!(
+            "{}.{}.svc",
+            svc.name.to_ascii_lowercase(),
+            svc.namespace.to_ascii_lowercase()
+        );
+        let _ = writeln!(out, "; {}/{}", svc.namespace, svc.name);
+        let ready: Vec<&EndpointEntry> = entry.ready_endpoints().collect();
+        let named = |ports: &[Port]| -> Vec<Port> {
+            ports
+                .iter()
+                .filter(|p| !p.name.is_empty())
+                .cloned()
+                .collect()
+        };
+        match svc.kind {
+            ServiceKind::ExternalName => {
+                if let Some(target) = &svc.external_name {
+                    let _ = writeln!(out, "{base}\t{ttl}\tIN\tCNAME\t{target}.");
+                }
+                continue;
+            }
+            ServiceKind::ClusterIp => {
+                for ip in &svc.cluster_ips {
+                    let _ = writeln!(out, "{base}\t{ttl}\tIN\t{}", addr_rr(ip));
+                }
+                let w = weight(svc.ports.len());
+                for p in &svc.ports {
+                    let _ = writeln!(
+                        out,
+                        "{base}\t{ttl}\tIN\tSRV\t0 {w} {} {base}.{origin}",
+                        p.port
+                    );
+                }
+                for p in named(&svc.ports) {
+                    let _ = writeln!(
+                        out,
+                        "_{}._{}.{base}\t{ttl}\tIN\tSRV\t0 100 {} {base}.{origin}",
+                        p.name.to_ascii_lowercase(),
+                        p.protocol.as_str(),
+                        p.port
+                    );
+                }
+            }
+            ServiceKind::Headless => {
+                for e in &ready {
+                    let _ = writeln!(out, "{base}\t{ttl}\tIN\t{}", addr_rr(&e.address));
+                }
+                // SRV per named port over every ready endpoint carrying it.
+                let mut by_port: Vec<(Port, Vec<&EndpointEntry>)> = Vec::new();
+                for e in &ready {
+                    for p in named(&e.ports) {
+                        match by_port.iter_mut().find(|(q, _)| *q == p) {
+                            Some((_, list)) => list.push(e),
+                            None => by_port.push((p, vec![e])),
+                        }
+                    }
+                }
+                for (p, eps) in &by_port {
+                    let w = weight(eps.len());
+                    for e in eps {
+                        let _ = writeln!(
+                            out,
+                            "_{}._{}.{base}\t{ttl}\tIN\tSRV\t0 {w} {} {}.{base}.{origin}",
+                            p.name.to_ascii_lowercase(),
+                            p.protocol.as_str(),
+                            p.port,
+                            e.label(false)
+                        );
+                    }
+                }
+            }
+        }
+        for e in &ready {
+            let _ = writeln!(
+                out,
+                "{}.{base}\t{ttl}\tIN\t{}",
+                e.label(false),
+                addr_rr(&e.address)
+            );
+        }
+    }
+    out
+}
+
+/// A reverse zone (`in-addr.arpa` or `ip6.arpa`) with the PTRs the cluster answers.
+pub fn reverse_zone(snap: &Snapshot, reverse: &str, cluster_zone: &str, ttl: u32) -> String {
+    let origin = format!("{}.", reverse.trim_end_matches('.').to_ascii_lowercase());
+    let zone = cluster_zone.trim_end_matches('.').to_ascii_lowercase();
+    let v6 = origin == "ip6.arpa.";
+    let mut out = String::new();
+    header(&mut out, &origin, snap, ttl);
+    let mut entries: Vec<_> = snap
+        .ptr_entries()
+        .filter(|(ip, _)| ip.is_ipv6() == v6)
+        .collect();
+    entries.sort_by_key(|(ip, _)| **ip);
+    for (ip, targets) in entries {
+        let owner = ipnet_reverse(ip);
+        for t in targets {
+            let name = match t {
+                PtrTarget::Service { service, namespace } => {
+                    format!("{service}.{namespace}.svc.{zone}.")
+                }
+                PtrTarget::Endpoint {
+                    service,
+                    namespace,
+                    index,
+                } => {
+                    let key = format!("{service}.{namespace}");
+                    let Some(e) = snap.service(&key).and_then(|s| s.endpoints.get(*index)) else {
+                        continue;
+                    };
+                    format!("{}.{service}.{namespace}.svc.{zone}.", e.label(false))
+                }
+            };
+            let _ = writeln!(out, "{owner}\t{ttl}\tIN\tPTR\t{name}");
+        }
+    }
+    out
+}
+
+fn ipnet_reverse(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v6) => {
+            let mut s = String::new();
+            for b in v6.octets().iter().rev() {
+                let _ = write!(s, "{:x}.{:x}.", b & 0xf, b >> 4);
+            }
+            s + "ip6.arpa."
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::file_source::embedded_objects;
+    use crate::cluster::Store;
+    use std::sync::Arc;
+
+    #[test]
+    fn the_demo_zone_has_the_records_the_server_answers() {
+        let snap = Snapshot::build(
+            Arc::new(Store::from_objects(&embedded_objects().unwrap())),
+            7,
+            true,
+        );
+        let z = forward_zone(&snap, "cluster.local", 5);
+        assert!(z.contains("nginx.demo.svc\t5\tIN\tA\t10.100.12.34"), "{z}");
+        assert!(z.contains(
+            "_http._tcp.web.demo.svc\t5\tIN\tSRV\t0 50 80 web-0.web.demo.svc.cluster.local."
+        ));
+        assert!(z.contains("search.demo.svc\t5\tIN\tCNAME\tsearch.example.com."));
+        assert!(
+            !z.contains("web-2"),
+            "not-ready endpoints are not published"
+        );
+        let r = reverse_zone(&snap, "in-addr.arpa", "cluster.local", 5);
+        assert!(
+            r.contains("34.12.100.10.in-addr.arpa.\t5\tIN\tPTR\tnginx.demo.svc.cluster.local."),
+            "{r}"
+        );
+        let r6 = reverse_zone(&snap, "ip6.arpa", "cluster.local", 5);
+        assert!(r6.contains("PTR\tapi.demo.svc.cluster.local."), "{r6}");
+    }
+}
