@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Generates dashboards/clusterdns.json (Grafana, datasource as a template variable).
+
+Edit the panel list here and re-run: python3 dashboards/generate.py > dashboards/clusterdns.json
+"""
+import json
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+SEL = 'job=~"$job", instance=~"$instance"'
+
+panels = []
+y = 0
+
+
+def row(title):
+    global y
+    panels.append({"type": "row", "title": title, "collapsed": False,
+                   "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "id": len(panels) + 1, "panels": []})
+    y += 1
+
+
+def ts(title, exprs, unit="short", w=12, x=0, h=8, stack=False):
+    panels.append({
+        "type": "timeseries", "title": title, "datasource": DS, "id": len(panels) + 1,
+        "gridPos": {"h": h, "w": w, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": unit, "custom": {"stacking": {"mode": "normal" if stack else "none"}}}, "overrides": []},
+        "options": {"legend": {"displayMode": "table", "placement": "bottom", "showLegend": True}, "tooltip": {"mode": "multi"}},
+        "targets": [{"datasource": DS, "expr": e, "legendFormat": l, "refId": chr(65 + i)} for i, (e, l) in enumerate(exprs)],
+    })
+
+
+def stat(title, expr, unit="short", w=6, x=0, h=4):
+    panels.append({
+        "type": "stat", "title": title, "datasource": DS, "id": len(panels) + 1,
+        "gridPos": {"h": h, "w": w, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
+        "targets": [{"datasource": DS, "expr": expr, "refId": "A"}],
+    })
+
+
+row("Requests")
+ts("Requests by type", [(f'sum by (type) (rate(coredns_dns_requests_total{{{SEL}}}[$__rate_interval]))', "{{type}}")], "reqps", stack=True)
+ts("Requests by zone", [(f'sum by (zone) (rate(coredns_dns_requests_total{{{SEL}}}[$__rate_interval]))', "{{zone}}")], "reqps", x=12)
+y += 8
+ts("Responses by rcode", [(f'sum by (rcode) (rate(coredns_dns_responses_total{{{SEL}}}[$__rate_interval]))', "{{rcode}}")], "reqps", stack=True)
+ts("Latency quantiles", [
+    (f'histogram_quantile(0.50, sum by (le) (rate(coredns_dns_request_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))', "p50"),
+    (f'histogram_quantile(0.99, sum by (le) (rate(coredns_dns_request_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))', "p99"),
+    (f'histogram_quantile(0.999, sum by (le) (rate(coredns_dns_request_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))', "p99.9"),
+], "s", x=12)
+y += 8
+ts("Requests by protocol and family", [(f'sum by (proto, family) (rate(coredns_dns_requests_total{{{SEL}}}[$__rate_interval]))', "{{proto}} family {{family}}")], "reqps")
+ts("Response size p99", [(f'histogram_quantile(0.99, sum by (le, proto) (rate(coredns_dns_response_size_bytes_bucket{{{SEL}}}[$__rate_interval])))', "{{proto}}")], "bytes", x=12)
+y += 8
+row("Cache")
+ts("Cache hit ratio", [(f'sum(rate(coredns_cache_hits_total{{{SEL}}}[$__rate_interval])) / sum(rate(coredns_cache_requests_total{{{SEL}}}[$__rate_interval]))', "hit ratio")], "percentunit")
+ts("Cache entries", [(f'sum by (type) (coredns_cache_entries{{{SEL}}})', "{{type}}")], x=12)
+y += 8
+row("Forwarding")
+ts("Forward latency p99 by upstream", [(f'histogram_quantile(0.99, sum by (le, to) (rate(coredns_proxy_request_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))', "{{to}}")], "s")
+ts("Upstream health-check failures", [(f'sum by (to) (rate(coredns_proxy_healthcheck_failures_total{{{SEL}}}[$__rate_interval]))', "{{to}}")], "ops", x=12)
+y += 8
+row("Cluster data")
+stat("API synced", f'min(clusterdns_source_synced{{{SEL}}})', w=6)
+stat("Data stale for", f'max(clusterdns_source_stale_seconds{{{SEL}}})', "s", w=6, x=6)
+stat("Placement mismatches", f'max(clusterdns_placement_mismatches{{{SEL}}})', w=6, x=12)
+stat("Objects", f'sum(clusterdns_objects{{{SEL}}})', w=6, x=18)
+y += 4
+ts("Endpoints by compute type", [(f'max by (compute) (clusterdns_endpoints{{{SEL}}})', "{{compute}}")])
+ts("DNS programming latency p99", [(f'histogram_quantile(0.99, sum by (le, service_kind) (rate(coredns_kubernetes_dns_programming_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))', "{{service_kind}}")], "s", x=12)
+y += 8
+row("Reachability (prober)")
+ts("Probe verdicts by path", [(f'sum by (path, verdict) (clusterdns_probe_paths{{{SEL}}})', "{{path}} {{verdict}}")])
+ts("Live probe latency by target", [(f'max by (target, protocol) (clusterdns_probe_latency_seconds{{{SEL}}})', "{{target}} {{protocol}}")], "s", x=12)
+y += 8
+
+dashboard = {
+    "title": "clusterdns",
+    "uid": "clusterdns-overview",
+    "tags": ["dns", "coredns", "kubernetes", "clusterdns"],
+    "timezone": "browser",
+    "schemaVersion": 39,
+    "version": 1,
+    "editable": True,
+    "refresh": "30s",
+    "time": {"from": "now-1h", "to": "now"},
+    "annotations": {"list": []},
+    "templating": {"list": [
+        {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Data source",
+         "current": {}, "hide": 0, "refresh": 1, "options": []},
+        {"name": "job", "type": "query", "datasource": DS, "label": "Job",
+         "query": {"query": "label_values(coredns_build_info, job)", "refId": "job"},
+         "definition": "label_values(coredns_build_info, job)", "includeAll": True, "multi": True,
+         "allValue": ".*", "current": {}, "refresh": 2, "options": []},
+        {"name": "instance", "type": "query", "datasource": DS, "label": "Instance",
+         "query": {"query": 'label_values(coredns_build_info{job=~"$job"}, instance)', "refId": "instance"},
+         "definition": 'label_values(coredns_build_info{job=~"$job"}, instance)', "includeAll": True, "multi": True,
+         "allValue": ".*", "current": {}, "refresh": 2, "options": []},
+    ]},
+    "panels": panels,
+}
+print(json.dumps(dashboard, indent=2))
