@@ -6,6 +6,9 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY manifests ./manifests
 RUN cargo build --release --locked && strip target/release/clusterdns
+# Port 53 as a non-root user: a file capability, as CoreDNS's image does (COPY keeps it).
+RUN apt-get update && apt-get install -y --no-install-recommends libcap2-bin \
+    && setcap cap_net_bind_service=+ep target/release/clusterdns
 
 # distroless/cc has glibc and CA certificates (the API client uses TLS) and nothing else.
 FROM gcr.io/distroless/cc-debian12:nonroot
