@@ -1,5 +1,6 @@
 //! The shared handle through which sources publish snapshots and queries read them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -10,12 +11,15 @@ use super::snapshot::{now_serial, Snapshot, Store};
 #[derive(Debug)]
 pub struct ClusterView {
     current: ArcSwap<Snapshot>,
+    /// Bumped after every publish: answers cached by generation are invalid once it moves.
+    generation: AtomicU64,
 }
 
 impl Default for ClusterView {
     fn default() -> Self {
         ClusterView {
             current: ArcSwap::from_pointee(Snapshot::unsynced()),
+            generation: AtomicU64::new(0),
         }
     }
 }
@@ -37,6 +41,13 @@ impl ClusterView {
     pub fn publish(&self, store: Arc<Store>, synced: bool) {
         let snapshot = Snapshot::build(store, now_serial(), synced);
         self.current.store(Arc::new(snapshot));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes whenever a new snapshot is published. Read it BEFORE answering from a
+    /// snapshot: an answer stored under an older generation can only be a miss later.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn is_synced(&self) -> bool {

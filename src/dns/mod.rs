@@ -8,6 +8,7 @@
 //! ```
 
 pub mod answer;
+pub mod fastpath;
 pub mod kubernetes;
 pub mod pipeline;
 pub mod server;

@@ -1,0 +1,288 @@
+//! A response cache in front of the whole pipeline for answers that depend only on the
+//! question and the cluster snapshot (the kubernetes handler's). A hit copies the stored bytes
+//! and patches the query id and the question's letter case: no parsing into `Message`, no
+//! record building, no name compression work. Entries are tagged with the snapshot generation,
+//! so a change in the cluster makes every older entry a miss at once: answers are never stale.
+//!
+//! Why our own: hickory's `Message` parse/encode allocates per name and per record and its
+//! name compression searches linearly; on the hot path this cache costs a hash lookup and a
+//! memcpy.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::RwLock;
+
+/// Shards keep readers and the occasional writer from contending on one lock.
+const SHARDS: usize = 16;
+/// Entries per shard before the shard is cleared (a crude but O(1) bound on memory).
+const SHARD_CAPACITY: usize = 8192;
+
+/// What the fast path reads from a query without building a `Message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peek<'a> {
+    pub id: u16,
+    /// Header flags word (QR, opcode, AA, TC, RD, RA, Z, AD, CD, rcode).
+    pub flags: u16,
+    /// The question name in wire form, as sent (case preserved), ending with the root label.
+    pub qname: &'a [u8],
+    pub qtype: u16,
+    pub qclass: u16,
+    /// EDNS payload size when an OPT record is present.
+    pub edns_payload: Option<u16>,
+    pub do_bit: bool,
+}
+
+impl Peek<'_> {
+    pub fn recursion_desired(&self) -> bool {
+        self.flags & 0x0100 != 0
+    }
+
+    pub fn checking_disabled(&self) -> bool {
+        self.flags & 0x0010 != 0
+    }
+
+    /// The largest UDP answer the client accepts.
+    pub fn max_udp(&self) -> usize {
+        self.edns_payload
+            .map(|p| p.max(512) as usize)
+            .unwrap_or(512)
+    }
+}
+
+/// Parses the plain shape of almost every query: one question, no answer or authority
+/// records, at most an OPT record, no compression in the question. Anything else returns None
+/// and takes the full path (which also produces the right errors).
+pub fn peek(bytes: &[u8]) -> Option<Peek<'_>> {
+    if bytes.len() < 17 {
+        return None;
+    }
+    let be = |i: usize| u16::from_be_bytes([bytes[i], bytes[i + 1]]);
+    let flags = be(2);
+    if flags & 0x8000 != 0 || (flags >> 11) & 0xf != 0 {
+        return None; // a response, or not a standard query
+    }
+    if be(4) != 1 || be(6) != 0 || be(8) != 0 || be(10) > 1 {
+        return None;
+    }
+    let mut i = 12;
+    let mut total = 0usize;
+    loop {
+        let len = *bytes.get(i)? as usize;
+        if len == 0 {
+            i += 1;
+            break;
+        }
+        if len > 63 {
+            return None; // compression or a reserved label type
+        }
+        total += len + 1;
+        if total > 254 {
+            return None;
+        }
+        i += 1 + len;
+    }
+    let qname = &bytes[12..i];
+    if bytes.len() < i + 4 {
+        return None;
+    }
+    let qtype = be(i);
+    let qclass = be(i + 2);
+    i += 4;
+    let mut edns_payload = None;
+    let mut do_bit = false;
+    if be(10) == 1 {
+        // OPT: root name, type 41, class = payload, ttl = ext-rcode/version/flags, rdata.
+        if bytes.len() < i + 11 || bytes[i] != 0 || be(i + 1) != 41 {
+            return None;
+        }
+        let version = bytes[i + 6];
+        if version != 0 {
+            return None; // BADVERS comes from the full path
+        }
+        edns_payload = Some(be(i + 3));
+        do_bit = bytes[i + 7] & 0x80 != 0;
+        let rdlen = be(i + 9) as usize;
+        if bytes.len() != i + 11 + rdlen {
+            return None;
+        }
+    } else if bytes.len() != i {
+        return None;
+    }
+    Some(Peek {
+        id: be(0),
+        flags,
+        qname,
+        qtype,
+        qclass,
+        edns_payload,
+        do_bit,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    qname_lower: Box<[u8]>,
+    qtype: u16,
+    qclass: u16,
+    /// RD and CD are copied into responses; EDNS presence decides the OPT record.
+    rd: bool,
+    cd: bool,
+    edns: bool,
+    do_bit: bool,
+}
+
+impl Key {
+    fn of(p: &Peek) -> Key {
+        Key {
+            qname_lower: p.qname.to_ascii_lowercase().into_boxed_slice(),
+            qtype: p.qtype,
+            qclass: p.qclass,
+            rd: p.recursion_desired(),
+            cd: p.checking_disabled(),
+            edns: p.edns_payload.is_some(),
+            do_bit: p.do_bit,
+        }
+    }
+}
+
+struct Entry {
+    generation: u64,
+    bytes: Box<[u8]>,
+}
+
+pub struct ResponseCache {
+    shards: Vec<RwLock<HashMap<Key, Entry>>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for ResponseCache {
+    fn default() -> Self {
+        ResponseCache {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+        }
+    }
+}
+
+impl ResponseCache {
+    fn shard(&self, key: &Key) -> &RwLock<HashMap<Key, Entry>> {
+        let mut h = self.hasher.build_hasher();
+        key.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// The stored response for this question at this generation, with the query's id and
+    /// letter case, if it fits `max_len`.
+    pub fn get(&self, p: &Peek, generation: u64, max_len: usize) -> Option<Vec<u8>> {
+        let key = Key::of(p);
+        let shard = self.shard(&key).read().ok()?;
+        let entry = shard.get(&key)?;
+        if entry.generation != generation || entry.bytes.len() > max_len {
+            return None;
+        }
+        let mut out = entry.bytes.to_vec();
+        drop(shard);
+        out[0..2].copy_from_slice(&p.id.to_be_bytes());
+        // The question starts at 12 in every response we store and has the same length as
+        // the query's; answer owner names point at it, so they echo the case too.
+        out[12..12 + p.qname.len()].copy_from_slice(p.qname);
+        Some(out)
+    }
+
+    /// Stores `response` (for the question `p`) at `generation`. The response must carry the
+    /// question at offset 12 uncompressed, which every encoder does.
+    pub fn put(&self, p: &Peek, generation: u64, response: &[u8]) {
+        if response.len() < 12 + p.qname.len()
+            || !response[12..12 + p.qname.len()].eq_ignore_ascii_case(p.qname)
+        {
+            return;
+        }
+        let key = Key::of(p);
+        let Ok(mut shard) = self.shard(&key).write() else {
+            return;
+        };
+        if shard.len() >= SHARD_CAPACITY {
+            shard.retain(|_, e| e.generation == generation);
+            if shard.len() >= SHARD_CAPACITY {
+                shard.clear();
+            }
+        }
+        shard.insert(
+            key,
+            Entry {
+                generation,
+                bytes: response.into(),
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+
+    fn query(name: &str, edns: bool) -> Vec<u8> {
+        let mut m = Message::new(0x4242, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        if edns {
+            let mut e = Edns::new();
+            e.set_max_payload(1232);
+            m.set_edns(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn peeks_plain_queries_and_refuses_the_rest() {
+        let q = query("Nginx.demo.svc.cluster.local.", true);
+        let p = peek(&q).unwrap();
+        assert_eq!(p.id, 0x4242);
+        assert_eq!(p.qtype, 1);
+        assert_eq!(p.edns_payload, Some(1232));
+        assert!(p.recursion_desired());
+        assert_eq!(peek(&query("a.b.", false)).unwrap().edns_payload, None);
+        assert!(peek(&q[..q.len() - 1]).is_none(), "truncated OPT");
+        let mut response = q.clone();
+        response[2] |= 0x80;
+        assert!(peek(&response).is_none());
+        let mut ptr = q.clone();
+        ptr[12] = 0xC0;
+        assert!(peek(&ptr).is_none());
+    }
+
+    #[test]
+    fn hits_patch_id_and_case_and_generations_invalidate() {
+        let cache = ResponseCache::default();
+        let q1 = query("nginx.demo.svc.cluster.local.", false);
+        let p1 = peek(&q1).unwrap();
+        let mut resp = Message::new(0x4242, MessageType::Response, OpCode::Query);
+        resp.add_query(Query::query(
+            Name::from_ascii("nginx.demo.svc.cluster.local.").unwrap(),
+            RecordType::A,
+        ));
+        let bytes = resp.to_vec().unwrap();
+        cache.put(&p1, 1, &bytes);
+
+        let mut q2 = query("NGINX.demo.svc.cluster.local.", false);
+        q2[0] = 0x01;
+        q2[1] = 0x02;
+        let p2 = peek(&q2).unwrap();
+        let hit = cache.get(&p2, 1, 512).unwrap();
+        assert_eq!(&hit[0..2], &[0x01, 0x02]);
+        let m = Message::from_vec(&hit).unwrap();
+        assert_eq!(
+            m.queries[0].name().to_ascii(),
+            "NGINX.demo.svc.cluster.local."
+        );
+        assert!(cache.get(&p2, 2, 512).is_none(), "a newer snapshot misses");
+        assert!(cache.get(&p2, 1, 10).is_none(), "too big for the client");
+        let q3 = query("nginx.demo.svc.cluster.local.", true);
+        assert!(
+            cache.get(&peek(&q3).unwrap(), 1, 512).is_none(),
+            "EDNS is part of the key"
+        );
+    }
+}
