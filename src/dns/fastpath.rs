@@ -9,7 +9,7 @@
 //! memcpy.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::sync::RwLock;
 
 /// Shards keep readers and the occasional writer from contending on one lock.
@@ -166,9 +166,7 @@ impl Default for ResponseCache {
 
 impl ResponseCache {
     fn shard(&self, key: &Key) -> &RwLock<HashMap<Key, Entry>> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
     /// The stored response for this question at this generation, with the query's id and
