@@ -381,7 +381,7 @@ impl Inner {
                     return;
                 }
                 // With serve_stale, a failure must not push out the data it would serve.
-                if self.serve_stale.is_some() && self.success.get(hash).is_some() {
+                if self.serve_stale.is_some() && self.lookup(hash).is_some() {
                     return;
                 }
                 let secs = self.servfail.as_secs().clamp(1, u64::from(u32::MAX)) as u32;

@@ -535,7 +535,8 @@ impl Inner {
         let sock = UdpSocket::bind(local).await?;
         sock.connect(up.addr).await?;
         sock.send(&bytes).await?;
-        let mut buf = vec![0u8; 65535];
+        // The upstream may send up to the payload size we offered, no more.
+        let mut buf = vec![0u8; usize::from(q.max_payload()).max(512)];
         let deadline = Instant::now() + self.timeouts.read;
         loop {
             let n = match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
