@@ -8,12 +8,17 @@
 //! ```
 
 pub mod answer;
+pub mod cache;
 pub mod fastpath;
+pub mod forward;
 pub mod kubernetes;
 pub mod pipeline;
 pub mod server;
 pub mod wire;
+pub mod zone;
 
 pub use answer::Answer;
+pub use cache::Cache;
+pub use forward::Forward;
 pub use kubernetes::{Kubernetes, KubernetesConfig, PodMode};
 pub use pipeline::{Flow, Handler, Pipeline, Request};

@@ -1,0 +1,739 @@
+//! The `forward` handler: CoreDNS's plugin/forward. Queries under `from` (minus `except`) go
+//! to upstream nameservers, chosen by policy among the healthy ones.
+//!
+//! ```text
+//!  handle ─> in zone? ─> max_concurrent? ─> order upstreams (policy, healthy first)
+//!              │ no            │ over: REFUSED      │
+//!              Next                                 for each: exchange (UDP, TC -> TCP; or TCP)
+//!                                                     ok: the upstream's answer
+//!                                                     error: count a fail, start health probes
+//!                                                   all failed: SERVFAIL
+//! ```
+//!
+//! TCP connections are used one query at a time and kept idle per upstream for `expire`:
+//! no demultiplexing task is needed, a connection in use is out of the pool so a slow answer
+//! never blocks another query, and concurrent queries simply open more connections (CoreDNS's
+//! connection cache works the same way).
+//!
+//! UDP uses a fresh connected socket per attempt: the kernel drops datagrams from other
+//! sources, the source port is random, and replies are still checked for id and question.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, Name, RecordType};
+use rand::seq::SliceRandom;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::answer::Answer;
+use super::pipeline::{Flow, Handler, Proto, Request};
+use super::zone;
+use crate::corefile::{ForwardConfig, ForwardPolicy, Transport, Upstream as UpstreamConfig};
+
+const PLUGIN: &str = "forward";
+/// Idle TCP connections kept per upstream; more concurrent queries open (and close) more.
+const MAX_IDLE_TCP: usize = 16;
+/// The EDNS payload we offer upstream when the client sent no OPT record, so that answers up
+/// to this size need no TCP retry (the server truncates again for the client if needed).
+const UPSTREAM_PAYLOAD: u16 = 1232;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("forward: bad zone: {0}")]
+    Zone(String),
+    #[error("forward: cannot read {path}: {source}")]
+    ResolvConf {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("forward: no upstreams (resolv.conf files without nameserver lines?)")]
+    NoUpstreams,
+    #[error("forward: more than {} upstreams", ForwardConfig::MAX_UPSTREAMS)]
+    TooMany,
+    #[error("forward: {0}:// upstreams are not supported yet")]
+    Transport(&'static str),
+}
+
+/// Timing knobs CoreDNS hard-codes; here they can be set in code (tests use short ones).
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardTimeouts {
+    /// Waiting for one reply from one upstream (CoreDNS: 2s).
+    pub read: Duration,
+    /// Establishing a TCP connection.
+    pub connect: Duration,
+    /// The whole query, across upstreams (CoreDNS: 5s).
+    pub total: Duration,
+}
+
+impl Default for ForwardTimeouts {
+    fn default() -> Self {
+        ForwardTimeouts {
+            read: Duration::from_secs(2),
+            connect: Duration::from_secs(2),
+            total: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The buckets of CoreDNS's time histograms: 0.00025 s doubling, 16 buckets.
+pub const DURATION_BUCKETS: [f64; 16] = [
+    0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
+    2.048, 4.096, 8.192,
+];
+
+/// A lock-free histogram with [`DURATION_BUCKETS`].
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Non-cumulative counts per bucket; the last slot is above the largest bucket.
+    pub buckets: [AtomicU64; 17],
+    pub count: AtomicU64,
+    pub sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            d.as_micros().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Header rcodes are 4 bits; index 16 holds extended ones.
+const RCODE_SLOTS: usize = 17;
+
+fn rcode_slot(rcode: ResponseCode) -> usize {
+    (u16::from(rcode) as usize).min(RCODE_SLOTS - 1)
+}
+
+/// Per-upstream counters for the `coredns_proxy_*` metrics (label `to` = [`Self::addr`]).
+#[derive(Debug)]
+pub struct UpstreamStats {
+    pub addr: SocketAddr,
+    /// Queries sent (each attempt, including retries over TCP).
+    pub requests: AtomicU64,
+    /// Replies per rcode (index = rcode, 16 = extended rcodes).
+    pub rcodes: [AtomicU64; RCODE_SLOTS],
+    /// Exchange durations per rcode, as `rcodes`.
+    pub durations: [Histogram; RCODE_SLOTS],
+    /// Attempts with no usable reply (timeout, refused, reset, bad reply).
+    pub errors: AtomicU64,
+    pub healthcheck_failures: AtomicU64,
+    /// Connection cache per proto: UDP sockets are never reused, so UDP counts only misses.
+    pub conn_cache_hits_tcp: AtomicU64,
+    pub conn_cache_misses_tcp: AtomicU64,
+    pub conn_cache_misses_udp: AtomicU64,
+}
+
+impl UpstreamStats {
+    fn new(addr: SocketAddr) -> Self {
+        UpstreamStats {
+            addr,
+            requests: AtomicU64::new(0),
+            rcodes: Default::default(),
+            durations: Default::default(),
+            errors: AtomicU64::new(0),
+            healthcheck_failures: AtomicU64::new(0),
+            conn_cache_hits_tcp: AtomicU64::new(0),
+            conn_cache_misses_tcp: AtomicU64::new(0),
+            conn_cache_misses_udp: AtomicU64::new(0),
+        }
+    }
+
+    /// Replies seen with `rcode`.
+    pub fn rcode_count(&self, rcode: ResponseCode) -> u64 {
+        self.rcodes[rcode_slot(rcode)].load(Ordering::Relaxed)
+    }
+}
+
+/// Counters of one `forward` instance.
+#[derive(Debug)]
+pub struct ForwardStats {
+    /// `coredns_forward_max_concurrent_rejects_total`.
+    pub max_concurrent_rejects: AtomicU64,
+    /// `coredns_forward_healthcheck_broken_total`: every upstream was down.
+    pub healthcheck_broken: AtomicU64,
+    pub upstreams: Vec<Arc<UpstreamStats>>,
+}
+
+struct Upstream {
+    addr: SocketAddr,
+    /// Consecutive failures (queries and health probes); reset by any reply.
+    fails: AtomicU32,
+    probing: AtomicBool,
+    idle_tcp: Mutex<Vec<(TcpStream, Instant)>>,
+    stats: Arc<UpstreamStats>,
+}
+
+struct Inner {
+    from: Name,
+    except: Vec<Name>,
+    upstreams: Vec<Arc<Upstream>>,
+    policy: ForwardPolicy,
+    force_tcp: bool,
+    prefer_udp: bool,
+    expire: Duration,
+    max_fails: u32,
+    health_check: Duration,
+    health_check_rd: bool,
+    health_check_name: Name,
+    max_concurrent: Option<u32>,
+    in_flight: AtomicU32,
+    next_rr: AtomicUsize,
+    timeouts: ForwardTimeouts,
+    stats: Arc<ForwardStats>,
+    /// Stops health probes when the handler is dropped (e.g. on reload).
+    cancel: CancellationToken,
+}
+
+pub struct Forward {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.inner.cancel.cancel();
+    }
+}
+
+/// `nameserver` lines of a resolv.conf. Beyond the standard `nameserver IP` (port 53), an
+/// `IP:PORT` or `[IPv6]:PORT` is accepted so local setups and tests can use other ports.
+pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("nameserver") {
+            continue;
+        }
+        let Some(addr) = words.next() else { continue };
+        // A zone index (fe80::1%eth0) cannot be expressed in SocketAddr parsing; skip it.
+        let addr = addr.split('%').next().unwrap_or(addr);
+        if let Ok(ip) = addr.parse::<IpAddr>() {
+            out.push(SocketAddr::new(ip, 53));
+        } else if let Ok(sa) = addr.parse::<SocketAddr>() {
+            out.push(sa);
+        }
+    }
+    out
+}
+
+impl Forward {
+    pub fn new(cfg: &ForwardConfig) -> Result<Forward, ForwardError> {
+        Forward::with_timeouts(cfg, ForwardTimeouts::default())
+    }
+
+    pub fn with_timeouts(
+        cfg: &ForwardConfig,
+        timeouts: ForwardTimeouts,
+    ) -> Result<Forward, ForwardError> {
+        // Destructured so a new config field cannot be forgotten here.
+        let ForwardConfig {
+            from,
+            to,
+            except,
+            force_tcp,
+            prefer_udp,
+            expire,
+            max_fails,
+            health_check,
+            health_check_no_rec,
+            health_check_domain,
+            policy,
+            max_concurrent,
+            tls: _,
+            tls_servername: _,
+        } = cfg;
+        let mut addrs = Vec::new();
+        for up in to {
+            match up {
+                UpstreamConfig::Addr {
+                    transport: Transport::Dns,
+                    addr,
+                } => addrs.push(*addr),
+                UpstreamConfig::Addr { transport, .. } => {
+                    return Err(ForwardError::Transport(match transport {
+                        Transport::Tls => "tls",
+                        Transport::Grpc => "grpc",
+                        Transport::Https => "https",
+                        Transport::Quic => "quic",
+                        Transport::Dns => "dns",
+                    }))
+                }
+                UpstreamConfig::ResolvConf(path) => addrs.extend(read_resolv_conf(path)?),
+            }
+        }
+        if addrs.is_empty() {
+            return Err(ForwardError::NoUpstreams);
+        }
+        if addrs.len() > ForwardConfig::MAX_UPSTREAMS {
+            return Err(ForwardError::TooMany);
+        }
+        let from = zone::parse(std::slice::from_ref(from))
+            .map_err(ForwardError::Zone)?
+            .remove(0);
+        let except = zone::parse(except).map_err(ForwardError::Zone)?;
+        let health_check_name = zone::parse(std::slice::from_ref(health_check_domain))
+            .map_err(ForwardError::Zone)?
+            .remove(0);
+        let upstreams: Vec<Arc<Upstream>> = addrs
+            .into_iter()
+            .map(|addr| {
+                Arc::new(Upstream {
+                    addr,
+                    fails: AtomicU32::new(0),
+                    probing: AtomicBool::new(false),
+                    idle_tcp: Mutex::new(Vec::new()),
+                    stats: Arc::new(UpstreamStats::new(addr)),
+                })
+            })
+            .collect();
+        let stats = Arc::new(ForwardStats {
+            max_concurrent_rejects: AtomicU64::new(0),
+            healthcheck_broken: AtomicU64::new(0),
+            upstreams: upstreams.iter().map(|u| u.stats.clone()).collect(),
+        });
+        Ok(Forward {
+            inner: Arc::new(Inner {
+                from,
+                except,
+                upstreams,
+                policy: *policy,
+                force_tcp: *force_tcp,
+                // CoreDNS ignores prefer_udp under force_tcp.
+                prefer_udp: *prefer_udp && !*force_tcp,
+                expire: *expire,
+                max_fails: *max_fails,
+                health_check: *health_check,
+                health_check_rd: !*health_check_no_rec,
+                health_check_name,
+                max_concurrent: *max_concurrent,
+                in_flight: AtomicU32::new(0),
+                next_rr: AtomicUsize::new(0),
+                timeouts,
+                stats,
+                cancel: CancellationToken::new(),
+            }),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<ForwardStats> {
+        self.inner.stats.clone()
+    }
+
+    /// The upstream addresses in configuration order (resolv.conf files expanded).
+    pub fn upstreams(&self) -> Vec<SocketAddr> {
+        self.inner.upstreams.iter().map(|u| u.addr).collect()
+    }
+
+    /// Whether the upstream at `addr` currently counts as down.
+    pub fn is_down(&self, addr: SocketAddr) -> bool {
+        self.inner
+            .upstreams
+            .iter()
+            .any(|u| u.addr == addr && self.inner.down(u))
+    }
+}
+
+fn read_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>, ForwardError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ForwardError::ResolvConf {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(parse_resolv_conf(&text))
+}
+
+/// Decrements the in-flight count when the query finishes or is abandoned.
+struct InFlight(Arc<Inner>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Handler for Forward {
+    fn name(&self) -> &'static str {
+        PLUGIN
+    }
+
+    fn handle(&self, req: &Request) -> Flow {
+        let inner = &self.inner;
+        if !zone::in_zone(&req.qname, &inner.from) || zone::in_any(&req.qname, &inner.except) {
+            return Flow::Next;
+        }
+        let guard = inner.max_concurrent.map(|max| {
+            let now = inner.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+            (InFlight(inner.clone()), now > max)
+        });
+        if let Some((_, true)) = guard {
+            inner
+                .stats
+                .max_concurrent_rejects
+                .fetch_add(1, Ordering::Relaxed);
+            return Flow::Answer(Answer::rcode(ResponseCode::Refused, PLUGIN));
+        }
+        let query = upstream_query(&req.message);
+        let proto = if inner.force_tcp {
+            Proto::Tcp
+        } else if inner.prefer_udp {
+            Proto::Udp
+        } else {
+            req.proto
+        };
+        let inner = inner.clone();
+        Flow::Pending(Box::pin(async move {
+            let _guard = guard;
+            let answer = match timeout(inner.timeouts.total, inner.forward(&query, proto)).await {
+                Ok(Some(a)) => a,
+                _ => Answer::rcode(ResponseCode::ServFail, PLUGIN),
+            };
+            Some(answer)
+        }))
+    }
+}
+
+/// The client's query as sent upstream: same question and flags, EDNS added when absent.
+fn upstream_query(client: &Message) -> Message {
+    let mut q = Message::new(0, MessageType::Query, OpCode::Query);
+    q.metadata.recursion_desired = client.metadata.recursion_desired;
+    q.metadata.checking_disabled = client.metadata.checking_disabled;
+    q.queries = client.queries.clone();
+    let mut edns = client.edns.clone().unwrap_or_default();
+    edns.set_max_payload(edns.max_payload().max(UPSTREAM_PAYLOAD));
+    q.set_edns(edns);
+    q
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("{0}")]
+    Bad(&'static str),
+}
+
+impl Inner {
+    fn down(&self, up: &Upstream) -> bool {
+        self.max_fails > 0 && up.fails.load(Ordering::Relaxed) >= self.max_fails
+    }
+
+    /// Upstreams to try, in order: by policy among the healthy ones; if none is healthy, all
+    /// of them in random order (CoreDNS does the same rather than failing outright).
+    fn order(&self) -> Vec<Arc<Upstream>> {
+        let n = self.upstreams.len();
+        let mut list: Vec<Arc<Upstream>> = match self.policy {
+            ForwardPolicy::Random => {
+                let mut l = self.upstreams.clone();
+                l.shuffle(&mut rand::rng());
+                l
+            }
+            ForwardPolicy::RoundRobin => {
+                let start = self.next_rr.fetch_add(1, Ordering::Relaxed) % n;
+                (0..n)
+                    .map(|i| self.upstreams[(start + i) % n].clone())
+                    .collect()
+            }
+            ForwardPolicy::Sequential => self.upstreams.clone(),
+        };
+        let healthy: Vec<Arc<Upstream>> = list.iter().filter(|u| !self.down(u)).cloned().collect();
+        if healthy.is_empty() {
+            self.stats
+                .healthcheck_broken
+                .fetch_add(1, Ordering::Relaxed);
+            list.shuffle(&mut rand::rng());
+            list
+        } else {
+            healthy
+        }
+    }
+
+    async fn forward(self: &Arc<Self>, query: &Message, proto: Proto) -> Option<Answer> {
+        for up in self.order() {
+            let start = Instant::now();
+            match self.exchange(&up, query, proto).await {
+                Ok(reply) => {
+                    up.fails.store(0, Ordering::Relaxed);
+                    let rcode = reply.metadata.response_code;
+                    let slot = rcode_slot(rcode);
+                    up.stats.rcodes[slot].fetch_add(1, Ordering::Relaxed);
+                    up.stats.durations[slot].observe(start.elapsed());
+                    return Some(Answer {
+                        rcode,
+                        authoritative: reply.metadata.authoritative,
+                        recursion_available: reply.metadata.recursion_available,
+                        answers: reply.answers,
+                        authorities: reply.authorities,
+                        additionals: reply.additionals,
+                        plugin: PLUGIN,
+                    });
+                }
+                Err(e) => {
+                    debug!(upstream = %up.addr, error = %e, "forward attempt failed");
+                    up.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    up.fails.fetch_add(1, Ordering::Relaxed);
+                    self.start_probe(&up);
+                }
+            }
+        }
+        None
+    }
+
+    /// One attempt against one upstream; a truncated UDP reply is retried over TCP.
+    async fn exchange(
+        &self,
+        up: &Upstream,
+        query: &Message,
+        proto: Proto,
+    ) -> Result<Message, ExchangeError> {
+        let mut q = query.clone();
+        // A fresh random id per attempt: one of the two things a spoofer must guess.
+        q.metadata.id = rand::random();
+        if proto == Proto::Udp {
+            let reply = self.exchange_udp(up, &q).await?;
+            if !reply.metadata.truncation {
+                return Ok(reply);
+            }
+            q.metadata.id = rand::random();
+        }
+        let reply = self.exchange_tcp(up, &q).await?;
+        if reply.metadata.truncation {
+            // Never hand on a partial answer: the cache would keep it.
+            return Err(ExchangeError::Bad("truncated over TCP"));
+        }
+        Ok(reply)
+    }
+
+    async fn exchange_udp(&self, up: &Upstream, q: &Message) -> Result<Message, ExchangeError> {
+        up.stats.requests.fetch_add(1, Ordering::Relaxed);
+        up.stats
+            .conn_cache_misses_udp
+            .fetch_add(1, Ordering::Relaxed);
+        let bytes = q
+            .to_vec()
+            .map_err(|_| ExchangeError::Bad("cannot encode"))?;
+        let local: SocketAddr = match up.addr {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let sock = UdpSocket::bind(local).await?;
+        sock.connect(up.addr).await?;
+        sock.send(&bytes).await?;
+        // The upstream may send up to the payload size we offered, no more.
+        let mut buf = vec![0u8; usize::from(q.max_payload()).max(512)];
+        let deadline = Instant::now() + self.timeouts.read;
+        loop {
+            let n = match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(ExchangeError::Timeout),
+            };
+            // Anything that is not the reply to this exact query is ignored, and we keep
+            // waiting for the real one: an off-path spoofer must not be able to end the wait.
+            if let Some(reply) = matching_reply(q, &buf[..n]) {
+                return Ok(reply);
+            }
+            debug!(upstream = %up.addr, "ignored a UDP reply that does not match the query");
+        }
+    }
+
+    async fn exchange_tcp(&self, up: &Upstream, q: &Message) -> Result<Message, ExchangeError> {
+        up.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let bytes = q
+            .to_vec()
+            .map_err(|_| ExchangeError::Bad("cannot encode"))?;
+        let mut framed = Vec::with_capacity(bytes.len() + 2);
+        framed.extend_from_slice(&(bytes.len().min(u16::MAX as usize) as u16).to_be_bytes());
+        framed.extend_from_slice(&bytes);
+        // A pooled connection the upstream has closed meanwhile fails on first use; then one
+        // fresh connection is tried before this counts as the upstream's failure.
+        if let Some(mut stream) = self.take_idle(up) {
+            up.stats.conn_cache_hits_tcp.fetch_add(1, Ordering::Relaxed);
+            if let Ok(reply) = self.tcp_roundtrip(&mut stream, &framed, q).await {
+                self.put_idle(up, stream);
+                return Ok(reply);
+            }
+        } else {
+            up.stats
+                .conn_cache_misses_tcp
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let mut stream = match timeout(self.timeouts.connect, TcpStream::connect(up.addr)).await {
+            Ok(s) => s?,
+            Err(_) => return Err(ExchangeError::Timeout),
+        };
+        let _ = stream.set_nodelay(true);
+        let reply = self.tcp_roundtrip(&mut stream, &framed, q).await?;
+        self.put_idle(up, stream);
+        Ok(reply)
+    }
+
+    async fn tcp_roundtrip(
+        &self,
+        stream: &mut TcpStream,
+        framed: &[u8],
+        q: &Message,
+    ) -> Result<Message, ExchangeError> {
+        let work = async {
+            stream.write_all(framed).await?;
+            loop {
+                let mut len = [0u8; 2];
+                stream.read_exact(&mut len).await?;
+                let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+                stream.read_exact(&mut buf).await?;
+                // A late reply to an earlier, timed-out query on this connection: skip it.
+                if let Some(reply) = matching_reply(q, &buf) {
+                    return Ok::<_, ExchangeError>(reply);
+                }
+            }
+        };
+        match timeout(self.timeouts.read, work).await {
+            Ok(r) => r,
+            Err(_) => Err(ExchangeError::Timeout),
+        }
+    }
+
+    fn take_idle(&self, up: &Upstream) -> Option<TcpStream> {
+        let mut idle = up.idle_tcp.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        idle.retain(|(_, since)| now.duration_since(*since) < self.expire);
+        idle.pop().map(|(s, _)| s)
+    }
+
+    fn put_idle(&self, up: &Upstream, stream: TcpStream) {
+        let mut idle = up.idle_tcp.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_TCP {
+            idle.push((stream, Instant::now()));
+        }
+    }
+
+    /// Probes a failing upstream until it answers: right away, then every `health_check`.
+    /// Each failed probe counts towards `max_fails`; an answer brings the upstream back.
+    fn start_probe(self: &Arc<Self>, up: &Arc<Upstream>) {
+        if self.max_fails == 0 || self.health_check.is_zero() {
+            return;
+        }
+        if up.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            up.probing.store(false, Ordering::Release);
+            return;
+        };
+        let (inner, up) = (Arc::downgrade(self), up.clone());
+        let cancel = self.cancel.clone();
+        rt.spawn(async move {
+            loop {
+                let Some(this) = inner.upgrade() else { break };
+                let mut q = Message::new(0, MessageType::Query, OpCode::Query);
+                q.metadata.recursion_desired = this.health_check_rd;
+                let mut query = Query::query(this.health_check_name.clone(), RecordType::NS);
+                query.set_query_class(DNSClass::IN);
+                q.add_query(query);
+                let proto = if this.force_tcp {
+                    Proto::Tcp
+                } else {
+                    Proto::Udp
+                };
+                let ok = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    r = this.exchange(&up, &q, proto) => r.is_ok(),
+                };
+                if ok {
+                    up.fails.store(0, Ordering::Relaxed);
+                    break;
+                }
+                up.stats
+                    .healthcheck_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                up.fails.fetch_add(1, Ordering::Relaxed);
+                let interval = this.health_check;
+                drop(this);
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+            up.probing.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// `bytes` parsed, if it is a response to `q`: same id, same question (name compared without
+/// case, since some servers do not echo it exactly), and QR set.
+fn matching_reply(q: &Message, bytes: &[u8]) -> Option<Message> {
+    if bytes.len() < 12 || u16::from_be_bytes([bytes[0], bytes[1]]) != q.metadata.id {
+        return None;
+    }
+    let reply = Message::from_vec(bytes).ok()?;
+    if reply.metadata.message_type != MessageType::Response {
+        return None;
+    }
+    let (Some(a), Some(b)) = (reply.queries.first(), q.queries.first()) else {
+        return None;
+    };
+    let same = reply.queries.len() == 1
+        && a.name() == b.name()
+        && a.query_type() == b.query_type()
+        && a.query_class() == b.query_class();
+    same.then_some(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_lines() {
+        let text = "# comment\nsearch a.b\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\n\
+                    nameserver 127.0.0.1:5300\nnameserver\nnameserver bogus\noptions ndots:5\n";
+        let got = parse_resolv_conf(text);
+        assert_eq!(
+            got,
+            vec![
+                "10.0.0.2:53".parse().unwrap(),
+                "[fe80::1]:53".parse().unwrap(),
+                "127.0.0.1:5300".parse().unwrap(),
+            ]
+        );
+    }
+
+    #[test]
+    fn reply_matching() {
+        let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(
+            Name::from_ascii("Example.org.").unwrap(),
+            RecordType::A,
+        ));
+        let mut r = q.clone();
+        r.metadata.message_type = MessageType::Response;
+        let ok = r.to_vec().unwrap();
+        assert!(matching_reply(&q, &ok).is_some());
+        let mut wrong_id = r.clone();
+        wrong_id.metadata.id = 8;
+        assert!(matching_reply(&q, &wrong_id.to_vec().unwrap()).is_none());
+        let mut wrong_q = r.clone();
+        wrong_q.queries[0].set_query_type(RecordType::AAAA);
+        assert!(matching_reply(&q, &wrong_q.to_vec().unwrap()).is_none());
+        assert!(
+            matching_reply(&q, &q.to_vec().unwrap()).is_none(),
+            "QR unset"
+        );
+        assert!(matching_reply(&q, &[0, 7, 0x80]).is_none());
+    }
+}

@@ -1,0 +1,908 @@
+//! `forward` against real DNS servers started here on 127.0.0.1 (never anything else), and
+//! `cache` in front of it or of a stub handler (paused tokio time for TTLs).
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clusterdns::corefile::{parse_str, CacheConfig, ForwardConfig, PluginConfig};
+use clusterdns::dns::cache::Kind;
+use clusterdns::dns::forward::ForwardTimeouts;
+use clusterdns::dns::pipeline::Proto;
+use clusterdns::dns::{server, Answer, Cache, Flow, Forward, Handler, Pipeline, Request};
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, SOA};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::{JoinHandle, JoinSet};
+
+// ---------------------------------------------------------------------------------------------
+// A tiny upstream: UDP + TCP on one loopback port, answering from a table.
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Normal,
+    Drop,
+    Delay(Duration),
+    ServFail,
+    /// A reply with a wrong id and one with a wrong question first, then the real one.
+    Spoof,
+    /// Only the wrong replies.
+    SpoofOnly,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Rec {
+    A(Ipv4Addr, u32),
+    NxDomain { soa_ttl: u32, minimum: u32 },
+}
+
+struct State {
+    mode: Mutex<Mode>,
+    table: Mutex<HashMap<String, Rec>>,
+    /// Names answered with TC (and no records) over UDP.
+    truncate: Mutex<HashSet<String>>,
+    udp: AtomicUsize,
+    tcp: AtomicUsize,
+    tcp_conns: AtomicUsize,
+    /// Queries per lowercase name, health checks (`.`) excluded.
+    per_name: Mutex<HashMap<String, usize>>,
+}
+
+struct Responder {
+    addr: SocketAddr,
+    state: Arc<State>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Responder {
+    async fn start() -> Responder {
+        let state = Arc::new(State {
+            mode: Mutex::new(Mode::Normal),
+            table: Mutex::new(HashMap::new()),
+            truncate: Mutex::new(HashSet::new()),
+            udp: AtomicUsize::new(0),
+            tcp: AtomicUsize::new(0),
+            tcp_conns: AtomicUsize::new(0),
+            per_name: Mutex::new(HashMap::new()),
+        });
+        for _ in 0..20 {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            if let Ok(tcp) = TcpListener::bind(addr).await {
+                return Responder::serve(addr, udp, tcp, state);
+            }
+        }
+        panic!("no free loopback port for UDP and TCP");
+    }
+
+    fn serve(addr: SocketAddr, udp: UdpSocket, tcp: TcpListener, state: Arc<State>) -> Responder {
+        let tasks = vec![
+            tokio::spawn(udp_loop(udp, state.clone())),
+            tokio::spawn(tcp_loop(tcp, state.clone())),
+        ];
+        Responder { addr, state, tasks }
+    }
+
+    /// Closes both sockets and every TCP connection.
+    async fn kill(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Serves again on the same port, with the same table and counters.
+    async fn restart(&mut self) {
+        let udp = UdpSocket::bind(self.addr).await.unwrap();
+        let tcp = TcpListener::bind(self.addr).await.unwrap();
+        *self = Responder::serve(self.addr, udp, tcp, self.state.clone());
+    }
+
+    fn set(&self, name: &str, rec: Rec) {
+        self.state.table.lock().unwrap().insert(name.into(), rec);
+    }
+
+    fn mode(&self, m: Mode) {
+        *self.state.mode.lock().unwrap() = m;
+    }
+
+    fn count(&self, name: &str) -> usize {
+        *self.state.per_name.lock().unwrap().get(name).unwrap_or(&0)
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn replies(state: &State, query: &[u8], udp: bool) -> Vec<Vec<u8>> {
+    let Ok(req) = Message::from_vec(query) else {
+        return vec![];
+    };
+    let Some(q) = req.queries.first().cloned() else {
+        return vec![];
+    };
+    let lname = q.name().to_lowercase().to_string();
+    if lname != "." {
+        *state
+            .per_name
+            .lock()
+            .unwrap()
+            .entry(lname.clone())
+            .or_default() += 1;
+    }
+    let mode = *state.mode.lock().unwrap();
+    if mode == Mode::Drop {
+        return vec![];
+    }
+    let mut resp = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
+    resp.metadata.recursion_desired = req.metadata.recursion_desired;
+    resp.metadata.recursion_available = true;
+    resp.queries = req.queries.clone();
+    let rec = state.table.lock().unwrap().get(&lname).copied();
+    if mode == Mode::ServFail {
+        resp.metadata.response_code = ResponseCode::ServFail;
+    } else if udp && state.truncate.lock().unwrap().contains(&lname) {
+        resp.metadata.truncation = true;
+    } else if lname == "." {
+        // Health checks: an empty NOERROR will do.
+    } else {
+        match rec {
+            Some(Rec::A(ip, ttl)) => {
+                resp.add_answer(Record::from_rdata(q.name().clone(), ttl, RData::A(A(ip))));
+            }
+            Some(Rec::NxDomain { soa_ttl, minimum }) => {
+                resp.metadata.response_code = ResponseCode::NXDomain;
+                resp.add_authority(soa("example.org.", soa_ttl, minimum));
+            }
+            None => {
+                resp.metadata.response_code = ResponseCode::NXDomain;
+                resp.add_authority(soa("example.org.", 60, 30));
+            }
+        }
+    }
+    let good = resp.to_vec().unwrap();
+    if !matches!(mode, Mode::Spoof | Mode::SpoofOnly) {
+        return vec![good];
+    }
+    let fake = |m: &mut Message| {
+        m.answers.clear();
+        m.add_answer(Record::from_rdata(
+            q.name().clone(),
+            300,
+            RData::A(A(Ipv4Addr::new(6, 6, 6, 6))),
+        ));
+    };
+    let mut wrong_id = resp.clone();
+    wrong_id.metadata.id = req.metadata.id.wrapping_add(1);
+    fake(&mut wrong_id);
+    let mut wrong_q = resp.clone();
+    wrong_q.queries[0].set_query_type(RecordType::AAAA);
+    fake(&mut wrong_q);
+    let mut out = vec![wrong_id.to_vec().unwrap(), wrong_q.to_vec().unwrap()];
+    if mode == Mode::Spoof {
+        out.push(good);
+    }
+    out
+}
+
+async fn delay(state: &State) {
+    let mode = *state.mode.lock().unwrap();
+    if let Mode::Delay(d) = mode {
+        tokio::time::sleep(d).await;
+    }
+}
+
+async fn udp_loop(sock: UdpSocket, state: Arc<State>) {
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let Ok((n, src)) = sock.recv_from(&mut buf).await else {
+            continue;
+        };
+        state.udp.fetch_add(1, Ordering::SeqCst);
+        let out = replies(&state, &buf[..n], true);
+        delay(&state).await;
+        for r in out {
+            let _ = sock.send_to(&r, src).await;
+        }
+    }
+}
+
+async fn tcp_loop(listener: TcpListener, state: Arc<State>) {
+    // Owned here, so aborting this task closes every connection too.
+    let mut conns = JoinSet::new();
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        state.tcp_conns.fetch_add(1, Ordering::SeqCst);
+        let state = state.clone();
+        conns.spawn(async move {
+            loop {
+                let mut len = [0u8; 2];
+                if stream.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+                if stream.read_exact(&mut buf).await.is_err() {
+                    return;
+                }
+                state.tcp.fetch_add(1, Ordering::SeqCst);
+                let out = replies(&state, &buf, false);
+                delay(&state).await;
+                for r in out {
+                    let mut framed = (r.len() as u16).to_be_bytes().to_vec();
+                    framed.extend_from_slice(&r);
+                    if stream.write_all(&framed).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+fn soa(zone: &str, ttl: u32, minimum: u32) -> Record {
+    let z = Name::from_ascii(zone).unwrap();
+    Record::from_rdata(
+        z.clone(),
+        ttl,
+        RData::SOA(SOA::new(
+            Name::from_ascii("ns.dns.").unwrap(),
+            Name::from_ascii("hostmaster.").unwrap(),
+            1,
+            7200,
+            1800,
+            86400,
+            minimum,
+        )),
+    )
+}
+
+fn plugins(corefile: &str) -> Vec<PluginConfig> {
+    match parse_str(corefile, Path::new("Corefile"), &|_| None) {
+        Ok(mut c) => c.servers.remove(0).plugins,
+        Err(e) => panic!("bad test Corefile: {e}"),
+    }
+}
+
+fn forward_cfg(line: &str) -> ForwardConfig {
+    plugins(&format!(".:1053 {{\n{line}\n}}\n"))
+        .into_iter()
+        .find_map(|p| match p {
+            PluginConfig::Forward(f) => Some(f),
+            _ => None,
+        })
+        .expect("a forward directive")
+}
+
+fn cache_cfg(line: &str) -> CacheConfig {
+    plugins(&format!(".:1053 {{\n{line}\n}}\n"))
+        .into_iter()
+        .find_map(|p| match p {
+            PluginConfig::Cache(c) => Some(c),
+            _ => None,
+        })
+        .expect("a cache directive")
+}
+
+fn fast() -> ForwardTimeouts {
+    ForwardTimeouts {
+        read: Duration::from_millis(300),
+        connect: Duration::from_millis(300),
+        total: Duration::from_secs(3),
+    }
+}
+
+fn forward(line: &str) -> Arc<Forward> {
+    Arc::new(Forward::with_timeouts(&forward_cfg(line), fast()).unwrap())
+}
+
+fn request(name: &str, qtype: RecordType, proto: Proto) -> Request {
+    let qname = Name::from_ascii(name).unwrap();
+    let mut m = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(qname.clone(), qtype));
+    Request {
+        message: m,
+        qname,
+        qtype,
+        src: "127.0.0.1:40000".parse().unwrap(),
+        proto,
+    }
+}
+
+async fn ask(p: &Pipeline, name: &str) -> Answer {
+    p.resolve(&request(name, RecordType::A, Proto::Udp)).await
+}
+
+fn first_ip(a: &Answer) -> Option<Ipv4Addr> {
+    a.answers.iter().find_map(|r| match &r.data {
+        RData::A(A(ip)) => Some(*ip),
+        _ => None,
+    })
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// Polls `cond` (real time) until it holds, or fails after 10 s.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Like [`eventually`] for paused time: yields to background tasks instead of sleeping.
+async fn eventually_paused(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::task::yield_now().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// forward
+
+#[tokio::test]
+async fn forwards_over_udp_and_echoes_the_question_case() {
+    let up = Responder::start().await;
+    up.set("a.example.org.", Rec::A(ip("10.0.0.1"), 60));
+    let fwd = forward(&format!("forward . {}", up.addr));
+    let stats = fwd.stats();
+    let p = Pipeline::new(vec![fwd]);
+
+    let mut q = Message::new(4242, MessageType::Query, OpCode::Query);
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(
+        Name::from_ascii("A.Example.ORG.").unwrap(),
+        RecordType::A,
+    ));
+    let src = "127.0.0.1:40000".parse().unwrap();
+    let bytes = server::process(&p, &q.to_vec().unwrap(), src, Proto::Udp)
+        .await
+        .unwrap();
+    let resp = Message::from_vec(&bytes).unwrap();
+    assert_eq!(resp.metadata.id, 4242);
+    assert_eq!(resp.metadata.response_code, ResponseCode::NoError);
+    assert!(resp.metadata.recursion_available);
+    assert_eq!(resp.queries[0].name().to_string(), "A.Example.ORG.");
+    assert_eq!(resp.answers.len(), 1);
+
+    let a = ask(&p, "a.example.org.").await;
+    assert_eq!(a.plugin, "forward");
+    assert_eq!(first_ip(&a), Some(ip("10.0.0.1")));
+    up.set(
+        "missing.example.org.",
+        Rec::NxDomain {
+            soa_ttl: 120,
+            minimum: 30,
+        },
+    );
+    let nx = ask(&p, "missing.example.org.").await;
+    assert_eq!(nx.rcode, ResponseCode::NXDomain);
+    assert_eq!(nx.authorities.len(), 1, "SOA passed through");
+
+    assert_eq!(up.state.udp.load(Ordering::SeqCst), 3);
+    assert_eq!(up.state.tcp.load(Ordering::SeqCst), 0);
+    let s = &stats.upstreams[0];
+    assert_eq!(s.addr, up.addr);
+    assert_eq!(s.requests.load(Ordering::Relaxed), 3);
+    assert_eq!(s.rcode_count(ResponseCode::NoError), 2);
+    assert_eq!(s.rcode_count(ResponseCode::NXDomain), 1);
+    assert_eq!(s.durations[0].count.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn force_tcp_reuses_one_connection() {
+    let up = Responder::start().await;
+    up.set("a.example.org.", Rec::A(ip("10.0.0.1"), 60));
+    let fwd = forward(&format!("forward . {} {{\nforce_tcp\n}}", up.addr));
+    let stats = fwd.stats();
+    let p = Pipeline::new(vec![fwd]);
+    for _ in 0..3 {
+        assert_eq!(
+            first_ip(&ask(&p, "a.example.org.").await),
+            Some(ip("10.0.0.1"))
+        );
+    }
+    assert_eq!(up.state.udp.load(Ordering::SeqCst), 0);
+    assert_eq!(up.state.tcp.load(Ordering::SeqCst), 3);
+    assert_eq!(up.state.tcp_conns.load(Ordering::SeqCst), 1);
+    let s = &stats.upstreams[0];
+    assert_eq!(s.conn_cache_misses_tcp.load(Ordering::Relaxed), 1);
+    assert_eq!(s.conn_cache_hits_tcp.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn truncated_udp_reply_is_retried_over_tcp() {
+    let up = Responder::start().await;
+    up.set("big.example.org.", Rec::A(ip("10.0.0.9"), 60));
+    up.state
+        .truncate
+        .lock()
+        .unwrap()
+        .insert("big.example.org.".into());
+    let p = Pipeline::new(vec![forward(&format!("forward . {}", up.addr))]);
+    let a = ask(&p, "big.example.org.").await;
+    assert_eq!(first_ip(&a), Some(ip("10.0.0.9")));
+    assert_eq!(up.state.udp.load(Ordering::SeqCst), 1);
+    assert_eq!(up.state.tcp.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn upstreams_from_a_resolv_conf_file() {
+    let up = Responder::start().await;
+    up.set("a.example.org.", Rec::A(ip("10.0.0.1"), 60));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("resolv.conf");
+    std::fs::write(
+        &path,
+        format!(
+            "search svc.cluster.local\nnameserver {}\noptions ndots:5\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let fwd = forward(&format!("forward . {}", path.display()));
+    assert_eq!(fwd.upstreams(), vec![up.addr]);
+    let p = Pipeline::new(vec![fwd]);
+    assert_eq!(
+        first_ip(&ask(&p, "a.example.org.").await),
+        Some(ip("10.0.0.1"))
+    );
+    assert_eq!(up.count("a.example.org."), 1);
+
+    let missing = forward_cfg(&format!("forward . {}", dir.path().join("nope").display()));
+    assert!(Forward::new(&missing).is_err(), "unreadable resolv.conf");
+}
+
+#[tokio::test]
+async fn except_zones_and_zones_outside_from_pass_on() {
+    let up = Responder::start().await;
+    up.set("a.example.org.", Rec::A(ip("10.0.0.1"), 60));
+    let p = Pipeline::new(vec![forward(&format!(
+        "forward example.org {} {{\nexcept skip.example.org\n}}",
+        up.addr
+    ))]);
+    // Nothing else in the pipeline: a query forward does not take is REFUSED by default.
+    let skipped = ask(&p, "x.skip.example.org.").await;
+    assert_eq!(skipped.rcode, ResponseCode::Refused);
+    assert_eq!(skipped.plugin, "");
+    let outside = ask(&p, "a.example.com.").await;
+    assert_eq!(outside.plugin, "");
+    assert_eq!(ask(&p, "a.example.org.").await.plugin, "forward");
+    assert_eq!(up.count("x.skip.example.org."), 0);
+    assert_eq!(up.count("a.example.com."), 0);
+    assert_eq!(up.count("a.example.org."), 1);
+}
+
+#[tokio::test]
+async fn failed_upstream_is_marked_down_and_health_checks_bring_it_back() {
+    let mut first = Responder::start().await;
+    let second = Responder::start().await;
+    for r in [&first, &second] {
+        r.set("a.example.org.", Rec::A(ip("10.0.0.1"), 60));
+    }
+    let fwd = forward(&format!(
+        "forward . {} {} {{\npolicy sequential\nmax_fails 2\nhealth_check 50ms\n}}",
+        first.addr, second.addr
+    ));
+    let stats = fwd.stats();
+    let p = Pipeline::new(vec![fwd.clone()]);
+    ask(&p, "a.example.org.").await;
+    assert_eq!(
+        (
+            first.count("a.example.org."),
+            second.count("a.example.org.")
+        ),
+        (1, 0)
+    );
+
+    first.kill().await;
+    let a = ask(&p, "a.example.org.").await;
+    assert_eq!(a.rcode, ResponseCode::NoError, "answered by the second");
+    assert_eq!(second.count("a.example.org."), 1);
+    eventually("first upstream marked down", || fwd.is_down(first.addr)).await;
+    assert!(
+        stats.upstreams[0]
+            .healthcheck_failures
+            .load(Ordering::Relaxed)
+            >= 1
+    );
+    let errors_before = stats.upstreams[0].errors.load(Ordering::Relaxed);
+    for _ in 0..3 {
+        assert_eq!(ask(&p, "a.example.org.").await.rcode, ResponseCode::NoError);
+    }
+    assert_eq!(second.count("a.example.org."), 4);
+    assert_eq!(
+        stats.upstreams[0].errors.load(Ordering::Relaxed),
+        errors_before,
+        "a down upstream is skipped, not tried"
+    );
+
+    first.restart().await;
+    eventually("first upstream healthy again", || !fwd.is_down(first.addr)).await;
+    ask(&p, "a.example.org.").await;
+    assert_eq!(first.count("a.example.org."), 2, "used again");
+    assert_eq!(second.count("a.example.org."), 4);
+}
+
+#[tokio::test]
+async fn all_upstreams_down_is_servfail() {
+    let mut up = Responder::start().await;
+    let fwd = forward(&format!("forward . {}", up.addr));
+    let stats = fwd.stats();
+    up.kill().await;
+    let p = Pipeline::new(vec![fwd]);
+    let a = ask(&p, "a.example.org.").await;
+    assert_eq!(a.rcode, ResponseCode::ServFail);
+    assert_eq!(a.plugin, "forward");
+    assert!(stats.upstreams[0].errors.load(Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test]
+async fn above_max_concurrent_is_refused() {
+    let up = Responder::start().await;
+    up.set("a.example.org.", Rec::A(ip("10.0.0.1"), 60));
+    up.mode(Mode::Delay(Duration::from_millis(100)));
+    let fwd = forward(&format!("forward . {} {{\nmax_concurrent 1\n}}", up.addr));
+    let stats = fwd.stats();
+    let p = Pipeline::new(vec![fwd]);
+    let (a, b) = tokio::join!(ask(&p, "a.example.org."), ask(&p, "a.example.org."));
+    let mut rcodes = vec![a.rcode, b.rcode];
+    rcodes.sort_by_key(|r| u16::from(*r));
+    assert_eq!(rcodes, vec![ResponseCode::NoError, ResponseCode::Refused]);
+    assert_eq!(stats.max_concurrent_rejects.load(Ordering::Relaxed), 1);
+    // The slot is released once the first query is done.
+    assert_eq!(ask(&p, "a.example.org.").await.rcode, ResponseCode::NoError);
+}
+
+#[tokio::test]
+async fn replies_with_wrong_id_or_question_are_ignored() {
+    let up = Responder::start().await;
+    up.set("a.example.org.", Rec::A(ip("10.0.0.1"), 60));
+    up.mode(Mode::Spoof);
+    let p = Pipeline::new(vec![forward(&format!("forward . {}", up.addr))]);
+    let a = ask(&p, "a.example.org.").await;
+    assert_eq!(first_ip(&a), Some(ip("10.0.0.1")), "the genuine reply wins");
+
+    up.mode(Mode::SpoofOnly);
+    let a = ask(&p, "a.example.org.").await;
+    assert_eq!(
+        a.rcode,
+        ResponseCode::ServFail,
+        "spoofed replies alone are no answer"
+    );
+    assert!(a.answers.is_empty());
+}
+
+#[tokio::test]
+async fn dropped_queries_time_out_to_servfail() {
+    let up = Responder::start().await;
+    up.mode(Mode::Drop);
+    let p = Pipeline::new(vec![forward(&format!("forward . {}", up.addr))]);
+    assert_eq!(
+        ask(&p, "a.example.org.").await.rcode,
+        ResponseCode::ServFail
+    );
+    up.mode(Mode::ServFail);
+    let a = ask(&p, "a.example.org.").await;
+    assert_eq!(
+        a.rcode,
+        ResponseCode::ServFail,
+        "an upstream SERVFAIL is passed on"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// cache
+
+/// Answers from a table and counts calls per name.
+#[derive(Default)]
+struct Stub {
+    table: Mutex<HashMap<String, Answer>>,
+    calls: Mutex<HashMap<String, usize>>,
+}
+
+impl Stub {
+    fn set(&self, name: &str, a: Answer) {
+        self.table.lock().unwrap().insert(name.into(), a);
+    }
+    fn calls(&self, name: &str) -> usize {
+        *self.calls.lock().unwrap().get(name).unwrap_or(&0)
+    }
+}
+
+impl Handler for Stub {
+    fn name(&self) -> &'static str {
+        "stub"
+    }
+    fn handle(&self, req: &Request) -> Flow {
+        let name = req.qname.to_lowercase().to_string();
+        *self.calls.lock().unwrap().entry(name.clone()).or_default() += 1;
+        let a = self.table.lock().unwrap().get(&name).cloned();
+        Flow::Answer(a.unwrap_or_else(|| Answer::rcode(ResponseCode::ServFail, "stub")))
+    }
+}
+
+fn a_answer(name: &str, addr: &str, ttl: u32) -> Answer {
+    Answer {
+        rcode: ResponseCode::NoError,
+        recursion_available: true,
+        answers: vec![Record::from_rdata(
+            Name::from_ascii(name).unwrap(),
+            ttl,
+            RData::A(A(ip(addr))),
+        )],
+        plugin: "stub",
+        ..Default::default()
+    }
+}
+
+fn cache_and_stub(line: &str) -> (Arc<Cache>, Arc<Stub>, Pipeline) {
+    let cache = Arc::new(Cache::new(&cache_cfg(line), &[".".to_string()]));
+    let stub = Arc::new(Stub::default());
+    cache.set_next(Pipeline::new(vec![stub.clone()]));
+    let p = Pipeline::new(vec![cache.clone(), stub.clone()]);
+    (cache, stub, p)
+}
+
+async fn advance(secs: u64) {
+    tokio::time::advance(Duration::from_secs(secs)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn hits_count_down_the_ttl_and_ignore_case() {
+    let (cache, stub, p) = cache_and_stub("cache");
+    stub.set("a.example.org.", a_answer("a.example.org.", "10.0.0.1", 30));
+    let first = ask(&p, "a.example.org.").await;
+    assert_eq!(first.plugin, "stub");
+    advance(10).await;
+    let hit = ask(&p, "A.EXAMPLE.org.").await;
+    assert_eq!(hit.plugin, "cache");
+    assert_eq!(hit.answers[0].ttl, 20);
+    assert!(hit.recursion_available);
+    advance(19).await;
+    assert_eq!(ask(&p, "a.example.org.").await.answers[0].ttl, 1);
+    advance(1).await;
+    assert_eq!(ask(&p, "a.example.org.").await.plugin, "stub", "expired");
+    assert_eq!(stub.calls("a.example.org."), 2);
+    let s = cache.stats();
+    assert_eq!(s.success_hits.load(Ordering::Relaxed), 2);
+    assert_eq!(s.misses.load(Ordering::Relaxed), 2);
+    assert_eq!(s.requests.load(Ordering::Relaxed), 4);
+    assert_eq!(cache.entries(Kind::Success), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttls_are_bounded_and_keepttl_keeps_them() {
+    let (_, stub, p) = cache_and_stub("cache {\nsuccess 100 60 10\n}");
+    stub.set(
+        "long.example.org.",
+        a_answer("long.example.org.", "10.0.0.1", 86400),
+    );
+    stub.set(
+        "short.example.org.",
+        a_answer("short.example.org.", "10.0.0.2", 1),
+    );
+    ask(&p, "long.example.org.").await;
+    ask(&p, "short.example.org.").await;
+    assert_eq!(ask(&p, "long.example.org.").await.answers[0].ttl, 60);
+    assert_eq!(ask(&p, "short.example.org.").await.answers[0].ttl, 10);
+
+    let (_, stub, p) = cache_and_stub("cache {\nkeepttl\n}");
+    stub.set("a.example.org.", a_answer("a.example.org.", "10.0.0.1", 30));
+    ask(&p, "a.example.org.").await;
+    advance(10).await;
+    let hit = ask(&p, "a.example.org.").await;
+    assert_eq!((hit.plugin, hit.answers[0].ttl), ("cache", 30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn negative_answers_live_for_the_soa_minimum() {
+    let (cache, stub, p) = cache_and_stub("cache");
+    stub.set(
+        "nx.example.org.",
+        Answer {
+            rcode: ResponseCode::NXDomain,
+            authorities: vec![soa("example.org.", 300, 60)],
+            plugin: "stub",
+            ..Default::default()
+        },
+    );
+    stub.set(
+        "nodata.example.org.",
+        Answer {
+            rcode: ResponseCode::NoError,
+            authorities: vec![soa("example.org.", 20, 3600)],
+            plugin: "stub",
+            ..Default::default()
+        },
+    );
+    ask(&p, "nx.example.org.").await;
+    ask(&p, "nodata.example.org.").await;
+    advance(19).await;
+    let nodata = ask(&p, "nodata.example.org.").await;
+    assert_eq!(
+        (nodata.plugin, nodata.rcode),
+        ("cache", ResponseCode::NoError)
+    );
+    assert_eq!(nodata.authorities[0].ttl, 1, "SOA TTL 20 < minimum 3600");
+    advance(40).await; // t = 59
+    let nx = ask(&p, "nx.example.org.").await;
+    assert_eq!((nx.plugin, nx.rcode), ("cache", ResponseCode::NXDomain));
+    assert_eq!(nx.authorities[0].ttl, 1);
+    advance(2).await; // t = 61
+    assert_eq!(ask(&p, "nx.example.org.").await.plugin, "stub");
+    assert_eq!(stub.calls("nx.example.org."), 2);
+    assert_eq!(cache.stats().denial_hits.load(Ordering::Relaxed), 2);
+    assert_eq!(cache.entries(Kind::Denial), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_cache_evicts() {
+    let (cache, stub, p) = cache_and_stub("cache {\nsuccess 2\n}");
+    for (i, n) in ["a", "b", "c"].iter().enumerate() {
+        let name = format!("{n}.example.org.");
+        stub.set(&name, a_answer(&name, &format!("10.0.0.{}", i + 1), 60));
+        ask(&p, &name).await;
+    }
+    assert_eq!(cache.entries(Kind::Success), 2);
+    assert_eq!(cache.stats().success_evictions.load(Ordering::Relaxed), 1);
+    // Probe with the cache alone: a miss is REFUSED and not stored, so probing evicts nothing.
+    let probe = Pipeline::new(vec![cache.clone()]);
+    let mut hits = 0;
+    for n in ["a", "b", "c"] {
+        if ask(&probe, &format!("{n}.example.org.")).await.plugin == "cache" {
+            hits += 1;
+        }
+    }
+    assert_eq!(hits, 2, "the survivors still answer");
+    assert_eq!(stub.calls("a.example.org."), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn popular_entries_are_prefetched_before_expiry() {
+    let (cache, stub, p) = cache_and_stub("cache {\nprefetch 2 1m 50%\n}");
+    stub.set(
+        "hot.example.org.",
+        a_answer("hot.example.org.", "10.0.0.1", 10),
+    );
+    ask(&p, "hot.example.org.").await; // t=0, stored with TTL 10
+    ask(&p, "hot.example.org.").await; // one hit
+    stub.set(
+        "hot.example.org.",
+        a_answer("hot.example.org.", "10.0.0.2", 10),
+    );
+    advance(6).await; // 4 s left <= 50%: second hit triggers a prefetch
+    let served = ask(&p, "hot.example.org.").await;
+    assert_eq!(served.plugin, "cache", "still answered from cache");
+    assert_eq!(first_ip(&served), Some(ip("10.0.0.1")));
+    eventually_paused("background prefetch", || {
+        stub.calls("hot.example.org.") == 2
+    })
+    .await;
+    assert_eq!(cache.stats().prefetches.load(Ordering::Relaxed), 1);
+    advance(6).await; // t=12: the original entry would have expired at t=10
+    let later = ask(&p, "hot.example.org.").await;
+    assert_eq!(later.plugin, "cache");
+    assert_eq!(first_ip(&later), Some(ip("10.0.0.2")));
+    assert_eq!(later.answers[0].ttl, 4);
+    assert_eq!(stub.calls("hot.example.org."), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn servfail_is_cached_briefly() {
+    let (cache, stub, p) = cache_and_stub("cache");
+    // The stub answers SERVFAIL for names it does not know.
+    ask(&p, "broken.example.org.").await;
+    advance(4).await;
+    let hit = ask(&p, "broken.example.org.").await;
+    assert_eq!((hit.plugin, hit.rcode), ("cache", ResponseCode::ServFail));
+    advance(2).await;
+    assert_eq!(ask(&p, "broken.example.org.").await.plugin, "stub");
+    assert_eq!(cache.stats().denial_hits.load(Ordering::Relaxed), 1);
+
+    let (_, stub2, p2) = cache_and_stub("cache {\nservfail 0\n}");
+    ask(&p2, "broken.example.org.").await;
+    ask(&p2, "broken.example.org.").await;
+    assert_eq!(stub2.calls("broken.example.org."), 2, "servfail 0 disables");
+    assert_eq!(stub.calls("broken.example.org."), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn disable_success_leaves_a_zone_uncached() {
+    let (_, stub, p) = cache_and_stub("cache {\ndisable success nocache.org\n}");
+    stub.set("a.nocache.org.", a_answer("a.nocache.org.", "10.0.0.1", 60));
+    stub.set("a.example.org.", a_answer("a.example.org.", "10.0.0.2", 60));
+    stub.set(
+        "nx.nocache.org.",
+        Answer {
+            rcode: ResponseCode::NXDomain,
+            authorities: vec![soa("nocache.org.", 60, 60)],
+            plugin: "stub",
+            ..Default::default()
+        },
+    );
+    for _ in 0..2 {
+        ask(&p, "a.nocache.org.").await;
+        ask(&p, "a.example.org.").await;
+        ask(&p, "nx.nocache.org.").await;
+    }
+    assert_eq!(stub.calls("a.nocache.org."), 2);
+    assert_eq!(stub.calls("a.example.org."), 1);
+    assert_eq!(
+        stub.calls("nx.nocache.org."),
+        1,
+        "denial still cached there"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn serve_stale_immediate_answers_at_once_and_refreshes() {
+    let (cache, stub, p) = cache_and_stub("cache {\nserve_stale 1h immediate\n}");
+    stub.set("a.example.org.", a_answer("a.example.org.", "10.0.0.1", 10));
+    ask(&p, "a.example.org.").await;
+    stub.set("a.example.org.", a_answer("a.example.org.", "10.0.0.2", 10));
+    advance(20).await;
+    let stale = ask(&p, "a.example.org.").await;
+    assert_eq!((stale.plugin, stale.answers[0].ttl), ("cache", 0));
+    assert_eq!(first_ip(&stale), Some(ip("10.0.0.1")));
+    eventually_paused("background refresh", || stub.calls("a.example.org.") == 2).await;
+    let fresh = ask(&p, "a.example.org.").await;
+    assert_eq!(first_ip(&fresh), Some(ip("10.0.0.2")));
+    assert_eq!(cache.stats().served_stale.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn cache_in_front_of_forward_and_serve_stale_when_upstreams_are_dead() {
+    let mut up = Responder::start().await;
+    up.set("a.example.org.", Rec::A(ip("10.0.0.1"), 30));
+    let cache = Arc::new(Cache::new(
+        &cache_cfg("cache {\nserve_stale 1h verify\n}"),
+        &[],
+    ));
+    let fwd = forward(&format!("forward . {}", up.addr));
+    cache.set_next(Pipeline::new(vec![fwd.clone()]));
+    let p = Pipeline::new(vec![cache.clone(), fwd]);
+
+    assert_eq!(ask(&p, "a.example.org.").await.plugin, "forward");
+    let hit = ask(&p, "a.example.org.").await;
+    assert_eq!(hit.plugin, "cache");
+    assert_eq!(up.count("a.example.org."), 1);
+
+    // Expire the entry on a paused clock, then lose every upstream.
+    tokio::time::pause();
+    advance(60).await;
+    up.kill().await;
+    let stale = ask(&p, "a.example.org.").await;
+    assert_eq!(stale.plugin, "cache");
+    assert_eq!(stale.rcode, ResponseCode::NoError);
+    assert_eq!(stale.answers[0].ttl, 0);
+    assert_eq!(first_ip(&stale), Some(ip("10.0.0.1")));
+    assert_eq!(cache.stats().served_stale.load(Ordering::Relaxed), 1);
+
+    // Past the stale window, the failure shows.
+    advance(3700).await;
+    assert_eq!(
+        ask(&p, "a.example.org.").await.rcode,
+        ResponseCode::ServFail
+    );
+}
