@@ -830,7 +830,8 @@ pub fn render_json(findings: &[Finding], checks: &[LiveCheck], notes: &[String])
 fn target_cell(t: &Target) -> String {
     let addr = SocketAddr::new(t.ip, t.port);
     match &t.service {
-        Some(svc) if !t.name.starts_with(svc.as_str()) => {
+        // Unless the name already is the service's (`ns/svc service IP`, `ns/svc endpoint IP`).
+        Some(svc) if !t.name.starts_with(&format!("{svc} ")) => {
             format!(
                 "{} {}/{} {} ({svc}) {addr}",
                 t.kind.as_str(),
@@ -991,4 +992,337 @@ pub async fn run_active(
         render_table(part, &checks, &notes)
     };
     Ok((text, code))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Targets and comparisons as pure functions; probes against servers on 127.0.0.1 only.
+
+    use std::path::PathBuf;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::app::{self, ServeOptions};
+    use crate::cluster::objects::load_path;
+
+    const SHORT: Duration = Duration::from_millis(300);
+
+    fn live_fixture() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/aws/live-udp53")
+    }
+
+    fn target(ip: &str, port: u16, protocol: Protocol, kind: ProbeKind) -> Target {
+        Target {
+            name: "t".into(),
+            service: None,
+            ip: ip.parse().unwrap(),
+            port,
+            protocol,
+            kind,
+        }
+    }
+
+    fn opts(timeout: Duration) -> ActiveOptions {
+        ActiveOptions {
+            timeout,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn targets_are_the_dns_service_ip_the_dns_endpoints_and_service_ports() {
+        let objects = load_path(&live_fixture().join("cluster")).unwrap();
+        let (list, notes) = targets(&objects);
+        let rows: Vec<String> = list.iter().map(target_cell).collect();
+        assert_eq!(
+            rows,
+            [
+                "dns udp/53 kube-system/kube-dns service IP 10.250.2.10:53",
+                "dns tcp/53 kube-system/kube-dns service IP 10.250.2.10:53",
+                "dns udp/53 kube-system/coredns-a (kube-system/kube-dns) 10.250.2.2:53",
+                "dns tcp/53 kube-system/coredns-a (kube-system/kube-dns) 10.250.2.2:53",
+                "http tcp/80 demo/nginx-0 (demo/nginx) 10.250.2.3:80",
+            ]
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+    }
+
+    #[test]
+    fn http_by_port_name_or_number_udp_ports_noted_and_v1_endpoints_used() {
+        let mut objects = ObjectSet::default();
+        objects
+            .add_text(
+                "apiVersion: v1\nkind: Service\nmetadata: {name: app, namespace: x}\nspec: {clusterIP: 10.0.0.9}\n---\n\
+apiVersion: v1\nkind: Endpoints\nmetadata: {name: app, namespace: x}\nsubsets:\n- addresses: [{ip: 127.0.0.9}]\n  \
+ports: [{name: http-web, port: 9000}, {name: metrics, port: 9153}, {port: 8080}, {name: syslog, port: 514, protocol: UDP}]\n",
+                Path::new("test.yaml"),
+            )
+            .unwrap();
+        let (list, notes) = targets(&objects);
+        let kinds: Vec<(u16, ProbeKind)> = list.iter().map(|t| (t.port, t.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (9000, ProbeKind::Http),
+                (9153, ProbeKind::TcpConnect),
+                (8080, ProbeKind::Http)
+            ]
+        );
+        assert_eq!(list[0].name, "x/app endpoint 127.0.0.9");
+        // No kube-dns at all: said, not an error.
+        assert!(notes
+            .iter()
+            .any(|n| n.contains("kube-dns has no ready endpoints")));
+        assert!(notes.iter().any(|n| n.contains("port 514: only TCP")));
+    }
+
+    #[tokio::test]
+    async fn dns_over_udp_and_tcp_get_an_answer_from_clusterdns() {
+        let running = app::start(ServeOptions {
+            dns_addr: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let port = running.dns_addr.port();
+        let list = [
+            target("127.0.0.1", port, Protocol::Udp, ProbeKind::Dns),
+            target("127.0.0.1", port, Protocol::Tcp, ProbeKind::Dns),
+        ];
+        let mut o = opts(DEFAULT_TIMEOUT);
+        o.source = Some("127.0.0.1".parse().unwrap());
+        for r in probe_all(&list, &o).await {
+            assert_eq!(r.outcome, Outcome::Ok, "{r:?}");
+            // The embedded demo has the kubernetes service.
+            assert_eq!(r.detail.as_deref(), Some("NoError, 1 answer"), "{r:?}");
+            assert_eq!(r.source, o.source);
+        }
+        running.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn http_get_reads_a_status_line_and_rejects_other_protocols() {
+        async fn serve_once(reply: &'static [u8]) -> u16 {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                if let Ok((mut conn, _)) = listener.accept().await {
+                    let mut buf = [0u8; 512];
+                    let _ = conn.read(&mut buf).await;
+                    let _ = conn.write_all(reply).await;
+                }
+            });
+            port
+        }
+        let good = serve_once(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").await;
+        let bad = serve_once(b"SSH-2.0-OpenSSH_9.6\r\n").await;
+        let silent_eof = serve_once(b"").await;
+        let list = [
+            target("127.0.0.1", good, Protocol::Tcp, ProbeKind::Http),
+            target("127.0.0.1", bad, Protocol::Tcp, ProbeKind::Http),
+            target("127.0.0.1", silent_eof, Protocol::Tcp, ProbeKind::Http),
+        ];
+        let r = probe_all(&list, &opts(DEFAULT_TIMEOUT)).await;
+        assert_eq!(r[0].outcome, Outcome::Ok);
+        assert_eq!(r[0].detail.as_deref(), Some("HTTP/1.1 404 Not Found"));
+        assert_eq!(
+            r[1].outcome,
+            Outcome::Error("not an HTTP status line: \"SSH-2.0-OpenSSH_9.6\"".into())
+        );
+        assert!(matches!(r[2].outcome, Outcome::Error(_)), "{:?}", r[2]);
+    }
+
+    #[tokio::test]
+    async fn closed_ports_are_refused_and_silence_times_out() {
+        // Ports that were just free: nothing listens on them.
+        let tcp_port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let udp_port = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap().port()
+        };
+        // Bound and never read: a UDP "server" behind a drop rule looks like this.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let silent_port = silent.local_addr().unwrap().port();
+        let list = [
+            target("127.0.0.1", tcp_port, Protocol::Tcp, ProbeKind::TcpConnect),
+            target("127.0.0.1", udp_port, Protocol::Udp, ProbeKind::Dns),
+            target("127.0.0.1", silent_port, Protocol::Udp, ProbeKind::Dns),
+            target("127.0.0.1", 53, Protocol::Udp, ProbeKind::Http),
+        ];
+        let r = probe_all(&list, &opts(SHORT)).await;
+        assert_eq!(r[0].outcome, Outcome::Refused, "{:?}", r[0]);
+        assert_eq!(r[1].outcome, Outcome::Refused, "{:?}", r[1]);
+        assert_eq!(r[2].outcome, Outcome::Timeout, "{:?}", r[2]);
+        assert!(r[2].latency >= SHORT);
+        assert_eq!(
+            r[3].outcome,
+            Outcome::Error("no http probe over udp".into())
+        );
+        drop(silent);
+    }
+
+    #[tokio::test]
+    async fn the_concurrency_limit_holds_probes_back() {
+        let silent: Vec<std::net::UdpSocket> = (0..3)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let list: Vec<Target> = silent
+            .iter()
+            .map(|s| {
+                let port = s.local_addr().unwrap().port();
+                target("127.0.0.1", port, Protocol::Udp, ProbeKind::Dns)
+            })
+            .collect();
+        let mut o = opts(Duration::from_millis(100));
+        o.concurrency = 1;
+        let start = Instant::now();
+        let r = probe_all(&list, &o).await;
+        // One at a time: three timeouts back to back (a lower bound only, never flaky).
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        assert!(r.iter().all(|r| r.outcome == Outcome::Timeout));
+    }
+
+    #[tokio::test]
+    async fn a_source_of_the_other_family_is_an_error_not_a_panic() {
+        let mut o = opts(SHORT);
+        o.source = Some("::1".parse().unwrap());
+        let r = probe_all(&[target("127.0.0.1", 9, Protocol::Udp, ProbeKind::Dns)], &o).await;
+        assert!(
+            matches!(&r[0].outcome, Outcome::Error(e) if e.contains("not of the address family")),
+            "{:?}",
+            r[0]
+        );
+    }
+
+    fn result(
+        ip: &str,
+        protocol: Protocol,
+        port: u16,
+        source: &str,
+        outcome: Outcome,
+    ) -> LiveResult {
+        LiveResult {
+            target: target(ip, port, protocol, ProbeKind::Dns),
+            source: Some(source.parse().unwrap()),
+            outcome,
+            detail: None,
+            latency: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn live_results_are_compared_with_the_static_verdict_for_their_source() {
+        let dir = live_fixture();
+        let objects = load_path(&dir.join("cluster")).unwrap();
+        let (findings, _) = judge_all(&aws::load(&dir).unwrap(), &objects);
+        let a = "10.250.1.10";
+        let checks = compare(
+            &findings,
+            vec![
+                result("10.250.2.2", Protocol::Udp, 53, a, Outcome::Timeout),
+                result("10.250.2.2", Protocol::Udp, 53, a, Outcome::Ok),
+                result("10.250.2.2", Protocol::Tcp, 53, a, Outcome::Ok),
+                result("10.250.2.2", Protocol::Tcp, 53, a, Outcome::Timeout),
+                result("10.250.2.2", Protocol::Tcp, 53, a, Outcome::Refused),
+                result(
+                    "10.250.2.2",
+                    Protocol::Tcp,
+                    53,
+                    a,
+                    Outcome::Error("x".into()),
+                ),
+                result("10.250.2.10", Protocol::Udp, 53, a, Outcome::Ok),
+                // From an address no finding starts at: the other sources' verdict.
+                result(
+                    "10.250.2.2",
+                    Protocol::Udp,
+                    53,
+                    "10.250.9.9",
+                    Outcome::Timeout,
+                ),
+            ],
+        );
+        let got: Vec<(Option<Verdict>, Agreement)> = checks
+            .iter()
+            .map(|c| (c.static_verdict, c.agreement))
+            .collect();
+        use Agreement::*;
+        use Verdict::*;
+        assert_eq!(
+            got,
+            [
+                (Some(Blocked), Agree),
+                (Some(Blocked), Disagree),
+                (Some(Allowed), Agree),
+                (Some(Allowed), Disagree),
+                (Some(Allowed), Agree),
+                (Some(Allowed), Info),
+                (None, Info),
+                (Some(Blocked), Agree),
+            ]
+        );
+        assert!(checks[4].note.contains("nothing listens"));
+        assert!(checks[7]
+            .note
+            .contains("no static finding from this source"));
+        // Each live result points at the findings it was compared with.
+        for c in &checks[..6] {
+            assert!(!c.findings.is_empty());
+            for &i in &c.findings {
+                assert_eq!(findings[i].from_addr, Addr::Ip(a.parse().unwrap()));
+            }
+        }
+        assert_eq!(exit_code(&checks[2..3]), 0);
+        assert_eq!(exit_code(&checks[0..1]), 1, "a failed probe exits 1");
+        assert_eq!(exit_code(&checks[1..2]), 1, "a disagreement exits 1");
+
+        let table = render_table(Some((&findings, &[])), &checks, &[]);
+        assert!(
+            table.starts_with("== DISAGREEMENTS between static verdicts and live probes: 2\nDISAGREE dns udp/53 t 10.250.2.2:53 from 10.250.1.10: static blocked, live ok"),
+            "{table}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render_json(&findings, &checks, &[])).unwrap();
+        assert_eq!(json["disagreements"].as_array().unwrap().len(), 2);
+        assert_eq!(json["live"].as_array().unwrap().len(), checks.len());
+    }
+
+    #[test]
+    fn mixed_static_verdicts_for_an_uncovered_source_are_information() {
+        let dir = live_fixture();
+        let objects = load_path(&dir.join("cluster")).unwrap();
+        let (mut findings, _) = judge_all(&aws::load(&dir).unwrap(), &objects);
+        // A second source with the opposite verdict for the same destination.
+        let mut other = findings
+            .iter()
+            .find(|f| f.to_addr == Addr::Ip("10.250.2.2".parse().unwrap()) && f.protocol == UDP)
+            .unwrap()
+            .clone();
+        other.from_addr = Addr::Ip("10.250.1.11".parse().unwrap());
+        other.judgement.verdict = Verdict::Allowed;
+        findings.push(other);
+        let checks = compare(
+            &findings,
+            vec![result(
+                "10.250.2.2",
+                Protocol::Udp,
+                53,
+                "10.250.9.9",
+                Outcome::Ok,
+            )],
+        );
+        assert_eq!(checks[0].agreement, Agreement::Info);
+        assert_eq!(checks[0].static_verdict, None);
+        assert!(
+            checks[0]
+                .note
+                .contains("differ by source (blocked, allowed)"),
+            "{}",
+            checks[0].note
+        );
+    }
 }
