@@ -468,3 +468,64 @@ fn static_and_live_agree_and_a_wrong_rule_set_disagrees() {
     );
     assert!(lines.next().unwrap().starts_with("DISAGREE "), "{table}");
 }
+
+fn clusterdns(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clusterdns"))
+        .args(args)
+        .output()
+        .expect("clusterdns runs")
+}
+
+/// Flags only: nothing here sends a packet (`--targets-only` lists, the others fail first).
+#[test]
+fn probe_flags_targets_only_lists_and_bad_combinations_exit_2() {
+    let cluster = fixture_str("cluster");
+    let out = clusterdns(&[
+        "probe",
+        "--targets-only",
+        "--manifests",
+        &cluster,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.len(), 5);
+    assert_eq!(list[0]["ip"], SERVICE_IP);
+    assert_eq!(list[0]["kind"], "dns");
+    assert_eq!(list[4]["kind"], "http");
+
+    // The static part needs --aws; --live-only goes without it, not with it.
+    let out = clusterdns(&["probe", "--manifests", &cluster]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--aws"));
+    let aws = fixture_str("");
+    let out = clusterdns(&["probe", "--aws", &aws, "--live-only"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // A source that is not ours fails up front; with no targets nothing could be sent anyway.
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(
+        empty.path().join("empty.yaml"),
+        "apiVersion: v1\nkind: List\nitems: []\n",
+    )
+    .unwrap();
+    let manifests = empty.path().display().to_string();
+    let out = clusterdns(&[
+        "probe",
+        "--live-only",
+        "--manifests",
+        &manifests,
+        "--source",
+        "192.0.2.1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--source 192.0.2.1: not usable here"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = clusterdns(&["probe", "--live-only", "--manifests", &manifests]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no live targets"));
+}
