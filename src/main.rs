@@ -29,8 +29,9 @@ enum Command {
     /// micro-VM size it gets, and every mismatch.
     Placement(PlacementArgs),
     /// Judge from AWS CLI JSON whether micro-VM pods and node-group pods can reach each other
-    /// and the DNS servers, and name the missing rule. Exit 0 all allowed, 1 one blocked, 2
-    /// bad input.
+    /// and the DNS servers, and name the missing rule; with --active, also probe them live
+    /// and flag every disagreement. Exit 0 all allowed, 1 one blocked (or a live probe failed
+    /// or disagreed), 2 bad input.
     Probe(ProbeArgs),
     /// Print the cluster zone (or a reverse zone) as an RFC 1035 zone file, e.g. to serve the
     /// same records from NSD or Knot.
@@ -76,13 +77,33 @@ struct ProbeArgs {
     /// A directory (or file) of AWS CLI JSON: eks describe-cluster, describe-fargate-profile,
     /// describe-nodegroup, ec2 describe-subnets, describe-security-groups,
     /// describe-network-acls, describe-network-interfaces.
-    #[arg(long, value_name = "PATH")]
-    aws: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["live_only", "targets_only"])]
+    aws: Option<PathBuf>,
     /// Kubernetes objects as `kubectl get -o yaml` prints them; default: the embedded demo.
     #[arg(long, value_name = "PATH")]
     manifests: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// Also probe live from here: DNS over UDP and TCP to every DNS endpoint and the DNS
+    /// service IP, TCP connect / HTTP GET to service endpoints; every disagreement with the
+    /// static verdict is listed first. Exit 1 on a failed probe or a disagreement.
+    #[arg(long)]
+    active: bool,
+    /// Live probes only, without AWS JSON (implies --active).
+    #[arg(long, conflicts_with = "aws")]
+    live_only: bool,
+    /// List the live targets and exit without sending anything.
+    #[arg(long)]
+    targets_only: bool,
+    /// Per-probe timeout in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    timeout: u64,
+    /// Probes in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    concurrency: u64,
+    /// Send every probe from this local address.
+    #[arg(long, value_name = "IP")]
+    source: Option<std::net::IpAddr>,
 }
 
 #[derive(clap::Parser)]
@@ -171,10 +192,35 @@ fn placement(args: PlacementArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn probe(args: ProbeArgs) -> anyhow::Result<u8> {
+async fn probe(args: ProbeArgs) -> anyhow::Result<u8> {
+    use clusterdns::prober::active;
     let objects = objects(args.manifests.as_deref())?;
     let json = matches!(args.format, Format::Json);
-    match clusterdns::prober::report::run_static(&args.aws, &objects, json) {
+    if args.targets_only {
+        print!(
+            "{}",
+            active::render_targets(&active::targets(&objects).0, json)
+        );
+        return Ok(0);
+    }
+    let result = match (&args.aws, args.active || args.live_only) {
+        (Some(aws), false) => clusterdns::prober::report::run_static(aws, &objects, json),
+        (aws, true) => {
+            if let Some(ip) = args.source {
+                active::check_source(ip)
+                    .map_err(|e| anyhow::anyhow!("--source {ip}: not usable here: {e}"))?;
+            }
+            let opts = active::ActiveOptions {
+                timeout: std::time::Duration::from_millis(args.timeout),
+                concurrency: usize::try_from(args.concurrency).unwrap_or(1),
+                source: args.source,
+                ..Default::default()
+            };
+            active::run_active(aws.as_deref(), &objects, &opts, json).await
+        }
+        (None, false) => anyhow::bail!("--aws PATH is required without --live-only"),
+    };
+    match result {
         Ok((out, code)) => {
             print!("{out}");
             Ok(code)
@@ -224,7 +270,7 @@ fn main() -> ExitCode {
         match command {
             Command::Serve(args) => serve(args).await.map(|()| 0),
             Command::Placement(args) => placement(args),
-            Command::Probe(args) => probe(args),
+            Command::Probe(args) => probe(args).await,
             Command::ExportZone(args) => export_zone(args),
         }
     });

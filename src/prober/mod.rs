@@ -12,6 +12,7 @@
 //! `kubectl get -o yaml` dumps) and never guesses: what the input cannot decide (a prefix list,
 //! a node whose groups are unknown) is reported as `unknown` with the reason.
 
+pub mod active;
 pub mod analysis;
 pub mod aws;
 pub mod paths;
