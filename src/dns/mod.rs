@@ -8,11 +8,13 @@
 //! ```
 
 pub mod answer;
+pub mod build;
 pub mod kubernetes;
 pub mod pipeline;
+pub mod plugins;
 pub mod server;
 pub mod wire;
 
 pub use answer::Answer;
 pub use kubernetes::{Kubernetes, KubernetesConfig, PodMode};
-pub use pipeline::{Flow, Handler, Pipeline, Request};
+pub use pipeline::{Flow, Handler, Pipeline, Request, Responder};
