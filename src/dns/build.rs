@@ -25,7 +25,8 @@ use super::plugins::loop_detect::{Fatal, LoopDetect};
 use super::plugins::{acl, errors, hosts, loadbalance, log, rewrite, template};
 use crate::cluster::ClusterView;
 use crate::corefile::{
-    self, BindAddr, Config, Fallthrough, PluginConfig, PodsMode, ServerBlock, Transport, Upstream,
+    self, BindAddr, Config, Fallthrough, PluginConfig, PluginKind, PodsMode, ServerBlock,
+    Transport, Upstream,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +148,15 @@ fn describe_upstreams(block: &ServerBlock) -> String {
 
 /// Builds one block's handlers in CoreDNS's order (the parser already sorted them).
 pub fn build_block(block: &ServerBlock, env: &BuildEnv) -> Result<BuiltBlock, BuildError> {
+    // Name every missing plugin at once, forward first: it is the one users look for.
+    let missing: Vec<String> = [PluginKind::Forward, PluginKind::Cache, PluginKind::Autopath]
+        .into_iter()
+        .filter(|k| block.plugin(*k).is_some())
+        .map(|k| format!("plugin {} is not available yet", k.name()))
+        .collect();
+    if !missing.is_empty() {
+        return Err(block_err(block, missing.join("; ")));
+    }
     let mut handlers: Vec<Arc<dyn Handler>> = Vec::new();
     let mut loop_detect = None;
     for plugin in &block.plugins {
@@ -178,15 +188,8 @@ pub fn build_block(block: &ServerBlock, env: &BuildEnv) -> Result<BuiltBlock, Bu
                 loop_detect = Some(l.clone());
                 handlers.push(l);
             }
-            PluginConfig::Autopath(_) => {
-                return Err(block_err(block, "plugin autopath is not available yet"))
-            }
-            PluginConfig::Cache(_) => {
-                return Err(block_err(block, "plugin cache is not available yet"))
-            }
-            PluginConfig::Forward(_) => {
-                return Err(block_err(block, "plugin forward is not available yet"))
-            }
+            // Refused above.
+            PluginConfig::Autopath(_) | PluginConfig::Cache(_) | PluginConfig::Forward(_) => {}
         }
     }
     Ok(BuiltBlock {

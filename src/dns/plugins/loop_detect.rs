@@ -109,3 +109,54 @@ impl Handler for LoopDetect {
         Flow::Next
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::pipeline::Proto;
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+
+    fn req(name: &Name) -> Request {
+        let mut message = Message::new(1, MessageType::Query, OpCode::Query);
+        message.add_query(Query::query(name.clone(), RecordType::HINFO));
+        Request {
+            message,
+            qname: name.clone(),
+            qtype: RecordType::HINFO,
+            src: "127.0.0.1:53".parse().unwrap(),
+            proto: Proto::Udp,
+        }
+    }
+
+    #[test]
+    fn a_probe_seen_three_times_is_a_loop_naming_the_upstream() {
+        let fatal = Arc::new(Fatal::default());
+        let l = LoopDetect::new(".", "/etc/resolv.conf (127.0.0.53)".into(), fatal.clone());
+        let r = req(l.probe());
+        for _ in 0..2 {
+            assert!(matches!(l.handle(&r), Flow::Next));
+        }
+        assert!(fatal.message().is_none());
+        let _ = l.handle(&r);
+        let msg = fatal.message().expect("loop detected");
+        assert!(
+            msg.contains("Loop") && msg.contains("detected for zone \".\""),
+            "{msg}"
+        );
+        assert!(msg.contains("127.0.0.53"), "{msg}");
+        assert!(fatal.token.is_cancelled());
+    }
+
+    #[test]
+    fn an_answered_probe_stops_counting() {
+        let fatal = Arc::new(Fatal::default());
+        let l = LoopDetect::new("cluster.local", "x".into(), fatal.clone());
+        l.finish();
+        let r = req(l.probe());
+        for _ in 0..5 {
+            let _ = l.handle(&r);
+        }
+        assert!(fatal.message().is_none());
+        assert_eq!(l.seen(), 0);
+    }
+}
