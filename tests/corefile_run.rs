@@ -544,3 +544,28 @@ fn conf_flag_runs_a_corefile_like_coredns() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--zone applies to the built-in"));
 }
+
+#[tokio::test]
+async fn queries_go_to_the_block_with_the_longest_zone_and_others_are_refused() {
+    let block = |zone: &str, ip: &str| {
+        format!(
+            "{zone}:0 {{\n    bind 127.0.0.1\n    template IN A {{\n        answer \"{{{{ .Name }}}} 60 IN A {ip}\"\n    }}\n}}\n"
+        )
+    };
+    let s = serve(&format!(
+        "{}{}",
+        block("example", "10.0.0.1"),
+        block("sub.example", "10.0.0.2")
+    ))
+    .await;
+    let a = s.running.dns_addr;
+    assert_eq!(s.running.dns_addrs.len(), 1, "one listener for both blocks");
+    let r = ask(a, "a.sub.example", RecordType::A).await;
+    assert_eq!(section(&r.answers), vec!["a.sub.example. 60 IN A 10.0.0.2"]);
+    let r = ask(a, "a.example", RecordType::A).await;
+    assert_eq!(section(&r.answers), vec!["a.example. 60 IN A 10.0.0.1"]);
+    assert_eq!(
+        rcode_name(&ask(a, "a.other", RecordType::A).await),
+        "REFUSED"
+    );
+}
