@@ -1,71 +1,203 @@
-//! Builds a running server from options: data source -> view -> pipeline -> sockets. Shared
-//! by the binary and the tests (which run several side by side on port 0).
+//! Builds a running server from options: Corefile (given, or the built-in default) -> data
+//! source -> view -> pipelines -> listeners and HTTP endpoints, plus the `reload` and `loop`
+//! tasks. Shared by the binary and the tests (which run several side by side on port 0).
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::RecordType;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
+use crate::admin::{self, Routes as HttpRoutes};
 use crate::cluster::file_source::{self, DEFAULT_INTERVAL};
 use crate::cluster::{ClusterView, Store};
-use crate::dns::kubernetes::{parse_zone, Kubernetes, KubernetesConfig, PodMode};
+use crate::corefile::{self, Config, HostPort};
+use crate::dns::build::{self, BuildEnv, ListenKey, Router, Routes};
+use crate::dns::kubernetes::{parse_zone, PodMode};
+use crate::dns::plugins::loop_detect::{Fatal, LoopDetect};
 use crate::dns::server::Bound;
-use crate::dns::{Handler, Pipeline};
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// Serve this Corefile; None uses the built-in default (see [`default_corefile`]).
+    pub corefile: Option<PathBuf>,
     /// Kubernetes objects from these files; None serves the embedded demo cluster.
     pub manifests: Option<PathBuf>,
+    /// For the built-in default only: where DNS listens.
     pub dns_addr: SocketAddr,
+    /// For the built-in default only: the cluster zone, record TTL and pod records mode.
     pub zone: String,
     pub ttl: u32,
     pub pods: PodMode,
+    /// For the built-in default only: `forward . <these>` (addresses or resolv.conf files),
+    /// with `cache 30`, `loop` and reverse-zone fallthrough as in the EKS Corefile. Empty:
+    /// cluster zones only, other names REFUSED (the tests' default: they send nothing off
+    /// this machine).
+    pub upstreams: Vec<String>,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
+            corefile: None,
             manifests: None,
             dns_addr: SocketAddr::from(([127, 0, 0, 1], 1053)),
             zone: "cluster.local".into(),
             ttl: 5,
             pods: PodMode::Insecure,
+            upstreams: Vec::new(),
         }
     }
 }
 
+fn pods_word(p: PodMode) -> &'static str {
+    match p {
+        PodMode::Disabled => "disabled",
+        PodMode::Insecure => "insecure",
+        PodMode::Verified => "verified",
+    }
+}
+
+/// The built-in configuration: the EKS Corefile on non-privileged localhost ports.
+///
+/// DNS on `opts.dns_addr` (default 127.0.0.1:1053); health 127.0.0.1:8080, ready
+/// 127.0.0.1:8181, prometheus 127.0.0.1:9153. When the DNS port is 0 (tests and scripts
+/// asking for a free port) the HTTP ports are 0 too, so instances never collide.
+/// `forward . /etc/resolv.conf` (and with it `fallthrough in-addr.arpa ip6.arpa`) is added
+/// once the forward plugin exists; without a forwarder, reverse names outside the cluster are
+/// answered NXDOMAIN by `kubernetes`.
+pub fn default_corefile(opts: &ServeOptions) -> anyhow::Result<String> {
+    if opts.ttl > 3600 {
+        anyhow::bail!("--ttl {}: must be between 0 and 3600 seconds", opts.ttl);
+    }
+    // The zone is spliced into Corefile text: only a valid DNS name may go there.
+    let zone = parse_zone(&opts.zone).map_err(anyhow::Error::msg)?;
+    let zone = zone.to_ascii();
+    if zone.contains(|c: char| c.is_whitespace() || "{}#\"'".contains(c)) {
+        anyhow::bail!("invalid zone {:?}", opts.zone);
+    }
+    let ip = opts.dns_addr.ip();
+    let port = opts.dns_addr.port();
+    let (health, ready, metrics) = if port == 0 {
+        (0, 0, 0)
+    } else {
+        (8080, 8181, 9153)
+    };
+    let http = |p: u16| format!("127.0.0.1:{p}");
+    // Upstreams that are resolv.conf files without a nameserver are left out, with a word.
+    let mut upstreams = Vec::new();
+    for u in &opts.upstreams {
+        if u.contains(|c: char| c.is_whitespace() || "{}#\"'".contains(c)) {
+            anyhow::bail!("invalid upstream {u:?}");
+        }
+        let path = std::path::Path::new(u);
+        if u.contains('/')
+            && path.is_file()
+            && crate::dns::build::resolv_conf_nameservers(path).is_empty()
+        {
+            warn!("{u} lists no nameserver: names outside the cluster will be refused");
+            continue;
+        }
+        upstreams.push(u.clone());
+    }
+    let (fallthrough, forward) = if upstreams.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (
+            "\n        fallthrough in-addr.arpa ip6.arpa".to_string(),
+            format!(
+                "\n    forward . {}\n    cache 30\n    loop",
+                upstreams.join(" ")
+            ),
+        )
+    };
+    Ok(format!(
+        ".:{port} {{
+    bind {ip}
+    errors
+    health {}
+    ready {}
+    kubernetes {zone} in-addr.arpa ip6.arpa {{
+        pods {}
+        ttl {}{fallthrough}
+    }}
+    prometheus {}{forward}
+    loadbalance
+}}
+",
+        http(health),
+        http(ready),
+        pods_word(opts.pods),
+        opts.ttl,
+        http(metrics),
+    ))
+}
+
+/// A server that is running; drop does not stop it: call [`Running::shutdown`].
 pub struct Running {
+    /// The first DNS address bound (tests and the startup line use it).
     pub dns_addr: SocketAddr,
+    pub dns_addrs: Vec<SocketAddr>,
+    /// `("health" | "ready" | "prometheus", address)` for every HTTP endpoint bound.
+    pub http_addrs: Vec<(&'static str, SocketAddr)>,
     pub view: Arc<ClusterView>,
     cancel: CancellationToken,
-    server: tokio::task::JoinHandle<()>,
+    fatal: Arc<Fatal>,
+    lameduck: Duration,
+    tasks: JoinSet<()>,
 }
 
 impl Running {
-    /// Stops accepting, drains queries in flight, and returns when done.
-    pub async fn shutdown(self) {
+    /// Stops accepting, drains queries in flight, and returns when done. With `health {
+    /// lameduck DUR }`, keeps serving (and /health says OK) for DUR first.
+    pub async fn shutdown(mut self) {
+        if !self.lameduck.is_zero() {
+            info!(lameduck = ?self.lameduck, "lameduck: still serving before shutdown");
+            tokio::time::sleep(self.lameduck).await;
+        }
         self.cancel.cancel();
-        let _ = self.server.await;
+        while self.tasks.join_next().await.is_some() {}
     }
 
     pub fn cancel_token(&self) -> CancellationToken {
         self.cancel.clone()
     }
 
+    /// Fires when the server must stop on its own (a forwarding loop was detected).
+    pub fn fatal_token(&self) -> CancellationToken {
+        self.fatal.token.clone()
+    }
+
+    /// Why the server stopped on its own, if it did.
+    pub fn fatal_message(&self) -> Option<String> {
+        self.fatal.message()
+    }
+
     /// Waits until the server stops (after [`Running::cancel_token`] fires).
-    pub async fn wait(self) {
-        let _ = self.server.await;
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    pub fn http_addr(&self, kind: &str) -> Option<SocketAddr> {
+        self.http_addrs
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, a)| *a)
     }
 }
 
-pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
-    if opts.ttl > 3600 {
-        anyhow::bail!("--ttl {}: must be between 0 and 3600 seconds", opts.ttl);
-    }
-    let cancel = CancellationToken::new();
-    let view = ClusterView::new();
+fn start_source(
+    opts: &ServeOptions,
+    view: &Arc<ClusterView>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     match &opts.manifests {
         Some(path) => {
             file_source::start(path.clone(), view.clone(), DEFAULT_INTERVAL, cancel.clone())
@@ -76,19 +208,304 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
             view.publish(Arc::new(Store::from_objects(&set)), true);
         }
     }
-    let mut kcfg = KubernetesConfig::for_zone(&opts.zone).map_err(anyhow::Error::msg)?;
-    kcfg.ttl = opts.ttl;
-    kcfg.pods = opts.pods;
-    parse_zone(&opts.zone).map_err(anyhow::Error::msg)?;
-    let handlers: Vec<Arc<dyn Handler>> = vec![Arc::new(Kubernetes::new(kcfg, view.clone()))];
-    let pipeline = Arc::new(Pipeline::new(handlers));
-    let bound = Bound::bind(opts.dns_addr).await?;
-    let dns_addr = bound.local_addr();
-    let server = tokio::spawn(bound.serve(pipeline, cancel.clone()));
+    Ok(())
+}
+
+/// Binds every listener. Port 0 with several addresses gets one free port shared by all.
+async fn bind_all(keys: &[ListenKey]) -> anyhow::Result<BTreeMap<ListenKey, Bound>> {
+    let mut out = BTreeMap::new();
+    let mut chosen: HashMap<u16, u16> = HashMap::new();
+    for key in keys {
+        let port = chosen.get(&key.port).copied().unwrap_or(key.port);
+        let bound = Bound::bind(SocketAddr::new(key.ip, port)).await?;
+        chosen.insert(key.port, bound.local_addr().port());
+        out.insert(*key, bound);
+    }
+    Ok(out)
+}
+
+/// HTTP endpoints by address, merged across blocks (CoreDNS shares them too).
+fn http_plan(config: &Config) -> Vec<(&'static str, HostPort)> {
+    let mut out: Vec<(&'static str, HostPort)> = Vec::new();
+    for b in &config.servers {
+        let mut push = |kind, hp: &HostPort| {
+            if !out.iter().any(|(k, h)| *k == kind && h == hp) {
+                out.push((kind, hp.clone()));
+            }
+        };
+        if let Some(h) = b.health() {
+            push("health", &h.addr);
+        }
+        if let Some(r) = b.ready() {
+            push("ready", &r.addr);
+        }
+        if let Some(p) = b.prometheus() {
+            push("prometheus", &p.addr);
+        }
+    }
+    out
+}
+
+async fn start_http(
+    config: &Config,
+    view: &Arc<ClusterView>,
+    tasks: &mut JoinSet<()>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Vec<(&'static str, SocketAddr)>> {
+    let mut by_addr: BTreeMap<SocketAddr, (tokio::net::TcpListener, HttpRoutes)> = BTreeMap::new();
+    let mut bound = Vec::new();
+    for (kind, hp) in http_plan(config) {
+        let want = admin::resolve(&hp.host, hp.port)
+            .await
+            .with_context(|| format!("{kind} {hp}"))?;
+        // Same address as another endpoint (port 0 excepted): one listener serves both.
+        let key = by_addr
+            .keys()
+            .find(|a| want.port() != 0 && **a == want)
+            .copied();
+        let addr = match key {
+            Some(a) => a,
+            None => {
+                let l = tokio::net::TcpListener::bind(want)
+                    .await
+                    .with_context(|| format!("{kind}: cannot listen on {want}"))?;
+                let a = l.local_addr()?;
+                by_addr.insert(a, (l, HttpRoutes::default()));
+                a
+            }
+        };
+        if let Some((_, routes)) = by_addr.get_mut(&addr) {
+            match kind {
+                "health" => routes.health = true,
+                "ready" => {
+                    let view = view.clone();
+                    routes.ready = Some(Arc::new(move || {
+                        if view.is_synced() {
+                            Vec::new()
+                        } else {
+                            vec!["kubernetes: waiting for the first complete sync of the cluster data".to_string()]
+                        }
+                    }));
+                }
+                // Filled by the metrics work; an empty exposition is valid meanwhile.
+                _ => routes.metrics = Some(Arc::new(String::new)),
+            }
+        }
+        bound.push((kind, addr));
+    }
+    for (_, (listener, routes)) in by_addr {
+        tasks.spawn(admin::serve(listener, routes, cancel.clone()));
+    }
+    Ok(bound)
+}
+
+/// Sends the `loop` probe to our own listener until something answers (then stops counting).
+async fn loop_probe(l: Arc<LoopDetect>, target: SocketAddr, cancel: CancellationToken) {
+    let target = match target.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], target.port()))
+        }
+        ip if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, target.port()))
+        }
+        _ => target,
+    };
+    let mut msg = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(l.probe().clone(), RecordType::HINFO));
+    let Ok(bytes) = msg.to_vec() else { return };
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap_or(target)
+    } else {
+        "[::]:0".parse().unwrap_or(target)
+    };
+    let Ok(sock) = tokio::net::UdpSocket::bind(bind).await else {
+        return;
+    };
+    // CoreDNS tries for about 30 s; a loop shows up within the first round trips.
+    for _ in 0..15 {
+        if sock.send_to(&bytes, target).await.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 512];
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)) => {
+                if let Ok(Ok(_)) = r {
+                    l.finish();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
+    let (text, path) = match &opts.corefile {
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the Corefile {}", p.display()))?,
+            p.clone(),
+        ),
+        None => (
+            default_corefile(&opts)?,
+            PathBuf::from("<built-in Corefile>"),
+        ),
+    };
+    let config = corefile::parse_str(&text, &path, &|n| std::env::var(n).ok())?;
+    let cancel = CancellationToken::new();
+    let view = ClusterView::new();
+    start_source(&opts, &view, &cancel)?;
+    let fatal = Arc::new(Fatal::default());
+    let env = BuildEnv {
+        view: view.clone(),
+        fatal: fatal.clone(),
+    };
+    let built = build::build_all(&config, &env)?;
+    let plan = build::listeners(&config)?;
+    let keys: Vec<ListenKey> = plan.keys().copied().collect();
+    let bound = bind_all(&keys).await?;
+    let mut tasks = JoinSet::new();
+    let mut routers: BTreeMap<ListenKey, Arc<Router>> = BTreeMap::new();
+    let mut dns_addrs = Vec::new();
+    let mut probed = HashSet::new();
+    for (key, b) in bound {
+        let blocks = &plan[&key];
+        let router = Arc::new(Router::new(Routes::new(&config, blocks, &built, key.port)));
+        let addr = b.local_addr();
+        dns_addrs.push(addr);
+        for &i in blocks {
+            // One probe per block, through the first listener that serves it.
+            if let Some(l) = built[i].loop_detect.as_ref().filter(|_| probed.insert(i)) {
+                tasks.spawn(loop_probe(l.clone(), addr, cancel.clone()));
+            }
+        }
+        tasks.spawn(b.serve(router.clone(), cancel.clone()));
+        routers.insert(key, router);
+    }
+    let http_addrs = start_http(&config, &view, &mut tasks, &cancel).await?;
+    let lameduck = config
+        .servers
+        .iter()
+        .filter_map(|b| b.health())
+        .map(|h| h.lameduck)
+        .max()
+        .unwrap_or_default();
+    if let (Some(reload), Some(p)) = (
+        config.servers.iter().find_map(|b| b.reload()).cloned(),
+        opts.corefile.clone(),
+    ) {
+        tasks.spawn(reload_loop(Reloader {
+            path: p,
+            last: text,
+            interval: reload.interval,
+            jitter: reload.jitter,
+            env,
+            routers,
+            listen: keys,
+            http: http_plan(&config),
+            cancel: cancel.clone(),
+        }));
+    }
+    let dns_addr = *dns_addrs
+        .first()
+        .context("the Corefile has no server block to listen for")?;
     Ok(Running {
         dns_addr,
+        dns_addrs,
+        http_addrs,
         view,
         cancel,
-        server,
+        fatal,
+        lameduck,
+        tasks,
     })
+}
+
+struct Reloader {
+    path: PathBuf,
+    last: String,
+    interval: Duration,
+    jitter: Duration,
+    env: BuildEnv,
+    routers: BTreeMap<ListenKey, Arc<Router>>,
+    listen: Vec<ListenKey>,
+    http: Vec<(&'static str, HostPort)>,
+    cancel: CancellationToken,
+}
+
+impl Reloader {
+    fn next_wait(&self) -> Duration {
+        let jitter = self.jitter.min(self.interval / 2);
+        let span = jitter.as_millis() as u64 * 2;
+        let offset = if span == 0 {
+            0
+        } else {
+            rand::random::<u64>() % (span + 1)
+        };
+        (self.interval - jitter) + Duration::from_millis(offset)
+    }
+
+    /// Re-reads the Corefile; a changed, valid one replaces the pipelines of every listener.
+    fn check(&mut self) {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) => {
+                error!(path = %self.path.display(), "reload: cannot read the Corefile, keeping the running one: {e}");
+                return;
+            }
+        };
+        if text == self.last {
+            return;
+        }
+        self.last = text.clone();
+        match self.apply(&text) {
+            Ok(()) => info!(path = %self.path.display(), "reload: new Corefile in service"),
+            Err(e) => error!("reload: {e:#}; the running configuration stays in service"),
+        }
+    }
+
+    fn apply(&mut self, text: &str) -> anyhow::Result<()> {
+        let config = corefile::parse_str(text, &self.path, &|n| std::env::var(n).ok())?;
+        let built = build::build_all(&config, &self.env)?;
+        let plan = build::listeners(&config)?;
+        for key in plan.keys() {
+            if !self.listen.contains(key) {
+                warn!(listen = %key, "reload: a new listen address needs a restart to take effect");
+            }
+        }
+        for key in &self.listen {
+            if !plan.contains_key(key) {
+                warn!(listen = %key, "reload: this listen address was removed; it keeps its old configuration until a restart");
+            }
+        }
+        if http_plan(&config) != self.http {
+            warn!("reload: health/ready/prometheus address changes need a restart to take effect");
+        }
+        // All pipelines were built before any is swapped in: a reload is all or nothing.
+        for (key, blocks) in &plan {
+            if let Some(router) = self.routers.get(key) {
+                router.swap(Routes::new(&config, blocks, &built, key.port));
+            }
+        }
+        if built.iter().any(|b| b.loop_detect.is_some()) {
+            info!("reload: loop detection runs at start only");
+        }
+        if let Some(r) = config.servers.iter().find_map(|b| b.reload()) {
+            self.interval = r.interval;
+            self.jitter = r.jitter;
+        }
+        Ok(())
+    }
+}
+
+async fn reload_loop(mut r: Reloader) {
+    loop {
+        let wait = r.next_wait();
+        tokio::select! {
+            _ = r.cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        r.check();
+    }
 }

@@ -108,24 +108,39 @@ struct ProbeArgs {
 
 #[derive(clap::Parser)]
 struct ServeArgs {
+    /// Serve this Corefile (CoreDNS syntax; `-conf FILE` works too). Without it, a built-in
+    /// Corefile like Amazon EKS's on localhost ports: DNS 127.0.0.1:1053, health
+    /// 127.0.0.1:8080, ready 127.0.0.1:8181, prometheus 127.0.0.1:9153 (all port 0 when
+    /// `--dns-addr` has port 0).
+    #[arg(long, value_name = "FILE")]
+    corefile: Option<PathBuf>,
     /// Serve the Kubernetes objects in this file or directory (YAML or JSON as `kubectl get
-    /// -o yaml|json` prints them: single objects, Lists, multi-document files). Edits are
-    /// picked up without a restart. Without it, the embedded demo cluster is served.
+    /// -o yaml|json` prints them: single objects, Lists, multi-document files) to the
+    /// `kubernetes` plugin. Edits are picked up without a restart. Without it, the embedded
+    /// demo cluster is served.
     #[arg(long, value_name = "PATH")]
     manifests: Option<PathBuf>,
-    /// Address for DNS over UDP and TCP. Port 0 picks a free port (printed on start).
-    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:1053")]
-    dns_addr: SocketAddr,
-    /// The cluster domain.
-    #[arg(long, value_name = "ZONE", default_value = "cluster.local")]
-    zone: String,
-    /// TTL of cluster records, 0-3600 seconds (CoreDNS default 5; kubeadm sets 30).
-    #[arg(long, value_name = "N", default_value_t = 5)]
-    ttl: u32,
-    /// Pod records `a-b-c-d.<ns>.pod.<zone>`: disabled (NXDOMAIN), insecure (answer the IP
-    /// in the name, the EKS and kubeadm default) or verified (only IPs of existing pods).
-    #[arg(long, value_name = "MODE", default_value = "insecure")]
-    pods: PodMode,
+    /// Built-in Corefile only: address for DNS over UDP and TCP. Port 0 picks a free port
+    /// (printed on start). Default 127.0.0.1:1053.
+    #[arg(long, value_name = "ADDR:PORT")]
+    dns_addr: Option<SocketAddr>,
+    /// Built-in Corefile only: the cluster domain. Default cluster.local.
+    #[arg(long, value_name = "ZONE")]
+    zone: Option<String>,
+    /// Built-in Corefile only: TTL of cluster records, 0-3600 seconds (CoreDNS default 5;
+    /// kubeadm sets 30). Default 5.
+    #[arg(long, value_name = "N")]
+    ttl: Option<u32>,
+    /// Built-in Corefile only: pod records `a-b-c-d.<ns>.pod.<zone>`: disabled (NXDOMAIN),
+    /// insecure (answer the IP in the name, the EKS and kubeadm default) or verified (only
+    /// IPs of existing pods). Default insecure.
+    #[arg(long, value_name = "MODE")]
+    pods: Option<PodMode>,
+    /// Built-in Corefile only: where names outside the cluster go (`forward . UPSTREAM...`):
+    /// addresses (`10.0.0.2`, `127.0.0.1:5300`) or resolv.conf files; repeatable. `none`
+    /// serves the cluster zones only and refuses other names. Default /etc/resolv.conf.
+    #[arg(long, value_name = "UPSTREAM")]
+    upstream: Vec<String>,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `clusterdns=debug`.
     #[arg(long, env = "CLUSTERDNS_LOG", default_value = "info")]
     log: String,
@@ -155,23 +170,92 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     init_tracing(&args.log);
+    if args.corefile.is_some() {
+        // These shape the built-in Corefile; with a Corefile, it says what it wants.
+        for (set, flag) in [
+            (args.dns_addr.is_some(), "--dns-addr"),
+            (args.zone.is_some(), "--zone"),
+            (args.ttl.is_some(), "--ttl"),
+            (args.pods.is_some(), "--pods"),
+            (!args.upstream.is_empty(), "--upstream"),
+        ] {
+            if set {
+                anyhow::bail!("{flag} applies to the built-in configuration only; with --corefile, set it in the Corefile");
+            }
+        }
+    }
+    let defaults = ServeOptions::default();
     let running = app::start(ServeOptions {
+        corefile: args.corefile,
         manifests: args.manifests,
-        dns_addr: args.dns_addr,
-        zone: args.zone,
-        ttl: args.ttl,
-        pods: args.pods,
+        dns_addr: args.dns_addr.unwrap_or(defaults.dns_addr),
+        zone: args.zone.unwrap_or(defaults.zone),
+        ttl: args.ttl.unwrap_or(defaults.ttl),
+        pods: args.pods.unwrap_or(defaults.pods),
+        upstreams: match args.upstream.as_slice() {
+            [] => vec!["/etc/resolv.conf".to_string()],
+            [none] if none == "none" => Vec::new(),
+            list => list.to_vec(),
+        },
     })
     .await?;
-    // Tests and scripts read this line to find the port chosen for `--dns-addr ...:0`.
-    println!("clusterdns: serving DNS on {} (udp+tcp)", running.dns_addr);
-    let _ = std::io::stdout().flush();
-    shutdown_signal().await;
+    // Tests and scripts read these lines to find the ports chosen for port 0. One write, and
+    // errors ignored: a reader that closes the pipe after the first line must not kill us.
+    let mut banner = String::new();
+    for addr in &running.dns_addrs {
+        banner.push_str(&format!("clusterdns: serving DNS on {addr} (udp+tcp)\n"));
+    }
+    for (kind, addr) in &running.http_addrs {
+        banner.push_str(&format!("clusterdns: serving {kind} on http://{addr}\n"));
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(banner.as_bytes());
+    let _ = stdout.flush();
+    drop(stdout);
+    let fatal = running.fatal_token();
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = fatal.cancelled() => {}
+    }
+    if let Some(msg) = running.fatal_message() {
+        eprintln!("clusterdns: {msg}");
+        running.cancel_token().cancel();
+        running.wait().await;
+        return Ok(1);
+    }
     tracing::info!("shutting down: draining queries in flight");
     running.shutdown().await;
-    Ok(())
+    Ok(0)
+}
+
+/// CoreDNS is started as `coredns -conf FILE`; accept that spelling (also `-conf=FILE`,
+/// `--conf`) by rewriting it to `serve --corefile FILE` before clap parses.
+fn rewrite_conf_args(args: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len() + 1);
+    let mut conf = false;
+    let mut iter = args.into_iter();
+    out.extend(iter.next());
+    for a in iter {
+        if let Some(v) = a
+            .strip_prefix("-conf=")
+            .or_else(|| a.strip_prefix("--conf="))
+        {
+            out.push(format!("--corefile={v}"));
+            conf = true;
+        } else if a == "-conf" || a == "--conf" {
+            out.push("--corefile".into());
+            conf = true;
+        } else {
+            out.push(a);
+        }
+    }
+    // `clusterdns -conf FILE` alone (as a CoreDNS image runs it) means serve.
+    if conf && !out.iter().skip(1).any(|a| a == "serve") {
+        out.insert(1, "serve".into());
+    }
+    out
 }
 
 fn objects(manifests: Option<&std::path::Path>) -> anyhow::Result<ObjectSet> {
@@ -252,7 +336,11 @@ fn export_zone(args: ExportArgs) -> anyhow::Result<u8> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(rewrite_conf_args(
+        std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+    ));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -268,7 +356,7 @@ fn main() -> ExitCode {
         .unwrap_or(Command::Serve(ServeArgs::parse_from(["serve"])));
     let result = runtime.block_on(async {
         match command {
-            Command::Serve(args) => serve(args).await.map(|()| 0),
+            Command::Serve(args) => serve(args).await,
             Command::Placement(args) => placement(args),
             Command::Probe(args) => probe(args).await,
             Command::ExportZone(args) => export_zone(args),

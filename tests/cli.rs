@@ -24,7 +24,9 @@ impl Drop for Server {
 fn start(args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_clusterdns"))
         .arg("serve")
-        .args(["--dns-addr", "127.0.0.1:0"])
+        // Nothing leaves this machine: no upstream (the built-in default forwards to
+        // /etc/resolv.conf).
+        .args(["--dns-addr", "127.0.0.1:0", "--upstream", "none"])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -235,7 +237,14 @@ fn a_broken_manifest_at_start_is_a_clear_error() {
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_clusterdns"))
-        .args(["serve", "--dns-addr", "127.0.0.1:0", "--manifests"])
+        .args([
+            "serve",
+            "--dns-addr",
+            "127.0.0.1:0",
+            "--upstream",
+            "none",
+            "--manifests",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

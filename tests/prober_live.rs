@@ -261,7 +261,7 @@ impl Lab {
                 env!("CARGO_BIN_EXE_clusterdns"),
                 "serve",
             ])
-            .args(["--dns-addr", &format!("{DNS_IP}:53")])
+            .args(["--dns-addr", &format!("{DNS_IP}:53"), "--upstream", "none"])
             .args(["--manifests", &fixture_str("cluster")])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -14,12 +14,23 @@ pub struct Answer {
     /// The handler that wrote the reply (the `plugin` label of response metrics); empty when
     /// the server itself answered.
     pub plugin: &'static str,
+    /// Send nothing at all (acl `drop`): the client times out, as with CoreDNS.
+    pub no_reply: bool,
 }
 
 impl Answer {
     pub fn rcode(rcode: ResponseCode, plugin: &'static str) -> Answer {
         Answer {
             rcode,
+            plugin,
+            ..Default::default()
+        }
+    }
+
+    /// The answer that makes the server stay silent.
+    pub fn no_reply(plugin: &'static str) -> Answer {
+        Answer {
+            no_reply: true,
             plugin,
             ..Default::default()
         }

@@ -146,6 +146,7 @@ impl Entry {
             authorities: with_ttl(&self.authorities),
             additionals: with_ttl(&self.additionals),
             plugin: PLUGIN,
+            no_reply: false,
         }
     }
 
@@ -357,44 +358,45 @@ impl Inner {
         self.success.get(hash).map(|e| (e, Kind::Success))
     }
 
-    fn store(&self, hash: u64, key: Key, answer: &Answer, now: Instant) {
+    /// Stores the answer when it may be cached; returns the TTL it was stored with.
+    fn store(&self, hash: u64, key: Key, answer: &Answer, now: Instant) -> Option<u32> {
         // Cluster answers are never held in the cache: the snapshot is as fast as a cache hit
         // and always current, so a new service is never hidden behind a cached NXDOMAIN
         // (kubernetes/kubernetes#92559). CoreDNS caches them; this is a deliberate difference.
         if answer.plugin == PLUGIN || answer.plugin == "kubernetes" {
-            return;
+            return None;
         }
         let (bucket, other, ttl) = match answer.rcode {
             ResponseCode::NoError if !answer.answers.is_empty() => {
                 if zone::in_any(&key.name, &self.disable_success) {
-                    return;
+                    return None;
                 }
                 let ttl = min_ttl(answer, false).unwrap_or(DEFAULT_TTL);
                 (&self.success, &self.denial, bounded(ttl, &self.success))
             }
             ResponseCode::NoError | ResponseCode::NXDomain => {
                 if zone::in_any(&key.name, &self.disable_denial) {
-                    return;
+                    return None;
                 }
                 let ttl = min_ttl(answer, true).unwrap_or(DEFAULT_TTL);
                 (&self.denial, &self.success, bounded(ttl, &self.denial))
             }
             ResponseCode::ServFail => {
                 if self.servfail.is_zero() || zone::in_any(&key.name, &self.disable_denial) {
-                    return;
+                    return None;
                 }
                 // With serve_stale, a failure must not push out the data it would serve.
                 if self.serve_stale.is_some() && self.lookup(hash).is_some() {
-                    return;
+                    return None;
                 }
                 let secs = self.servfail.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
                 (&self.denial, &self.success, secs)
             }
             // REFUSED, FORMERR, NOTIMP and the like say nothing about the name.
-            _ => return,
+            _ => return None,
         };
         if ttl == 0 {
-            return;
+            return None;
         }
         let entry = Arc::new(Entry {
             key,
@@ -417,6 +419,7 @@ impl Inner {
             };
             c.fetch_add(1, Ordering::Relaxed);
         }
+        Some(ttl)
     }
 
     /// Re-runs the rest of the pipeline in the background and stores the result; false when
@@ -457,7 +460,21 @@ impl Inner {
                     return stale.to_answer(0);
                 }
             }
-            inner.store(hash, key, &answer, Instant::now());
+            let mut answer = answer;
+            // As CoreDNS: the first reply already carries the capped TTL, so clients do not
+            // see 300 -> 30 between a miss and the next hit.
+            if let Some(ttl) = inner.store(hash, key, &answer, Instant::now()) {
+                if answer.rcode != ResponseCode::ServFail {
+                    for r in answer
+                        .answers
+                        .iter_mut()
+                        .chain(answer.authorities.iter_mut())
+                        .chain(answer.additionals.iter_mut())
+                    {
+                        r.ttl = r.ttl.min(ttl);
+                    }
+                }
+            }
             answer
         }))
     }

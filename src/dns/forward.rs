@@ -482,6 +482,7 @@ impl Inner {
                         authorities: reply.authorities,
                         additionals: reply.additionals,
                         plugin: PLUGIN,
+                        no_reply: false,
                     });
                 }
                 Err(e) => {

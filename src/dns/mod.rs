@@ -8,11 +8,13 @@
 //! ```
 
 pub mod answer;
+pub mod build;
 pub mod cache;
 pub mod fastpath;
 pub mod forward;
 pub mod kubernetes;
 pub mod pipeline;
+pub mod plugins;
 pub mod server;
 pub mod wire;
 pub mod zone;
@@ -21,4 +23,4 @@ pub use answer::Answer;
 pub use cache::Cache;
 pub use forward::Forward;
 pub use kubernetes::{Kubernetes, KubernetesConfig, PodMode};
-pub use pipeline::{Flow, Handler, Pipeline, Request};
+pub use pipeline::{Flow, Handler, Pipeline, Request, Responder};

@@ -47,6 +47,20 @@ pub enum Flow {
     Pending(BoxFuture<'static, Option<Answer>>),
     /// Let the rest answer, then give me the final answer to inspect or replace.
     Then(AnswerHook),
+    /// The rest sees this request instead (rewrite); the hook, if any, sees the final answer.
+    Rewrite(Box<Request>, Option<AnswerHook>),
+}
+
+/// Whatever turns a request into an answer for the server: one pipeline, or a router that
+/// picks a server block's pipeline per query. Boxed so the server holds it as a trait object.
+pub trait Responder: Send + Sync {
+    fn respond<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Answer>;
+}
+
+impl Responder for Pipeline {
+    fn respond<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Answer> {
+        Box::pin(self.resolve(req))
+    }
 }
 
 pub trait Handler: Send + Sync {
@@ -73,8 +87,11 @@ impl Pipeline {
     pub async fn resolve(&self, req: &Request) -> Answer {
         let mut hooks: Vec<AnswerHook> = Vec::new();
         let mut answer = None;
+        // Owned only once a rewrite replaced the request.
+        let mut rewritten: Option<Box<Request>> = None;
         for handler in &self.handlers {
-            match handler.handle(req) {
+            let current = rewritten.as_deref().unwrap_or(req);
+            match handler.handle(current) {
                 Flow::Answer(a) => {
                     answer = Some(a);
                     break;
@@ -87,6 +104,10 @@ impl Pipeline {
                     }
                 }
                 Flow::Then(hook) => hooks.push(hook),
+                Flow::Rewrite(new, hook) => {
+                    hooks.extend(hook);
+                    rewritten = Some(new);
+                }
             }
         }
         let mut answer = answer.unwrap_or_else(|| Answer::rcode(ResponseCode::Refused, ""));

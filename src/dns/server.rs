@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::pipeline::{Pipeline, Proto, Request};
+use super::pipeline::{Proto, Request, Responder};
 use super::wire::{self, Incoming};
 
 /// CoreDNS closes idle TCP connections after 10 s as well.
@@ -41,10 +41,10 @@ pub struct Bound {
     addr: SocketAddr,
 }
 
-fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+fn udp_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::UdpSocket> {
     let domain = socket2::Domain::for_address(addr);
     let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    sock.set_reuse_port(true)?;
+    sock.set_reuse_port(reuse_port)?;
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
     }
@@ -57,16 +57,23 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 
 impl Bound {
     /// Binds UDP (one SO_REUSEPORT socket per core) and TCP on `addr`. Port 0 picks a port
-    /// free for both protocols.
+    /// free for both protocols, with a single plain UDP socket: Linux may give a reuseport
+    /// socket asking for any port the port of another process of the same user, which would
+    /// then receive some of our queries.
     pub async fn bind(addr: SocketAddr) -> Result<Bound, ServerError> {
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 16);
+        let reuse_port = addr.port() != 0;
+        let workers = if reuse_port {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .clamp(1, 16)
+        } else {
+            1
+        };
         let mut last_err = None;
         // With port 0 the UDP port chosen may be taken for TCP: try a few times.
         for _ in 0..if addr.port() == 0 { 20 } else { 1 } {
-            let first = udp_socket(addr).map_err(|source| ServerError::Bind {
+            let first = udp_socket(addr, reuse_port).map_err(|source| ServerError::Bind {
                 proto: "udp",
                 addr,
                 source,
@@ -95,7 +102,7 @@ impl Bound {
                 }
             })?)];
             for _ in 1..workers {
-                let extra = udp_socket(local)
+                let extra = udp_socket(local, reuse_port)
                     .and_then(UdpSocket::from_std)
                     .map_err(|source| ServerError::Bind {
                         proto: "udp",
@@ -122,7 +129,7 @@ impl Bound {
     }
 
     /// Serves until `cancel` fires, then drains queries in flight (bounded by 5 s).
-    pub async fn serve(self, pipeline: Arc<Pipeline>, cancel: CancellationToken) {
+    pub async fn serve(self, pipeline: Arc<dyn Responder>, cancel: CancellationToken) {
         let mut tasks = JoinSet::new();
         for sock in self.udp {
             tasks.spawn(udp_loop(sock, pipeline.clone(), cancel.clone()));
@@ -136,7 +143,7 @@ impl Bound {
 
 /// Handles one message: parse, resolve, encode. `None` means no reply.
 pub async fn process(
-    pipeline: &Pipeline,
+    pipeline: &dyn Responder,
     bytes: &[u8],
     src: SocketAddr,
     proto: Proto,
@@ -154,7 +161,10 @@ pub async fn process(
         proto,
         message: msg,
     };
-    let answer = pipeline.resolve(&req).await;
+    let answer = pipeline.respond(&req).await;
+    if answer.no_reply {
+        return None;
+    }
     let max = match proto {
         Proto::Udp => Some(wire::max_udp_size(&req.message)),
         Proto::Tcp => None,
@@ -166,7 +176,7 @@ pub async fn process(
     Some(out)
 }
 
-async fn udp_loop(sock: Arc<UdpSocket>, pipeline: Arc<Pipeline>, cancel: CancellationToken) {
+async fn udp_loop(sock: Arc<UdpSocket>, pipeline: Arc<dyn Responder>, cancel: CancellationToken) {
     let mut buf = vec![0u8; 65535];
     loop {
         let (len, src) = tokio::select! {
@@ -180,7 +190,7 @@ async fn udp_loop(sock: Arc<UdpSocket>, pipeline: Arc<Pipeline>, cancel: Cancell
                 }
             },
         };
-        if let Some(reply) = process(&pipeline, &buf[..len], src, Proto::Udp).await {
+        if let Some(reply) = process(&*pipeline, &buf[..len], src, Proto::Udp).await {
             if let Err(e) = sock.send_to(&reply, src).await {
                 debug!(error = %e, %src, "udp send");
             }
@@ -188,7 +198,7 @@ async fn udp_loop(sock: Arc<UdpSocket>, pipeline: Arc<Pipeline>, cancel: Cancell
     }
 }
 
-async fn tcp_loop(listener: TcpListener, pipeline: Arc<Pipeline>, cancel: CancellationToken) {
+async fn tcp_loop(listener: TcpListener, pipeline: Arc<dyn Responder>, cancel: CancellationToken) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -212,7 +222,7 @@ async fn tcp_loop(listener: TcpListener, pipeline: Arc<Pipeline>, cancel: Cancel
 async fn tcp_conn(
     mut stream: TcpStream,
     src: SocketAddr,
-    pipeline: Arc<Pipeline>,
+    pipeline: Arc<dyn Responder>,
     cancel: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
@@ -233,7 +243,7 @@ async fn tcp_conn(
             Ok(Ok(_)) => {}
             _ => return,
         }
-        let Some(reply) = process(&pipeline, &buf, src, Proto::Tcp).await else {
+        let Some(reply) = process(&*pipeline, &buf, src, Proto::Tcp).await else {
             continue;
         };
         let mut out = Vec::with_capacity(reply.len() + 2);

@@ -1,0 +1,353 @@
+//! Corefile [`Config`] -> pipelines and listeners.
+//!
+//! ```text
+//!  Config ─┬─ per server block: handlers in CoreDNS's fixed order -> Pipeline
+//!          └─ per listen address (bind IP, port): the blocks served there -> Router
+//!  query on a listener ─> Router: longest matching zone (Config::block_for) ─> that Pipeline
+//!                                 (no block: REFUSED)
+//! ```
+//! A [`Router`] holds its routes behind `ArcSwap`, so `reload` swaps in new pipelines while
+//! queries keep flowing.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use futures::future::BoxFuture;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::Name;
+
+use super::answer::Answer;
+use super::cache::Cache;
+use super::forward::Forward;
+use super::kubernetes::{parse_zone, Kubernetes, KubernetesConfig, PodMode};
+use super::pipeline::{Handler, Pipeline, Request, Responder};
+use super::plugins::loop_detect::{Fatal, LoopDetect};
+use super::plugins::{acl, errors, hosts, loadbalance, log, rewrite, template};
+use crate::cluster::ClusterView;
+use crate::corefile::{
+    self, BindAddr, Config, Fallthrough, PluginConfig, PluginKind, PodsMode, ServerBlock,
+    Transport, Upstream,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Where in the Corefile, and what cannot be served.
+    #[error("{pos}: {message}")]
+    Block { pos: String, message: String },
+}
+
+fn block_err(block: &ServerBlock, message: impl Into<String>) -> BuildError {
+    BuildError::Block {
+        pos: block.pos.to_string(),
+        message: message.into(),
+    }
+}
+
+/// What the handlers share across blocks.
+#[derive(Clone)]
+pub struct BuildEnv {
+    pub view: Arc<ClusterView>,
+    pub fatal: Arc<Fatal>,
+}
+
+/// One server block, built.
+pub struct BuiltBlock {
+    pub pipeline: Arc<Pipeline>,
+    /// Set when the block has `loop`: the probe to send once the listeners are up.
+    pub loop_detect: Option<Arc<LoopDetect>>,
+    /// Kept for their statistics (metrics).
+    pub forward: Option<Arc<Forward>>,
+    pub cache: Option<Arc<Cache>>,
+}
+
+/// Maps the Corefile's `kubernetes` options to the handler's (destructured so a new option
+/// cannot be forgotten here).
+pub fn kubernetes_config(c: &corefile::KubernetesConfig) -> Result<KubernetesConfig, String> {
+    let corefile::KubernetesConfig {
+        zones,
+        endpoint,
+        tls,
+        kubeconfig,
+        namespaces,
+        namespace_labels,
+        labels,
+        pods,
+        endpoint_pod_names,
+        ttl,
+        noendpoints,
+        fallthrough,
+        ignore_empty_service,
+        startup_timeout: _,
+    } = c;
+    // The API source (endpoint, tls, kubeconfig, startup_timeout) is chosen by the caller;
+    // here only the answer-shaping options matter.
+    if endpoint.is_some() || tls.is_some() || kubeconfig.is_some() {
+        tracing::info!(
+            "kubernetes: API server options are kept for the API source; answers come from the current cluster view"
+        );
+    }
+    if namespace_labels.is_some() || labels.is_some() {
+        return Err(
+            "kubernetes: 'labels' and 'namespace_labels' are not supported yet".to_string(),
+        );
+    }
+    let zones = zones
+        .iter()
+        .map(|z| parse_zone(z))
+        .collect::<Result<Vec<Name>, _>>()?;
+    let fallthrough = match fallthrough {
+        Fallthrough::Off => None,
+        Fallthrough::Zones(z) => Some(
+            z.iter()
+                .map(|z| parse_zone(z))
+                .collect::<Result<Vec<Name>, _>>()?,
+        ),
+    };
+    Ok(KubernetesConfig {
+        zones,
+        ttl: *ttl,
+        pods: match pods {
+            PodsMode::Disabled => PodMode::Disabled,
+            PodsMode::Insecure => PodMode::Insecure,
+            PodsMode::Verified => PodMode::Verified,
+        },
+        endpoint_pod_names: *endpoint_pod_names,
+        fallthrough,
+        ignore_empty_service: *ignore_empty_service,
+        noendpoints: *noendpoints,
+        namespaces: namespaces.clone(),
+    })
+}
+
+/// The nameservers of a resolv.conf, for messages.
+pub fn resolv_conf_nameservers(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver")).then(|| w.next().map(str::to_string))?
+        })
+        .collect()
+}
+
+fn describe_upstreams(block: &ServerBlock) -> String {
+    let Some(f) = block.forward() else {
+        return "(none: no forward plugin)".into();
+    };
+    let names: Vec<String> =
+        f.to.iter()
+            .map(|u| match u {
+                Upstream::Addr { transport, addr } => format!("{}{addr}", transport.scheme()),
+                Upstream::ResolvConf(p) => format!(
+                    "{} ({})",
+                    p.display(),
+                    resolv_conf_nameservers(p).join(", ")
+                ),
+            })
+            .collect();
+    names.join(", ")
+}
+
+/// Builds one block's handlers in CoreDNS's order (the parser already sorted them).
+pub fn build_block(block: &ServerBlock, env: &BuildEnv) -> Result<BuiltBlock, BuildError> {
+    if block.plugin(PluginKind::Autopath).is_some() {
+        return Err(block_err(block, "plugin autopath is not available yet"));
+    }
+    let mut handlers: Vec<Arc<dyn Handler>> = Vec::new();
+    let mut loop_detect = None;
+    let mut forward = None;
+    // The cache wraps the handlers after it; it gets them once they are all built.
+    let mut cache: Option<(Arc<Cache>, usize)> = None;
+    for plugin in &block.plugins {
+        match plugin {
+            // Server-level plugins: listeners, HTTP endpoints, the reload loop.
+            PluginConfig::Reload(_)
+            | PluginConfig::Bind(_)
+            | PluginConfig::Ready(_)
+            | PluginConfig::Health(_)
+            | PluginConfig::Prometheus(_) => {}
+            PluginConfig::Errors(c) => handlers.push(Arc::new(errors::Errors::new(c))),
+            PluginConfig::Log(c) => handlers.push(Arc::new(log::Log::new(c))),
+            PluginConfig::Loadbalance(_) => handlers.push(Arc::new(loadbalance::Loadbalance)),
+            PluginConfig::Rewrite(c) => handlers.push(Arc::new(rewrite::Rewrite::new(c))),
+            PluginConfig::Acl(c) => handlers.push(Arc::new(acl::Acl::new(c))),
+            PluginConfig::Template(c) => handlers.push(Arc::new(template::Templates::new(c))),
+            PluginConfig::Hosts(c) => handlers.push(Arc::new(hosts::Hosts::new(c.clone()))),
+            PluginConfig::Kubernetes(c) => {
+                let cfg = kubernetes_config(c).map_err(|m| block_err(block, m))?;
+                handlers.push(Arc::new(Kubernetes::new(cfg, env.view.clone())));
+            }
+            PluginConfig::Loop(_) => {
+                let zone = block.zones.first().map(|z| z.zone.as_str()).unwrap_or(".");
+                let l = Arc::new(LoopDetect::new(
+                    zone,
+                    describe_upstreams(block),
+                    env.fatal.clone(),
+                ));
+                loop_detect = Some(l.clone());
+                handlers.push(l);
+            }
+            PluginConfig::Cache(c) => {
+                let zones: Vec<String> = block.zones.iter().map(|z| z.zone.clone()).collect();
+                let c = Arc::new(Cache::new(c, &zones));
+                handlers.push(c.clone());
+                cache = Some((c, handlers.len()));
+            }
+            PluginConfig::Forward(c) => {
+                let f = Arc::new(Forward::new(c).map_err(|e| block_err(block, e.to_string()))?);
+                handlers.push(f.clone());
+                forward = Some(f);
+            }
+            // Refused above.
+            PluginConfig::Autopath(_) => {}
+        }
+    }
+    if let Some((c, next)) = &cache {
+        c.set_next(Pipeline::new(handlers[*next..].to_vec()));
+    }
+    Ok(BuiltBlock {
+        pipeline: Arc::new(Pipeline::new(handlers)),
+        loop_detect,
+        forward,
+        cache: cache.map(|(c, _)| c),
+    })
+}
+
+/// A DNS listen address as configured: the port is the Corefile's (0 stays 0 here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListenKey {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+impl std::fmt::Display for ListenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", std::net::SocketAddr::new(self.ip, self.port))
+    }
+}
+
+fn bind_ips(block: &ServerBlock) -> Result<Vec<IpAddr>, BuildError> {
+    let Some(bind) = block.bind() else {
+        // CoreDNS's default: every interface, both families.
+        return Ok(vec![
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ]);
+    };
+    let ip = |a: &BindAddr| match a {
+        BindAddr::Ip(ip) => Ok(*ip),
+        BindAddr::Interface(name) => Err(block_err(
+            block,
+            format!("bind: interface names ({name}) are not supported yet; use addresses"),
+        )),
+    };
+    let except = bind.except.iter().map(ip).collect::<Result<Vec<_>, _>>()?;
+    let mut ips = Vec::new();
+    for a in &bind.addrs {
+        let a = ip(a)?;
+        if !except.contains(&a) && !ips.contains(&a) {
+            ips.push(a);
+        }
+    }
+    Ok(ips)
+}
+
+/// Which blocks each listener serves (indexes into `config.servers`).
+pub fn listeners(config: &Config) -> Result<BTreeMap<ListenKey, Vec<usize>>, BuildError> {
+    let mut out: BTreeMap<ListenKey, Vec<usize>> = BTreeMap::new();
+    for (i, block) in config.servers.iter().enumerate() {
+        if let Some(z) = block.zones.iter().find(|z| z.transport != Transport::Dns) {
+            return Err(block_err(
+                block,
+                format!(
+                    "transport {} is not supported yet (only dns://)",
+                    z.transport.scheme()
+                ),
+            ));
+        }
+        let ips = bind_ips(block)?;
+        for z in &block.zones {
+            for ip in &ips {
+                let blocks = out
+                    .entry(ListenKey {
+                        ip: *ip,
+                        port: z.port,
+                    })
+                    .or_default();
+                if !blocks.contains(&i) {
+                    blocks.push(i);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One listener's view of the configuration.
+pub struct Routes {
+    port: u16,
+    /// Only the blocks served on this listener, for `Config::block_for`.
+    config: Config,
+    pipelines: Vec<Arc<Pipeline>>,
+}
+
+impl Routes {
+    pub fn new(config: &Config, blocks: &[usize], built: &[BuiltBlock], port: u16) -> Routes {
+        Routes {
+            port,
+            config: Config {
+                servers: blocks.iter().map(|&i| config.servers[i].clone()).collect(),
+            },
+            pipelines: blocks.iter().map(|&i| built[i].pipeline.clone()).collect(),
+        }
+    }
+
+    pub fn pipeline_for(&self, qname: &Name) -> Option<Arc<Pipeline>> {
+        let name = super::plugins::lower_fqdn(qname);
+        let block = self.config.block_for(&name, self.port)?;
+        let i = self
+            .config
+            .servers
+            .iter()
+            .position(|b| std::ptr::eq(b, block))?;
+        self.pipelines.get(i).cloned()
+    }
+}
+
+/// Dispatches each query to the pipeline of the block with the longest matching zone.
+pub struct Router {
+    routes: ArcSwap<Routes>,
+}
+
+impl Router {
+    pub fn new(routes: Routes) -> Router {
+        Router {
+            routes: ArcSwap::from_pointee(routes),
+        }
+    }
+
+    /// Queries already routed finish on the old pipelines; new ones see these.
+    pub fn swap(&self, routes: Routes) {
+        self.routes.store(Arc::new(routes));
+    }
+}
+
+impl Responder for Router {
+    fn respond<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Answer> {
+        let pipeline = self.routes.load().pipeline_for(&req.qname);
+        Box::pin(async move {
+            match pipeline {
+                Some(p) => p.resolve(req).await,
+                None => Answer::rcode(ResponseCode::Refused, ""),
+            }
+        })
+    }
+}
+
+/// Builds every block; the first error wins.
+pub fn build_all(config: &Config, env: &BuildEnv) -> Result<Vec<BuiltBlock>, BuildError> {
+    config.servers.iter().map(|b| build_block(b, env)).collect()
+}

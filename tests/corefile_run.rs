@@ -1,0 +1,641 @@
+//! Corefiles run for real: the stock EKS and kubeadm files, every local plugin, the query log,
+//! reload under load, and the `-conf` flag. Servers listen on 127.0.0.1 port 0.
+
+mod dnsclient;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use clusterdns::app::{self, ServeOptions};
+use dnsclient::{query_message, rcode_name, section};
+use hickory_proto::op::Message;
+use hickory_proto::rr::RecordType;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn demo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples/demo-cluster.yaml")
+}
+
+/// Log lines emitted by every server in this test binary (one global subscriber).
+fn logs() -> Arc<Mutex<Vec<String>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let make = move || Capture(sink.clone());
+        let _ = tracing_subscriber::fmt()
+            .with_writer(make)
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+struct Capture(Arc<Mutex<Vec<String>>>);
+
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(b);
+        let mut v = self.0.lock().unwrap();
+        v.extend(text.lines().map(str::to_string));
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn find_log(pred: impl Fn(&str) -> bool) -> Option<String> {
+    logs().lock().unwrap().iter().find(|l| pred(l)).cloned()
+}
+
+struct Server {
+    running: app::Running,
+    _dir: tempfile::TempDir,
+    corefile: PathBuf,
+}
+
+async fn serve(corefile: &str) -> Server {
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("Corefile");
+    std::fs::write(&path, corefile).unwrap();
+    let running = app::start(ServeOptions {
+        corefile: Some(path.clone()),
+        manifests: Some(demo()),
+        ..ServeOptions::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("server starts: {e:#}\n{corefile}"));
+    Server {
+        running,
+        _dir: dir,
+        corefile: path,
+    }
+}
+
+/// One UDP exchange; None when nothing comes back within `wait`.
+async fn ask_raw(addr: SocketAddr, msg: &Message, wait: Duration) -> Option<Message> {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(&msg.to_vec().unwrap(), addr).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    let n = tokio::time::timeout(wait, sock.recv(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Message::from_vec(&buf[..n]).ok()
+}
+
+async fn ask(addr: SocketAddr, name: &str, qtype: RecordType) -> Message {
+    let msg = query_message(name, qtype, None);
+    ask_raw(addr, &msg, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|| panic!("no answer for {name} {qtype}"))
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
+}
+
+/// A stock Corefile made runnable in a test: localhost, free ports.
+fn localize(corefile: &str) -> String {
+    corefile
+        .replace(".:53 {", ".:0 {\n    bind 127.0.0.1")
+        .replace("health {", "health 127.0.0.1:0 {")
+        .replace("    ready\n", "    ready 127.0.0.1:0\n")
+        .replace("prometheus :9153", "prometheus 127.0.0.1:0")
+}
+
+const EKS: &str = r#".:53 {
+    errors
+    health {
+        lameduck 5s
+      }
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+      pods insecure
+      fallthrough in-addr.arpa ip6.arpa
+    }
+    prometheus :9153
+    forward . /etc/resolv.conf
+    cache 30
+    loop
+    reload
+    loadbalance
+}
+"#;
+
+const KUBEADM: &str = r#".:53 {
+    errors
+    health {
+       lameduck 5s
+    }
+    ready
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }
+    prometheus :9153
+    forward . /etc/resolv.conf {
+       max_concurrent 1000
+    }
+    cache 30 {
+       disable success cluster.local
+       disable denial cluster.local
+    }
+    loop
+    reload
+    loadbalance
+}
+"#;
+
+/// A tiny upstream on a loopback address, port 53 (resolv.conf has no ports): answers
+/// `example.com A` with 192.0.2.1 (TEST-NET data, never contacted), NXDOMAIN otherwise, and
+/// counts queries. UDP only: enough for `forward`'s default.
+struct Upstream {
+    ip: std::net::Ipv4Addr,
+    queries: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn upstream() -> Upstream {
+    use hickory_proto::op::{MessageType, ResponseCode};
+    use hickory_proto::rr::{rdata::A, RData, Record};
+    // A loopback address of our own per test run so parallel tests do not collide on :53.
+    let mut sock = None;
+    for i in 0..200u32 {
+        let n = (std::process::id() + i) % 250 + 2;
+        let ip = std::net::Ipv4Addr::new(127, 53, (i % 250) as u8 + 1, n as u8);
+        if let Ok(s) = tokio::net::UdpSocket::bind((ip, 53)).await {
+            sock = Some((ip, s));
+            break;
+        }
+    }
+    let (ip, sock) = sock.expect("a free loopback address on port 53 (tests run as root)");
+    let queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = queries.clone();
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut r = Message::new(q.metadata.id, MessageType::Response, q.metadata.op_code);
+            r.metadata.recursion_desired = q.metadata.recursion_desired;
+            r.metadata.recursion_available = true;
+            r.queries = q.queries.clone();
+            let question = &q.queries[0];
+            if question
+                .name()
+                .to_ascii()
+                .eq_ignore_ascii_case("example.com.")
+                && question.query_type() == RecordType::A
+            {
+                r.answers.push(Record::from_rdata(
+                    question.name().clone(),
+                    300,
+                    RData::A(A("192.0.2.1".parse().unwrap())),
+                ));
+            } else {
+                r.metadata.response_code = ResponseCode::NXDomain;
+            }
+            let _ = sock.send_to(&r.to_vec().unwrap(), from).await;
+        }
+    });
+    Upstream { ip, queries, task }
+}
+
+async fn stock_corefile_answers(corefile: &str, ttl: u32) {
+    // The stock file unchanged, but for the ports (localize) and the resolv.conf it forwards
+    // to, which the test writes so that nothing leaves this machine.
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        format!(
+            "search example.internal\nnameserver {}\noptions ndots:2\n",
+            up.ip
+        ),
+    )
+    .unwrap();
+    let text = localize(corefile).replace("/etc/resolv.conf", resolv.to_str().unwrap());
+    let s = serve(&text).await;
+    let r = ask(
+        s.running.dns_addr,
+        "nginx.demo.svc.cluster.local",
+        RecordType::A,
+    )
+    .await;
+    assert_eq!(rcode_name(&r), "NOERROR");
+    assert!(r.metadata.authoritative);
+    assert_eq!(
+        section(&r.answers),
+        vec![format!(
+            "nginx.demo.svc.cluster.local. {ttl} IN A 10.100.12.34"
+        )]
+    );
+    // pods insecure
+    let r = ask(
+        s.running.dns_addr,
+        "10-1-2-3.demo.pod.cluster.local",
+        RecordType::A,
+    )
+    .await;
+    assert_eq!(section(&r.answers).len(), 1);
+    // External names go through forward to the upstream in resolv.conf, then the cache.
+    let before = up.queries.load(std::sync::atomic::Ordering::SeqCst);
+    let r = ask(s.running.dns_addr, "example.com", RecordType::A).await;
+    assert_eq!(rcode_name(&r), "NOERROR");
+    assert!(!r.metadata.authoritative);
+    assert_eq!(section(&r.answers), vec!["example.com. 30 IN A 192.0.2.1"]);
+    let r = ask(s.running.dns_addr, "Example.COM", RecordType::A).await;
+    assert_eq!(section(&r.answers).len(), 1, "served from the cache");
+    assert_eq!(
+        up.queries.load(std::sync::atomic::Ordering::SeqCst) - before,
+        1,
+        "the second query is a cache hit"
+    );
+    // Reverse lookups of cluster IPs answer from the cluster; others fall through to forward.
+    let r = ask(
+        s.running.dns_addr,
+        "34.12.100.10.in-addr.arpa",
+        RecordType::PTR,
+    )
+    .await;
+    assert_eq!(
+        section(&r.answers),
+        vec![format!(
+            "34.12.100.10.in-addr.arpa. {ttl} IN PTR nginx.demo.svc.cluster.local."
+        )]
+    );
+    let before = up.queries.load(std::sync::atomic::Ordering::SeqCst);
+    let r = ask(s.running.dns_addr, "9.9.9.10.in-addr.arpa", RecordType::PTR).await;
+    assert_eq!(rcode_name(&r), "NXDOMAIN");
+    assert!(!r.metadata.authoritative, "the upstream's answer, not ours");
+    assert_eq!(
+        up.queries.load(std::sync::atomic::Ordering::SeqCst) - before,
+        1
+    );
+    for (kind, path, want) in [
+        ("health", "/health", 200),
+        ("ready", "/ready", 200),
+        ("prometheus", "/metrics", 200),
+    ] {
+        let addr = s.running.http_addr(kind).expect(kind);
+        assert_eq!(http_get(addr, path).await.0, want, "{kind}");
+    }
+    s.running.cancel_token().cancel();
+    s.running.wait().await;
+}
+
+#[tokio::test]
+async fn eks_corefile_answers_cluster_names() {
+    stock_corefile_answers(EKS, 5).await;
+}
+
+#[tokio::test]
+async fn kubeadm_corefile_answers_cluster_names() {
+    stock_corefile_answers(KUBEADM, 30).await;
+}
+
+const BASE: &str = ".:0 {\n    bind 127.0.0.1\n";
+
+#[tokio::test]
+async fn hosts_inline_file_reverse_and_fallthrough() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "10.9.9.9 filehost.example\n").unwrap();
+    let s = serve(&format!(
+        "{BASE}    hosts {} {{\n        10.0.0.7 inline.example\n        fd00::7 inline.example\n        ttl 60\n        reload 0\n        fallthrough\n    }}\n    kubernetes cluster.local\n}}\n",
+        hosts.display()
+    ))
+    .await;
+    let a = s.running.dns_addr;
+    let r = ask(a, "inline.example", RecordType::A).await;
+    assert_eq!(
+        section(&r.answers),
+        vec!["inline.example. 60 IN A 10.0.0.7"]
+    );
+    assert!(r.metadata.authoritative);
+    let r = ask(a, "inline.example", RecordType::AAAA).await;
+    assert_eq!(
+        section(&r.answers),
+        vec!["inline.example. 60 IN AAAA fd00::7"]
+    );
+    let r = ask(a, "FileHost.Example", RecordType::A).await;
+    assert_eq!(
+        section(&r.answers),
+        vec!["FileHost.Example. 60 IN A 10.9.9.9"]
+    );
+    let r = ask(a, "7.0.0.10.in-addr.arpa", RecordType::PTR).await;
+    assert_eq!(
+        section(&r.answers),
+        vec!["7.0.0.10.in-addr.arpa. 60 IN PTR inline.example."]
+    );
+    // Not in hosts: falls through to kubernetes.
+    let r = ask(a, "nginx.demo.svc.cluster.local", RecordType::A).await;
+    assert_eq!(section(&r.answers).len(), 1);
+}
+
+#[tokio::test]
+async fn hosts_without_fallthrough_denies() {
+    let s = serve(&format!(
+        "{BASE}    hosts /nonexistent/hosts example {{\n        10.0.0.7 inline.example\n    }}\n}}\n"
+    ))
+    .await;
+    let r = ask(s.running.dns_addr, "other.example", RecordType::A).await;
+    assert_eq!(rcode_name(&r), "NXDOMAIN");
+    // Existing name, other type: NODATA.
+    let r = ask(s.running.dns_addr, "inline.example", RecordType::AAAA).await;
+    assert_eq!(rcode_name(&r), "NOERROR");
+    assert!(r.answers.is_empty());
+}
+
+#[tokio::test]
+async fn rewrite_aliases_an_external_name_with_answer_auto() {
+    let s = serve(&format!(
+        "{BASE}    rewrite name exact db.example.com nginx.demo.svc.cluster.local answer auto\n    rewrite name suffix .corp.internal. .demo.svc.cluster.local.\n    kubernetes cluster.local\n}}\n"
+    ))
+    .await;
+    let r = ask(s.running.dns_addr, "db.example.com", RecordType::A).await;
+    assert_eq!(rcode_name(&r), "NOERROR");
+    assert_eq!(
+        section(&r.answers),
+        vec!["db.example.com. 5 IN A 10.100.12.34"]
+    );
+    assert_eq!(r.queries[0].name().to_ascii(), "db.example.com.");
+    // Without `answer auto` the owner is the rewritten name, as with CoreDNS.
+    let r = ask(s.running.dns_addr, "nginx.corp.internal", RecordType::A).await;
+    assert_eq!(
+        section(&r.answers),
+        vec!["nginx.demo.svc.cluster.local. 5 IN A 10.100.12.34"]
+    );
+}
+
+#[tokio::test]
+async fn loadbalance_shuffles_addresses_and_keeps_cnames_first() {
+    let s = serve(&format!(
+        "{BASE}    loadbalance\n    template IN A lb.test {{\n        answer \"{{{{ .Name }}}} 60 IN A 10.0.0.1\"\n        answer \"{{{{ .Name }}}} 60 IN A 10.0.0.2\"\n        answer \"{{{{ .Name }}}} 60 IN CNAME target.lb.test.\"\n        answer \"{{{{ .Name }}}} 60 IN A 10.0.0.3\"\n        answer \"{{{{ .Name }}}} 60 IN A 10.0.0.4\"\n    }}\n}}\n"
+    ))
+    .await;
+    let mut orders = std::collections::HashSet::new();
+    for _ in 0..30 {
+        let r = ask(s.running.dns_addr, "x.lb.test", RecordType::A).await;
+        let lines = section(&r.answers);
+        assert_eq!(lines.len(), 5);
+        assert!(lines[0].contains("CNAME"), "{lines:?}");
+        orders.insert(lines);
+    }
+    assert!(orders.len() > 1, "30 answers, always the same order");
+}
+
+#[tokio::test]
+async fn acl_block_filter_drop_and_allow() {
+    let s = serve(&format!(
+        "{BASE}    acl blocked.test {{\n        block\n    }}\n    acl filtered.test {{\n        filter type A\n    }}\n    acl dropped.test {{\n        drop net 127.0.0.0/8\n    }}\n    acl allowed.test {{\n        allow net 127.0.0.1/32\n        block\n    }}\n    template ANY ANY {{\n        answer \"{{{{ .Name }}}} 60 IN A 10.1.1.1\"\n    }}\n}}\n"
+    ))
+    .await;
+    let a = s.running.dns_addr;
+    assert_eq!(
+        rcode_name(&ask(a, "x.blocked.test", RecordType::A).await),
+        "REFUSED"
+    );
+    let r = ask(a, "x.filtered.test", RecordType::A).await;
+    assert_eq!(rcode_name(&r), "NOERROR");
+    assert!(r.answers.is_empty());
+    // filter only applies to A
+    let r = ask(a, "x.filtered.test", RecordType::TXT).await;
+    assert_eq!(r.answers.len(), 1);
+    let msg = query_message("x.dropped.test", RecordType::A, None);
+    assert!(
+        ask_raw(a, &msg, Duration::from_millis(500)).await.is_none(),
+        "drop sends nothing"
+    );
+    let r = ask(a, "x.allowed.test", RecordType::A).await;
+    assert_eq!(r.answers.len(), 1);
+}
+
+#[tokio::test]
+async fn template_answers_with_regex_groups() {
+    let s = serve(&format!(
+        "{BASE}    template IN A example {{\n        match ^ip-(?P<a>[0-9]+)-([0-9]+)-([0-9]+)-([0-9]+)[.]example[.]$\n        answer \"{{{{ .Name }}}} 60 IN A {{{{ .Group.a }}}}.{{{{ index .Match 2 }}}}.{{{{ index .Match 3 }}}}.{{{{ index .Match 4 }}}}\"\n    }}\n    template IN TXT example {{\n        answer \"{{{{ .Name }}}} 30 {{{{ .Class }}}} TXT \\\"zone={{{{ .Zone }}}} type={{{{ .Type }}}}\\\"\"\n        rcode NOERROR\n    }}\n}}\n"
+    ))
+    .await;
+    let a = s.running.dns_addr;
+    let r = ask(a, "ip-10-1-2-3.example", RecordType::A).await;
+    assert_eq!(
+        section(&r.answers),
+        vec!["ip-10-1-2-3.example. 60 IN A 10.1.2.3"]
+    );
+    assert!(r.metadata.authoritative);
+    // No match and no fallthrough: NXDOMAIN, as CoreDNS.
+    assert_eq!(
+        rcode_name(&ask(a, "other.example", RecordType::A).await),
+        "NXDOMAIN"
+    );
+    let r = ask(a, "t.example", RecordType::TXT).await;
+    assert_eq!(section(&r.answers).len(), 1);
+    assert!(
+        section(&r.answers)[0].contains("zone=example. type=TXT"),
+        "{:?}",
+        section(&r.answers)
+    );
+}
+
+#[tokio::test]
+async fn log_lines_use_the_coredns_format() {
+    let s = serve(&format!(
+        "{BASE}    log\n    template IN A logged.test {{\n        answer \"{{{{ .Name }}}} 60 IN A 10.2.2.2\"\n    }}\n}}\n"
+    ))
+    .await;
+    let msg = query_message("q1.logged.test", RecordType::A, None);
+    let id = msg.metadata.id;
+    ask_raw(s.running.dns_addr, &msg, Duration::from_secs(5))
+        .await
+        .expect("answer");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        if let Some(l) = find_log(|l| l.contains("q1.logged.test.")) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no log line");
+        tokio::task::yield_now().await;
+    };
+    let re = regex::Regex::new(&format!(
+        r#"INFO .*127\.0\.0\.1:\d+ - {id} "A IN q1\.logged\.test\. udp \d+ false 512" NOERROR qr,aa,rd \d+ \d+\.\d+s$"#
+    ))
+    .unwrap();
+    assert!(re.is_match(&line), "{line}");
+}
+
+#[tokio::test]
+async fn reload_swaps_pipelines_without_dropping_queries_and_keeps_a_good_one() {
+    let corefile = |ip: &str| {
+        format!(
+            "{BASE}    reload 2s 1s\n    ready 127.0.0.1:0\n    template IN A reload.test {{\n        answer \"{{{{ .Name }}}} 60 IN A {ip}\"\n    }}\n}}\n"
+        )
+    };
+    let s = serve(&corefile("10.0.0.1")).await;
+    let addr = s.running.dns_addr;
+    let ready = s.running.http_addr("ready").unwrap();
+
+    // Queries run continuously while the Corefile changes; every one must be answered.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let worker = {
+        let (stop, seen) = (stop.clone(), seen.clone());
+        tokio::spawn(async move {
+            let mut unanswered = 0;
+            let mut not_ready = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let msg = query_message("x.reload.test", RecordType::A, None);
+                match ask_raw(addr, &msg, Duration::from_secs(2)).await {
+                    Some(r) => seen.lock().unwrap().extend(section(&r.answers)),
+                    None => unanswered += 1,
+                }
+                if http_get(ready, "/ready").await.0 != 200 {
+                    not_ready += 1;
+                }
+            }
+            (unanswered, not_ready)
+        })
+    };
+    let wait_for = |want: &'static str| {
+        let seen = seen.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if seen.lock().unwrap().iter().any(|l| l.ends_with(want)) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "never saw {want}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for("10.0.0.1").await;
+    std::fs::write(&s.corefile, corefile("10.0.0.2")).unwrap();
+    wait_for("10.0.0.2").await;
+
+    // A broken Corefile is reported with its position; the running one stays.
+    std::fs::write(
+        &s.corefile,
+        corefile("10.0.0.3").replace("template", "templat"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let line = loop {
+        if let Some(l) =
+            find_log(|l| l.contains("ERROR") && l.contains("reload:") && l.contains("templat"))
+        {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no reload error logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(line.contains("unknown plugin 'templat'"), "{line}");
+    assert!(line.contains(":5:"), "file:line:col in {line}");
+    seen.lock().unwrap().clear();
+    wait_for("10.0.0.2").await;
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (unanswered, not_ready) = worker.await.unwrap();
+    assert_eq!(unanswered, 0, "queries lost during reload");
+    assert_eq!(not_ready, 0, "readiness dropped during reload");
+}
+
+#[test]
+fn conf_flag_runs_a_corefile_like_coredns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("Corefile");
+    std::fs::write(&path, format!("{BASE}    kubernetes cluster.local\n}}\n")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clusterdns"))
+        .args(["-conf", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr: SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt.block_on(ask(addr, "nginx.demo.svc.cluster.local", RecordType::A));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(section(&r.answers).len(), 1);
+
+    // The built-in configuration's flags do not mix with a Corefile.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clusterdns"))
+        .args([
+            "serve",
+            "--corefile",
+            path.to_str().unwrap(),
+            "--zone",
+            "x.local",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--zone applies to the built-in"));
+}
+
+#[tokio::test]
+async fn queries_go_to_the_block_with_the_longest_zone_and_others_are_refused() {
+    let block = |zone: &str, ip: &str| {
+        format!(
+            "{zone}:0 {{\n    bind 127.0.0.1\n    template IN A {{\n        answer \"{{{{ .Name }}}} 60 IN A {ip}\"\n    }}\n}}\n"
+        )
+    };
+    let s = serve(&format!(
+        "{}{}",
+        block("example", "10.0.0.1"),
+        block("sub.example", "10.0.0.2")
+    ))
+    .await;
+    let a = s.running.dns_addr;
+    assert_eq!(s.running.dns_addrs.len(), 1, "one listener for both blocks");
+    let r = ask(a, "a.sub.example", RecordType::A).await;
+    assert_eq!(section(&r.answers), vec!["a.sub.example. 60 IN A 10.0.0.2"]);
+    let r = ask(a, "a.example", RecordType::A).await;
+    assert_eq!(section(&r.answers), vec!["a.example. 60 IN A 10.0.0.1"]);
+    assert_eq!(
+        rcode_name(&ask(a, "a.other", RecordType::A).await),
+        "REFUSED"
+    );
+}
