@@ -23,6 +23,7 @@ use crate::dns::build::{self, BuildEnv, ListenKey, Router, Routes};
 use crate::dns::kubernetes::{parse_zone, PodMode};
 use crate::dns::plugins::loop_detect::{Fatal, LoopDetect};
 use crate::dns::server::Bound;
+use crate::metrics::{BlockStats, Metrics, ServerObserver};
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -144,6 +145,7 @@ pub fn default_corefile(opts: &ServeOptions) -> anyhow::Result<String> {
 pub struct Running {
     /// The first DNS address bound (tests and the startup line use it).
     pub dns_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
     pub dns_addrs: Vec<SocketAddr>,
     /// `("health" | "ready" | "prometheus", address)` for every HTTP endpoint bound.
     pub http_addrs: Vec<(&'static str, SocketAddr)>,
@@ -249,6 +251,7 @@ fn http_plan(config: &Config) -> Vec<(&'static str, HostPort)> {
 async fn start_http(
     config: &Config,
     view: &Arc<ClusterView>,
+    metrics: &Arc<Metrics>,
     tasks: &mut JoinSet<()>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Vec<(&'static str, SocketAddr)>> {
@@ -287,8 +290,10 @@ async fn start_http(
                         }
                     }));
                 }
-                // Filled by the metrics work; an empty exposition is valid meanwhile.
-                _ => routes.metrics = Some(Arc::new(String::new)),
+                _ => {
+                    let m = metrics.clone();
+                    routes.metrics = Some(Arc::new(move || m.render()));
+                }
             }
         }
         bound.push((kind, addr));
@@ -365,6 +370,8 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     let plan = build::listeners(&config)?;
     let keys: Vec<ListenKey> = plan.keys().copied().collect();
     let bound = bind_all(&keys).await?;
+    let metrics = Arc::new(Metrics::new());
+    watch_source_metrics(&metrics, &view);
     let mut tasks = JoinSet::new();
     let mut routers: BTreeMap<ListenKey, Arc<Router>> = BTreeMap::new();
     let mut dns_addrs = Vec::new();
@@ -380,10 +387,16 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
                 tasks.spawn(loop_probe(l.clone(), addr, cancel.clone()));
             }
         }
-        tasks.spawn(b.serve(router.clone(), cancel.clone()));
+        let observer = Arc::new(ServerObserver {
+            metrics: metrics.clone(),
+            server: server_label(&key, addr),
+        });
+        tasks.spawn(b.serve_observed(router.clone(), Some(observer), cancel.clone()));
         routers.insert(key, router);
     }
-    let http_addrs = start_http(&config, &view, &mut tasks, &cancel).await?;
+    metrics.set_blocks(block_stats(&config, &built, &plan, &dns_addrs, &keys));
+    set_plugin_enabled(&metrics, &config, &plan, &dns_addrs, &keys);
+    let http_addrs = start_http(&config, &view, &metrics, &mut tasks, &cancel).await?;
     let lameduck = config
         .servers
         .iter()
@@ -402,7 +415,9 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
             jitter: reload.jitter,
             env,
             routers,
-            listen: keys,
+            listen: keys.clone(),
+            dns_addrs: dns_addrs.clone(),
+            metrics: metrics.clone(),
             http: http_plan(&config),
             cancel: cancel.clone(),
         }));
@@ -413,6 +428,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     Ok(Running {
         dns_addr,
         dns_addrs,
+        metrics,
         http_addrs,
         view,
         cancel,
@@ -420,6 +436,102 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         lameduck,
         tasks,
     })
+}
+
+/// CoreDNS's `server` label: `dns://:53` on every interface, else `dns://IP:53`.
+fn server_label(key: &ListenKey, bound: SocketAddr) -> String {
+    crate::metrics::server_label(bound, key.ip.is_unspecified())
+}
+
+/// For each block, the listener it is first served on and its cache/forward handlers.
+fn block_stats(
+    config: &Config,
+    built: &[build::BuiltBlock],
+    plan: &BTreeMap<ListenKey, Vec<usize>>,
+    dns_addrs: &[SocketAddr],
+    keys: &[ListenKey],
+) -> Vec<BlockStats> {
+    let mut out = Vec::new();
+    for (i, block) in config.servers.iter().enumerate() {
+        let Some((key, addr)) = keys
+            .iter()
+            .zip(dns_addrs)
+            .find(|(k, _)| plan.get(*k).is_some_and(|b| b.contains(&i)))
+        else {
+            continue;
+        };
+        out.push(BlockStats {
+            server: server_label(key, *addr),
+            zones: block
+                .zones
+                .iter()
+                .map(|z| z.zone.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            cache: built[i].cache.clone(),
+            forward: built[i].forward.clone(),
+        });
+    }
+    out
+}
+
+fn set_plugin_enabled(
+    metrics: &Metrics,
+    config: &Config,
+    plan: &BTreeMap<ListenKey, Vec<usize>>,
+    dns_addrs: &[SocketAddr],
+    keys: &[ListenKey],
+) {
+    for (key, addr) in keys.iter().zip(dns_addrs) {
+        let server = server_label(key, *addr);
+        for &i in plan.get(key).into_iter().flatten() {
+            let block = &config.servers[i];
+            for z in &block.zones {
+                for p in &block.plugins {
+                    metrics
+                        .plugin_enabled
+                        .with_label_values(&[&server, &z.zone, "", p.kind().name()])
+                        .set(1);
+                }
+            }
+        }
+    }
+}
+
+/// Gauges that mirror the cluster view, refreshed at every scrape.
+fn watch_source_metrics(metrics: &Metrics, view: &Arc<ClusterView>) {
+    let view = view.clone();
+    metrics.on_scrape(move |m| {
+        let snap = view.snapshot();
+        m.source_synced.set(i64::from(snap.synced));
+        let store = &snap.store;
+        for (kind, n) in [
+            ("namespaces", store.namespaces.len()),
+            ("services", store.services.len()),
+            ("endpointslices", store.slices.len()),
+            ("pods", store.pods.len()),
+            ("nodes", store.nodes.len()),
+        ] {
+            m.objects.with_label_values(&[kind]).set(n as i64);
+        }
+        let (mut vm, mut ec2, mut unknown) = (0i64, 0i64, 0i64);
+        for entry in snap.services() {
+            for e in &entry.endpoints {
+                match e.node_name.as_deref().and_then(|n| store.nodes.get(n)) {
+                    Some(n) if n.micro_vm => vm += 1,
+                    Some(_) => ec2 += 1,
+                    None => unknown += 1,
+                }
+            }
+        }
+        m.endpoints_by_compute
+            .with_label_values(&["micro-vm"])
+            .set(vm);
+        m.endpoints_by_compute.with_label_values(&["ec2"]).set(ec2);
+        m.endpoints_by_compute
+            .with_label_values(&["unknown"])
+            .set(unknown);
+    });
 }
 
 struct Reloader {
@@ -430,6 +542,9 @@ struct Reloader {
     env: BuildEnv,
     routers: BTreeMap<ListenKey, Arc<Router>>,
     listen: Vec<ListenKey>,
+    /// The bound address of each `listen` key, same order (for metric labels).
+    dns_addrs: Vec<SocketAddr>,
+    metrics: Arc<Metrics>,
     http: Vec<(&'static str, HostPort)>,
     cancel: CancellationToken,
 }
@@ -488,6 +603,13 @@ impl Reloader {
                 router.swap(Routes::new(&config, blocks, &built, key.port));
             }
         }
+        self.metrics.set_blocks(block_stats(
+            &config,
+            &built,
+            &plan,
+            &self.dns_addrs,
+            &self.listen,
+        ));
         if built.iter().any(|b| b.loop_detect.is_some()) {
             info!("reload: loop detection runs at start only");
         }

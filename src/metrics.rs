@@ -3,7 +3,15 @@
 //! registry per server instance, passed down (no global registry: tests run several servers).
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus::proto::{self, MetricFamily, MetricType};
+
+use crate::dns::cache::{Cache, Kind};
+use crate::dns::forward::Forward;
+use crate::dns::server::{Observed, QueryObserver};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
@@ -83,8 +91,21 @@ pub fn server_label(addr: SocketAddr, bound_to_all: bool) -> String {
     }
 }
 
+/// A server block's handlers whose statistics become metrics at scrape time.
+pub struct BlockStats {
+    pub server: String,
+    /// The block's zones joined with `,` (CoreDNS's `zones` label).
+    pub zones: String,
+    pub cache: Option<Arc<Cache>>,
+    pub forward: Option<Arc<Forward>>,
+}
+
+type Refresher = Box<dyn Fn(&Metrics) + Send + Sync>;
+
 pub struct Metrics {
     registry: Registry,
+    blocks: ArcSwap<Vec<BlockStats>>,
+    refreshers: Mutex<Vec<Refresher>>,
     pub requests: IntCounterVec,
     pub responses: IntCounterVec,
     pub duration: HistogramVec,
@@ -292,6 +313,20 @@ impl Metrics {
             endpoints_by_compute,
             placement_mismatches,
             registry: reg,
+            blocks: ArcSwap::from_pointee(Vec::new()),
+            refreshers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The blocks whose cache and forward statistics are exported (replaced on reload).
+    pub fn set_blocks(&self, blocks: Vec<BlockStats>) {
+        self.blocks.store(Arc::new(blocks));
+    }
+
+    /// Runs before every scrape: for gauges that mirror state kept elsewhere.
+    pub fn on_scrape(&self, f: impl Fn(&Metrics) + Send + Sync + 'static) {
+        if let Ok(mut r) = self.refreshers.lock() {
+            r.push(Box::new(f));
         }
     }
 
@@ -325,15 +360,301 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Ok(r) = self.refreshers.lock() {
+            for f in r.iter() {
+                f(self);
+            }
+        }
+        let mut families = self.registry.gather();
+        families.extend(self.block_families());
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Cache and forward statistics as CoreDNS names them.
+    fn block_families(&self) -> Vec<MetricFamily> {
+        let blocks = self.blocks.load();
+        let mut f = Families::default();
+        let mut broken = 0u64;
+        let mut rejects = 0u64;
+        let mut any_forward = false;
+        for b in blocks.iter() {
+            if let Some(c) = &b.cache {
+                let st = c.stats();
+                let base = [
+                    ("server", b.server.as_str()),
+                    ("view", ""),
+                    ("zones", b.zones.as_str()),
+                ];
+                let with_type = |t: &'static str| {
+                    let mut l = base.to_vec();
+                    l.push(("type", t));
+                    l
+                };
+                let get =
+                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                f.gauge(
+                    "coredns_cache_entries",
+                    "The number of elements in the cache.",
+                    &with_type("success"),
+                    c.entries(Kind::Success) as f64,
+                );
+                f.gauge(
+                    "coredns_cache_entries",
+                    "The number of elements in the cache.",
+                    &with_type("denial"),
+                    c.entries(Kind::Denial) as f64,
+                );
+                f.counter(
+                    "coredns_cache_requests_total",
+                    "The count of cache requests.",
+                    &base,
+                    get(&st.requests),
+                );
+                f.counter(
+                    "coredns_cache_hits_total",
+                    "The count of cache hits.",
+                    &with_type("success"),
+                    get(&st.success_hits),
+                );
+                f.counter(
+                    "coredns_cache_hits_total",
+                    "The count of cache hits.",
+                    &with_type("denial"),
+                    get(&st.denial_hits),
+                );
+                f.counter("coredns_cache_misses_total", "The count of cache misses. Deprecated, derive misses from cache hits/requests counters.", &base, get(&st.misses));
+                f.counter(
+                    "coredns_cache_prefetch_total",
+                    "The number of times the cache has prefetched a cached item.",
+                    &base,
+                    get(&st.prefetches),
+                );
+                f.counter(
+                    "coredns_cache_served_stale_total",
+                    "The number of requests served from stale cache entries.",
+                    &base,
+                    get(&st.served_stale),
+                );
+                f.counter(
+                    "coredns_cache_drops_total",
+                    "The number responses that are not cached, because the reply is malformed.",
+                    &base,
+                    0,
+                );
+                f.counter(
+                    "coredns_cache_evictions_total",
+                    "The count of cache evictions.",
+                    &with_type("success"),
+                    get(&st.success_evictions),
+                );
+                f.counter(
+                    "coredns_cache_evictions_total",
+                    "The count of cache evictions.",
+                    &with_type("denial"),
+                    get(&st.denial_evictions),
+                );
+            }
+            if let Some(fw) = &b.forward {
+                any_forward = true;
+                let st = fw.stats();
+                let get =
+                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                broken += get(&st.healthcheck_broken);
+                rejects += get(&st.max_concurrent_rejects);
+                for up in &st.upstreams {
+                    let to = up.addr.to_string();
+                    let base = [("proxy_name", "forward"), ("to", to.as_str())];
+                    f.counter(
+                        "coredns_proxy_healthcheck_failures_total",
+                        "Counter of the number of failed healthchecks.",
+                        &base,
+                        get(&up.healthcheck_failures),
+                    );
+                    for (proto_name, hits, misses) in [
+                        (
+                            "tcp",
+                            get(&up.conn_cache_hits_tcp),
+                            get(&up.conn_cache_misses_tcp),
+                        ),
+                        ("udp", 0, get(&up.conn_cache_misses_udp)),
+                    ] {
+                        let mut l = base.to_vec();
+                        l.push(("proto", proto_name));
+                        f.counter(
+                            "coredns_proxy_conn_cache_hits_total",
+                            "Counter of connection cache hits per upstream and protocol.",
+                            &l,
+                            hits,
+                        );
+                        f.counter(
+                            "coredns_proxy_conn_cache_misses_total",
+                            "Counter of connection cache misses per upstream and protocol.",
+                            &l,
+                            misses,
+                        );
+                    }
+                    for (slot, h) in up.durations.iter().enumerate() {
+                        let count = get(&h.count);
+                        if count == 0 {
+                            continue;
+                        }
+                        let rcode = if slot < 16 {
+                            rcode_label(ResponseCode::from(0, slot as u8))
+                        } else {
+                            "other"
+                        };
+                        let mut l = base.to_vec();
+                        l.push(("rcode", rcode));
+                        let buckets: Vec<(f64, u64)> = time_buckets()
+                            .into_iter()
+                            .zip(h.buckets.iter().map(get))
+                            .collect();
+                        f.histogram(
+                            "coredns_proxy_request_duration_seconds",
+                            "Histogram of the time each request took.",
+                            &l,
+                            &buckets,
+                            count,
+                            get(&h.sum_micros) as f64 / 1e6,
+                        );
+                    }
+                }
+            }
+        }
+        if any_forward {
+            f.counter(
+                "coredns_forward_healthcheck_broken_total",
+                "Counter of the number of complete failures of the healthchecks.",
+                &[],
+                broken,
+            );
+            f.counter("coredns_forward_max_concurrent_rejects_total", "Counter of the number of queries rejected because the concurrent queries were at maximum.", &[], rejects);
+        }
+        f.0
     }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// Metric families built by hand from statistics kept outside the registry.
+#[derive(Default)]
+struct Families(Vec<MetricFamily>);
+
+impl Families {
+    fn family(&mut self, name: &str, help: &str, t: MetricType) -> &mut MetricFamily {
+        if let Some(i) = self.0.iter().position(|f| f.name() == name) {
+            return &mut self.0[i];
+        }
+        let mut f = MetricFamily::default();
+        f.set_name(name.to_string());
+        f.set_help(help.to_string());
+        f.set_field_type(t);
+        self.0.push(f);
+        self.0.last_mut().expect("just pushed")
+    }
+
+    fn metric(labels: &[(&str, &str)]) -> proto::Metric {
+        let mut m = proto::Metric::default();
+        let mut pairs: Vec<proto::LabelPair> = labels
+            .iter()
+            .map(|(k, v)| {
+                let mut p = proto::LabelPair::default();
+                p.set_name(k.to_string());
+                p.set_value(v.to_string());
+                p
+            })
+            .collect();
+        pairs.sort_by(|a, b| a.name().cmp(b.name()));
+        m.set_label(pairs);
+        m
+    }
+
+    fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], v: u64) {
+        let mut m = Self::metric(labels);
+        let mut c = proto::Counter::default();
+        c.set_value(v as f64);
+        m.set_counter(c);
+        self.family(name, help, MetricType::COUNTER)
+            .mut_metric()
+            .push(m);
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], v: f64) {
+        let mut m = Self::metric(labels);
+        let mut g = proto::Gauge::default();
+        g.set_value(v);
+        m.set_gauge(g);
+        self.family(name, help, MetricType::GAUGE)
+            .mut_metric()
+            .push(m);
+    }
+
+    /// `buckets` are (upper bound, non-cumulative count); the rest counts above the last.
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        buckets: &[(f64, u64)],
+        count: u64,
+        sum: f64,
+    ) {
+        let mut m = Self::metric(labels);
+        let mut h = proto::Histogram::default();
+        let mut cumulative = 0;
+        let mut out = Vec::new();
+        for (upper, n) in buckets {
+            cumulative += n;
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(*upper);
+            b.set_cumulative_count(cumulative);
+            out.push(b);
+        }
+        h.set_bucket(out);
+        h.set_sample_count(count);
+        h.set_sample_sum(sum);
+        m.set_histogram(h);
+        self.family(name, help, MetricType::HISTOGRAM)
+            .mut_metric()
+            .push(m);
+    }
+}
+
+/// The metrics of one DNS listener: `server` is its CoreDNS label (`dns://:53`).
+pub struct ServerObserver {
+    pub metrics: Arc<Metrics>,
+    pub server: String,
+}
+
+impl QueryObserver for ServerObserver {
+    fn observe(&self, q: &Observed) {
+        self.metrics.observe(&QueryRecord {
+            server: &self.server,
+            zone: q.zone,
+            proto: q.proto.as_str(),
+            ipv6_client: q.src.is_ipv6() && !is_mapped_v4(q.src),
+            qtype: q.qtype.unwrap_or(RecordType::Unknown(0)),
+            rcode: q.rcode,
+            plugin: q.plugin,
+            duration: q.duration,
+            request_size: q.request_size,
+            response_size: q.response_size,
+            do_bit: q.do_bit,
+        });
+    }
+}
+
+fn is_mapped_v4(addr: SocketAddr) -> bool {
+    match addr {
+        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_some(),
+        SocketAddr::V4(_) => false,
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use clusterdns::app::{self, ServeOptions};
-use dnsclient::{query_message, rcode_name, section};
+use dnsclient::{query_message, rcode_name, section, upstream};
 use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -166,72 +166,6 @@ const KUBEADM: &str = r#".:53 {
     loadbalance
 }
 "#;
-
-/// A tiny upstream on a loopback address, port 53 (resolv.conf has no ports): answers
-/// `example.com A` with 192.0.2.1 (TEST-NET data, never contacted), NXDOMAIN otherwise, and
-/// counts queries. UDP only: enough for `forward`'s default.
-struct Upstream {
-    ip: std::net::Ipv4Addr,
-    queries: Arc<std::sync::atomic::AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn upstream() -> Upstream {
-    use hickory_proto::op::{MessageType, ResponseCode};
-    use hickory_proto::rr::{rdata::A, RData, Record};
-    // A loopback address of our own per test run so parallel tests do not collide on :53.
-    let mut sock = None;
-    for i in 0..200u32 {
-        let n = (std::process::id() + i) % 250 + 2;
-        let ip = std::net::Ipv4Addr::new(127, 53, (i % 250) as u8 + 1, n as u8);
-        if let Ok(s) = tokio::net::UdpSocket::bind((ip, 53)).await {
-            sock = Some((ip, s));
-            break;
-        }
-    }
-    let (ip, sock) = sock.expect("a free loopback address on port 53 (tests run as root)");
-    let queries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = queries.clone();
-    let task = tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
-                return;
-            };
-            let Ok(q) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let mut r = Message::new(q.metadata.id, MessageType::Response, q.metadata.op_code);
-            r.metadata.recursion_desired = q.metadata.recursion_desired;
-            r.metadata.recursion_available = true;
-            r.queries = q.queries.clone();
-            let question = &q.queries[0];
-            if question
-                .name()
-                .to_ascii()
-                .eq_ignore_ascii_case("example.com.")
-                && question.query_type() == RecordType::A
-            {
-                r.answers.push(Record::from_rdata(
-                    question.name().clone(),
-                    300,
-                    RData::A(A("192.0.2.1".parse().unwrap())),
-                ));
-            } else {
-                r.metadata.response_code = ResponseCode::NXDomain;
-            }
-            let _ = sock.send_to(&r.to_vec().unwrap(), from).await;
-        }
-    });
-    Upstream { ip, queries, task }
-}
 
 async fn stock_corefile_answers(corefile: &str, ttl: u32) {
     // The stock file unchanged, but for the ports (localize) and the resolv.conf it forwards

@@ -16,6 +16,9 @@ pub struct Answer {
     pub plugin: &'static str,
     /// Send nothing at all (acl `drop`): the client times out, as with CoreDNS.
     pub no_reply: bool,
+    /// The server block zone that handled the query (the `zone` metric label); None when no
+    /// block took it.
+    pub zone: Option<std::sync::Arc<str>>,
 }
 
 impl Answer {

@@ -306,6 +306,11 @@ impl Routes {
     }
 
     pub fn pipeline_for(&self, qname: &Name) -> Option<Arc<Pipeline>> {
+        self.route(qname).map(|(p, _)| p)
+    }
+
+    /// The pipeline for `qname` and the zone that chose it (the `zone` metric label).
+    pub fn route(&self, qname: &Name) -> Option<(Arc<Pipeline>, Arc<str>)> {
         let name = super::plugins::lower_fqdn(qname);
         let block = self.config.block_for(&name, self.port)?;
         let i = self
@@ -313,7 +318,14 @@ impl Routes {
             .servers
             .iter()
             .position(|b| std::ptr::eq(b, block))?;
-        self.pipelines.get(i).cloned()
+        let zone = block
+            .zones
+            .iter()
+            .filter(|z| z.port == self.port && corefile::name_in_zone(&name, &z.zone))
+            .max_by_key(|z| z.zone.len())
+            .map(|z| z.zone.as_str())
+            .unwrap_or(".");
+        Some((self.pipelines.get(i)?.clone(), zone.into()))
     }
 }
 
@@ -337,10 +349,15 @@ impl Router {
 
 impl Responder for Router {
     fn respond<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Answer> {
-        let pipeline = self.routes.load().pipeline_for(&req.qname);
+        let route = self.routes.load().route(&req.qname);
         Box::pin(async move {
-            match pipeline {
-                Some(p) => p.resolve(req).await,
+            match route {
+                Some((p, zone)) => {
+                    let mut answer = p.resolve(req).await;
+                    answer.zone = Some(zone);
+                    answer
+                }
+                // No block takes the name: counted under zone "dropped", as CoreDNS does.
                 None => Answer::rcode(ResponseCode::Refused, ""),
             }
         })

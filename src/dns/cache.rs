@@ -147,6 +147,7 @@ impl Entry {
             additionals: with_ttl(&self.additionals),
             plugin: PLUGIN,
             no_reply: false,
+            zone: None,
         }
     }
 

@@ -483,6 +483,7 @@ impl Inner {
                         additionals: reply.additionals,
                         plugin: PLUGIN,
                         no_reply: false,
+                        zone: None,
                     });
                 }
                 Err(e) => {

@@ -7,9 +7,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinSet;
@@ -130,15 +131,108 @@ impl Bound {
 
     /// Serves until `cancel` fires, then drains queries in flight (bounded by 5 s).
     pub async fn serve(self, pipeline: Arc<dyn Responder>, cancel: CancellationToken) {
+        self.serve_observed(pipeline, None, cancel).await
+    }
+
+    /// [`Bound::serve`], telling `observer` about every query (metrics).
+    pub async fn serve_observed(
+        self,
+        pipeline: Arc<dyn Responder>,
+        observer: Option<Arc<dyn QueryObserver>>,
+        cancel: CancellationToken,
+    ) {
+        let service = Arc::new(Service {
+            responder: pipeline,
+            observer,
+        });
         let mut tasks = JoinSet::new();
         for sock in self.udp {
-            tasks.spawn(udp_loop(sock, pipeline.clone(), cancel.clone()));
+            tasks.spawn(udp_loop(sock, service.clone(), cancel.clone()));
         }
-        tasks.spawn(tcp_loop(self.tcp, pipeline, cancel.clone()));
+        tasks.spawn(tcp_loop(self.tcp, service, cancel.clone()));
         cancel.cancelled().await;
         let _ =
             tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
     }
+}
+
+/// What the server tells an observer about each query it handled.
+pub struct Observed<'a> {
+    /// The server block zone, or `dropped` when no block took the query.
+    pub zone: &'a str,
+    pub proto: Proto,
+    pub src: SocketAddr,
+    pub qtype: Option<RecordType>,
+    pub rcode: ResponseCode,
+    pub plugin: &'a str,
+    pub duration: Duration,
+    pub request_size: usize,
+    pub response_size: usize,
+    pub do_bit: bool,
+}
+
+pub trait QueryObserver: Send + Sync {
+    fn observe(&self, q: &Observed);
+}
+
+/// A responder plus who watches it; what each socket loop holds.
+pub struct Service {
+    pub responder: Arc<dyn Responder>,
+    pub observer: Option<Arc<dyn QueryObserver>>,
+}
+
+impl Service {
+    pub async fn process(&self, bytes: &[u8], src: SocketAddr, proto: Proto) -> Option<Vec<u8>> {
+        let start = Instant::now();
+        let Some(obs) = &self.observer else {
+            return process_inner(&*self.responder, bytes, src, proto, &mut None).await;
+        };
+        let mut seen = None;
+        let reply = process_inner(&*self.responder, bytes, src, proto, &mut seen).await;
+        let (qtype, rcode, plugin, zone, do_bit) = match &seen {
+            Some(s) => (
+                Some(s.qtype),
+                s.rcode,
+                s.plugin,
+                s.zone.as_deref().unwrap_or("dropped"),
+                s.do_bit,
+            ),
+            // Malformed or refused before any handler: CoreDNS's zone "dropped".
+            None => (
+                None,
+                reply
+                    .as_ref()
+                    .filter(|r| r.len() >= 4)
+                    .map(|r| ResponseCode::from(0, r[3] & 0x0f))
+                    .unwrap_or(ResponseCode::FormErr),
+                "",
+                "dropped",
+                false,
+            ),
+        };
+        obs.observe(&Observed {
+            zone,
+            proto,
+            src,
+            qtype,
+            rcode,
+            plugin,
+            duration: start.elapsed(),
+            request_size: bytes.len(),
+            response_size: reply.as_ref().map(Vec::len).unwrap_or(0),
+            do_bit,
+        });
+        reply
+    }
+}
+
+/// What process_inner learned, for the observer.
+struct Seen {
+    qtype: RecordType,
+    rcode: ResponseCode,
+    plugin: &'static str,
+    zone: Option<Arc<str>>,
+    do_bit: bool,
 }
 
 /// Handles one message: parse, resolve, encode. `None` means no reply.
@@ -147,6 +241,16 @@ pub async fn process(
     bytes: &[u8],
     src: SocketAddr,
     proto: Proto,
+) -> Option<Vec<u8>> {
+    process_inner(pipeline, bytes, src, proto, &mut None).await
+}
+
+async fn process_inner(
+    pipeline: &dyn Responder,
+    bytes: &[u8],
+    src: SocketAddr,
+    proto: Proto,
+    seen: &mut Option<Seen>,
 ) -> Option<Vec<u8>> {
     let msg: Message = match wire::parse(bytes) {
         Incoming::Query(m) => *m,
@@ -162,6 +266,17 @@ pub async fn process(
         message: msg,
     };
     let answer = pipeline.respond(&req).await;
+    *seen = Some(Seen {
+        qtype: req.qtype,
+        rcode: answer.rcode,
+        plugin: answer.plugin,
+        zone: answer.zone.clone(),
+        do_bit: req
+            .message
+            .edns
+            .as_ref()
+            .is_some_and(|e| e.flags().dnssec_ok),
+    });
     if answer.no_reply {
         return None;
     }
@@ -176,7 +291,7 @@ pub async fn process(
     Some(out)
 }
 
-async fn udp_loop(sock: Arc<UdpSocket>, pipeline: Arc<dyn Responder>, cancel: CancellationToken) {
+async fn udp_loop(sock: Arc<UdpSocket>, service: Arc<Service>, cancel: CancellationToken) {
     let mut buf = vec![0u8; 65535];
     loop {
         let (len, src) = tokio::select! {
@@ -190,7 +305,7 @@ async fn udp_loop(sock: Arc<UdpSocket>, pipeline: Arc<dyn Responder>, cancel: Ca
                 }
             },
         };
-        if let Some(reply) = process(&*pipeline, &buf[..len], src, Proto::Udp).await {
+        if let Some(reply) = service.process(&buf[..len], src, Proto::Udp).await {
             if let Err(e) = sock.send_to(&reply, src).await {
                 debug!(error = %e, %src, "udp send");
             }
@@ -198,14 +313,14 @@ async fn udp_loop(sock: Arc<UdpSocket>, pipeline: Arc<dyn Responder>, cancel: Ca
     }
 }
 
-async fn tcp_loop(listener: TcpListener, pipeline: Arc<dyn Responder>, cancel: CancellationToken) {
+async fn tcp_loop(listener: TcpListener, service: Arc<Service>, cancel: CancellationToken) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             r = listener.accept() => match r {
                 Ok((stream, src)) => {
-                    conns.spawn(tcp_conn(stream, src, pipeline.clone(), cancel.clone()));
+                    conns.spawn(tcp_conn(stream, src, service.clone(), cancel.clone()));
                 }
                 Err(e) => {
                     warn!(error = %e, "tcp accept");
@@ -222,7 +337,7 @@ async fn tcp_loop(listener: TcpListener, pipeline: Arc<dyn Responder>, cancel: C
 async fn tcp_conn(
     mut stream: TcpStream,
     src: SocketAddr,
-    pipeline: Arc<dyn Responder>,
+    service: Arc<Service>,
     cancel: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
@@ -243,7 +358,7 @@ async fn tcp_conn(
             Ok(Ok(_)) => {}
             _ => return,
         }
-        let Some(reply) = process(&*pipeline, &buf, src, Proto::Tcp).await else {
+        let Some(reply) = service.process(&buf, src, Proto::Tcp).await else {
             continue;
         };
         let mut out = Vec::with_capacity(reply.len() + 2);
