@@ -6,9 +6,11 @@
 //!  API server (list/watch) ──┘                                 (ArcSwap, read by every query)
 //! ```
 
+pub mod kube_source;
 pub mod model;
 pub mod objects;
 pub mod snapshot;
+pub mod status;
 pub mod view;
 
 pub use snapshot::{Snapshot, Store};
