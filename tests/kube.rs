@@ -470,6 +470,7 @@ async fn a_big_cluster_syncs_and_answers() {
 
     assert_eq!(status.count(ResourceKind::Services), SERVICES);
     assert_eq!(status.count(ResourceKind::Pods), PODS);
+    assert!(status.sync_duration().is_some());
     let snapshot = source.view.snapshot();
     assert_eq!(snapshot.service_count(), SERVICES);
     for i in [0, 1, 2_499, 4_999] {

@@ -146,7 +146,8 @@ impl fmt::Display for ServiceKindLabel {
 }
 
 /// Called once per Service/EndpointSlice watch event that changed the view, with the time from
-/// the event's receipt to the publish of a snapshot containing it.
+/// the event's receipt to the publish of a snapshot containing it. Runs on the publisher
+/// thread: keep it cheap (a histogram observation).
 pub type ProgrammedHook = Arc<dyn Fn(ServiceKindLabel, Duration) + Send + Sync>;
 
 #[derive(Clone)]
@@ -625,9 +626,13 @@ impl Publisher {
             };
             if let Some(msg) = first {
                 self.apply(msg);
-                // Take whatever else has queued up meanwhile: one publish for the burst.
-                while let Ok(msg) = rx.try_recv() {
-                    self.apply(msg);
+                // Take whatever else has queued up meanwhile: one publish for the burst. A flood
+                // that never pauses still publishes when the oldest change is due.
+                while self.publish_at().is_none_or(|at| Instant::now() < at) {
+                    match rx.try_recv() {
+                        Ok(msg) => self.apply(msg),
+                        Err(_) => break,
+                    }
                 }
             }
             if !self.complete() && !self.timed_out && Instant::now() >= startup_deadline {
@@ -792,8 +797,16 @@ impl Publisher {
 
     fn publish(&mut self) {
         let synced = self.complete() || self.timed_out;
-        self.view.publish(Arc::new(self.store.clone()), synced);
+        let start = Instant::now();
+        let store = Arc::new(self.store.clone());
+        let cloned = start.elapsed();
+        self.view.publish(store, synced);
         let now = Instant::now();
+        debug!(
+            "kubernetes: published a snapshot in {:?} (store copy {:?})",
+            now - start,
+            cloned
+        );
         self.pending_since = None;
         self.last_publish = Some(now);
         if let Some(hook) = &self.opts.on_programmed {

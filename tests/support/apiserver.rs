@@ -492,18 +492,10 @@ impl ApiServer {
             state.history.clear();
             state.oldest = state.rv;
         }
-        // The port was just released; binding it again can race the kernel briefly.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let listener = loop {
-            match TcpListener::bind(self.addr).await {
-                Ok(l) => break l,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::task::yield_now().await;
-                }
-                Err(e) => panic!("rebinding {}: {e}", self.addr),
-            }
-        };
+        // Listeners set SO_REUSEADDR, so the port just released can be bound again at once.
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .unwrap_or_else(|e| panic!("rebinding {}: {e}", self.addr));
         self.run(listener);
     }
 }
