@@ -7,9 +7,11 @@
 //! ```
 
 pub mod file_source;
+pub mod kube_source;
 pub mod model;
 pub mod objects;
 pub mod snapshot;
+pub mod status;
 pub mod view;
 
 pub use snapshot::{Snapshot, Store};

@@ -1,0 +1,891 @@
+//! The Kubernetes source: list and watch the API with kube-rs, keep stripped objects, publish
+//! snapshots.
+//!
+//! ```text
+//!  API server ──watch──> one task per kind ──Msg──> publisher thread ──> ClusterView
+//!  (namespaces, services,   strip on arrival,        Store, coalesce,     (snapshot swap)
+//!   endpointslices, pods,   buffer a relist          publish <= ~5 ms
+//!   nodes)                  until InitDone           after a change
+//!                 └─ errors, reachability ──> SourceStatus (readiness, staleness, counts)
+//! ```
+//!
+//! Full API objects live only between decoding and [`model`](super::model)'s `from_api`; the
+//! store holds stripped objects, which keeps memory small with 50 000 pods. A relist (after a
+//! 410, a history reset or a restart) replaces that kind's objects whole at `InitDone`, so
+//! nothing phantom or lost remains. Failed watches never remove records: the last complete view
+//! keeps serving and [`SourceStatus::stale_since`] says since when it may be out of date.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use kube::api::Api;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::Status;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use super::model::{EndpointSlice, Namespace, Node, Pod, Service, ServiceKind};
+use super::snapshot::{Key, Store};
+use super::status::{ResourceKind, SourceStatus};
+use super::view::ClusterView;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("kubeconfig context {context:?}: {source}")]
+    Context {
+        context: String,
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "no Kubernetes configuration (no KUBECONFIG, no ~/.kube/config, not in a cluster): {0}"
+    )]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// The client configuration: the kubeconfig file `kubeconfig` if given; else `KUBECONFIG` (or
+/// `~/.kube/config`); else the in-cluster service account. `context` picks a kubeconfig context.
+/// `config.cluster_url` is what [`KubeSourceOptions::api_url`] wants.
+pub async fn config(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<kube::Config, SourceError> {
+    let options = KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..KubeConfigOptions::default()
+    };
+    match (kubeconfig, context) {
+        (Some(path), _) => {
+            let file = Kubeconfig::read_from(path).map_err(|source| SourceError::Kubeconfig {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|source| SourceError::Kubeconfig {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        }
+        // A named context only exists in a kubeconfig, so there is nothing to fall back to.
+        (None, Some(context)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|source| SourceError::Context {
+                context: context.to_string(),
+                source,
+            }),
+        (None, None) => kube::Config::infer().await.map_err(SourceError::Infer),
+    }
+}
+
+/// A client for [`config`]'s configuration, without kube's built-in request retries (the
+/// source's watch loop does its own).
+pub async fn client(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<kube::Client, SourceError> {
+    let mut config = config(kubeconfig, context).await?;
+    info!(url = %config.cluster_url, "kubernetes: API server");
+    // kube retries 429/503/504 up to 15 times inside the client, which hides a "Too large
+    // resource version" (504) for about a minute; the watch loop retries with its own backoff
+    // and relists instead.
+    config.default_retry = false;
+    Client::try_from(config).map_err(SourceError::Client)
+}
+
+/// The `service_kind` label of `coredns_kubernetes_dns_programming_duration_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceKindLabel {
+    ClusterIp,
+    HeadlessWithSelector,
+    HeadlessWithoutSelector,
+}
+
+impl ServiceKindLabel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceKindLabel::ClusterIp => "cluster_ip",
+            ServiceKindLabel::HeadlessWithSelector => "headless_with_selector",
+            ServiceKindLabel::HeadlessWithoutSelector => "headless_without_selector",
+        }
+    }
+
+    /// None for ExternalName services, which CoreDNS does not measure either.
+    pub fn of(service: &Service) -> Option<ServiceKindLabel> {
+        match service.kind {
+            ServiceKind::ClusterIp => Some(ServiceKindLabel::ClusterIp),
+            ServiceKind::Headless if service.has_selector => {
+                Some(ServiceKindLabel::HeadlessWithSelector)
+            }
+            ServiceKind::Headless => Some(ServiceKindLabel::HeadlessWithoutSelector),
+            ServiceKind::ExternalName => None,
+        }
+    }
+}
+
+impl fmt::Display for ServiceKindLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Called once per Service/EndpointSlice watch event that changed the view, with the time from
+/// the event's receipt to the publish of a snapshot containing it. Runs on the publisher
+/// thread: keep it cheap (a histogram observation).
+pub type ProgrammedHook = Arc<dyn Fn(ServiceKindLabel, Duration) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct KubeSourceOptions {
+    /// Until every kind has listed, or this has passed, snapshots are unsynced (would-be
+    /// NXDOMAIN answers are SERVFAIL); after it they are synced with what there is.
+    pub startup_timeout: Duration,
+    /// Needed for `pods verified` and Fargate placement.
+    pub watch_pods: bool,
+    /// Needed for telling micro-VM nodes from node-group nodes.
+    pub watch_nodes: bool,
+    /// The API server URL, for error messages (`connection refused to <url>`).
+    pub api_url: Option<String>,
+    /// List page size (`limit`).
+    pub page_size: u32,
+    /// First retry delay after a failed list/watch; doubles (with jitter) up to `backoff_max`.
+    /// The defaults are client-go's (0.8 s .. 30 s).
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Minimum time between two publishes, so a burst of events builds few snapshots.
+    pub min_publish_interval: Duration,
+    pub on_programmed: Option<ProgrammedHook>,
+}
+
+impl Default for KubeSourceOptions {
+    fn default() -> Self {
+        KubeSourceOptions {
+            startup_timeout: Duration::from_secs(5),
+            watch_pods: false,
+            watch_nodes: false,
+            api_url: None,
+            page_size: 500,
+            backoff_initial: Duration::from_millis(800),
+            backoff_max: Duration::from_secs(30),
+            min_publish_interval: Duration::from_millis(2),
+            on_programmed: None,
+        }
+    }
+}
+
+impl fmt::Debug for KubeSourceOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubeSourceOptions")
+            .field("startup_timeout", &self.startup_timeout)
+            .field("watch_pods", &self.watch_pods)
+            .field("watch_nodes", &self.watch_nodes)
+            .field("api_url", &self.api_url)
+            .field("page_size", &self.page_size)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .field("min_publish_interval", &self.min_publish_interval)
+            .field("on_programmed", &self.on_programmed.as_ref().map(|_| "Fn"))
+            .finish()
+    }
+}
+
+/// Starts the source. It runs until the returned task is aborted (which stops every watch).
+pub fn spawn(
+    client: Client,
+    view: Arc<ClusterView>,
+    status: Arc<SourceStatus>,
+    opts: KubeSourceOptions,
+) -> tokio::task::JoinHandle<()> {
+    let mut kinds = vec![
+        ResourceKind::Namespaces,
+        ResourceKind::Services,
+        ResourceKind::EndpointSlices,
+    ];
+    if opts.watch_pods {
+        kinds.push(ResourceKind::Pods);
+    }
+    if opts.watch_nodes {
+        kinds.push(ResourceKind::Nodes);
+    }
+    status.start(&kinds);
+    let client = observed_client(client, status.clone());
+    tokio::spawn(async move {
+        let (tx, rx) = std_mpsc::channel();
+        let mut watches = JoinSet::new();
+        for &kind in &kinds {
+            let w = Watch {
+                kind,
+                tx: tx.clone(),
+                status: status.clone(),
+                opts: opts.clone(),
+            };
+            let c = client.clone();
+            match kind {
+                ResourceKind::Namespaces => {
+                    watches.spawn(w.run(Api::<core::Namespace>::all(c), |o| {
+                        Namespace::from_api(o).map(Object::Namespace)
+                    }))
+                }
+                ResourceKind::Services => watches.spawn(w.run(Api::<core::Service>::all(c), |o| {
+                    Service::from_api(o).map(Object::Service)
+                })),
+                ResourceKind::EndpointSlices => {
+                    watches.spawn(w.run(Api::<discovery::EndpointSlice>::all(c), |o| {
+                        EndpointSlice::from_api(o).map(Object::Slice)
+                    }))
+                }
+                ResourceKind::Pods => watches.spawn(w.run(Api::<core::Pod>::all(c), |o| {
+                    Pod::from_api(o).map(Object::Pod)
+                })),
+                ResourceKind::Nodes => watches.spawn(w.run(Api::<core::Node>::all(c), |o| {
+                    Node::from_api(o).map(Object::Node)
+                })),
+            };
+        }
+        drop(tx);
+        // Building a snapshot of a large cluster takes milliseconds of CPU: do it on a thread
+        // of its own so DNS queries on the runtime's workers never wait behind it.
+        let publisher = Publisher::new(view, status, opts, kinds);
+        if let Err(e) = tokio::task::spawn_blocking(move || publisher.run(rx)).await {
+            warn!("kubernetes: snapshot publisher stopped: {e}");
+        }
+        // Dropping `watches` aborts every watch task.
+    })
+}
+
+/// A kube client whose successful responses mark the requested kind healthy again. The
+/// watcher reports failures but not a silent reconnect, so this is how staleness clears.
+fn observed_client(client: Client, status: Arc<SourceStatus>) -> Client {
+    let namespace = client.default_namespace().to_string();
+    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+        let client = client.clone();
+        let status = status.clone();
+        let kind = kind_of_path(request.uri().path());
+        async move {
+            let response = client.send(request).await;
+            if let (Ok(r), Some(kind)) = (&response, kind) {
+                if r.status().is_success() && status.is_failing(kind) {
+                    info!("kubernetes: {kind}: the API server answers again");
+                    status.set_healthy(kind);
+                }
+            }
+            response
+        }
+    });
+    Client::new(service, namespace)
+}
+
+/// The watched kind a list/watch path is for: its last segment (`/api/v1/namespaces/x/pods`).
+fn kind_of_path(path: &str) -> Option<ResourceKind> {
+    let last = path.trim_end_matches('/').rsplit('/').next()?;
+    ResourceKind::ALL.into_iter().find(|k| k.resource() == last)
+}
+
+#[derive(Debug)]
+enum Object {
+    Namespace(Namespace),
+    Service(Service),
+    Slice(EndpointSlice),
+    Pod(Pod),
+    Node(Node),
+}
+
+#[derive(Debug)]
+enum Msg {
+    /// Added or modified; `None` when the new version is nothing DNS serves (a slice that lost
+    /// its service label), which removes the old one.
+    Apply {
+        kind: ResourceKind,
+        key: Key,
+        object: Option<Object>,
+        received: Instant,
+    },
+    Delete {
+        kind: ResourceKind,
+        key: Key,
+        old: Option<Object>,
+        received: Instant,
+    },
+    /// A complete list: replaces every object of `kind`.
+    Replace {
+        kind: ResourceKind,
+        objects: Vec<(Key, Object)>,
+    },
+}
+
+struct Watch {
+    kind: ResourceKind,
+    tx: std_mpsc::Sender<Msg>,
+    status: Arc<SourceStatus>,
+    opts: KubeSourceOptions,
+}
+
+impl Watch {
+    async fn run<K>(self, api: Api<K>, strip: fn(&K) -> Option<Object>)
+    where
+        K: Resource + Clone + DeserializeOwned + fmt::Debug + Send + 'static,
+        K::DynamicType: Default,
+    {
+        let kind = self.kind;
+        // Bookmarks are on by default; they keep a quiet watch's resourceVersion fresh.
+        let config = watcher::Config::default().page_size(self.opts.page_size.max(1));
+        let mut backoff = Backoff::new(self.opts.backoff_initial, self.opts.backoff_max);
+        loop {
+            let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
+            // Objects of a list in progress; swapped in whole at InitDone.
+            let mut listing: Vec<(Key, Object)> = Vec::new();
+            let mut restart = false;
+            while let Some(item) = stream.next().await {
+                let received = Instant::now();
+                let msg = match item {
+                    Ok(event) => {
+                        backoff.reset();
+                        match event {
+                            Event::Init => {
+                                debug!("kubernetes: {kind}: listing");
+                                listing = Vec::new();
+                                None
+                            }
+                            Event::InitApply(o) => {
+                                if let Some(stripped) = strip(&o) {
+                                    listing.push((key_of(&o), stripped));
+                                }
+                                None
+                            }
+                            Event::InitDone => Some(Msg::Replace {
+                                kind,
+                                objects: std::mem::take(&mut listing),
+                            }),
+                            Event::Apply(o) => Some(Msg::Apply {
+                                kind,
+                                key: key_of(&o),
+                                object: strip(&o),
+                                received,
+                            }),
+                            Event::Delete(o) => Some(Msg::Delete {
+                                kind,
+                                key: key_of(&o),
+                                old: strip(&o),
+                                received,
+                            }),
+                        }
+                    }
+                    Err(err) => {
+                        let text = describe(&err, kind, self.opts.api_url.as_deref());
+                        if self.status.last_error(kind).as_deref() != Some(&text) {
+                            warn!("kubernetes: {kind}: {text}");
+                        } else {
+                            debug!("kubernetes: {kind}: {text}");
+                        }
+                        self.status.set_error(kind, text);
+                        restart = needs_relist(&err);
+                        // Not a synchronisation sleep: the retry backoff (with jitter).
+                        tokio::time::sleep(backoff.next_delay()).await;
+                        if restart {
+                            break;
+                        }
+                        None
+                    }
+                };
+                if let Some(msg) = msg {
+                    if self.tx.send(msg).is_err() {
+                        return; // the publisher is gone: the source is shutting down
+                    }
+                }
+            }
+            if restart {
+                info!("kubernetes: {kind}: the API server lost our resourceVersion; relisting");
+            }
+            // A watcher stream never ends by itself; if it did, start a fresh one.
+        }
+    }
+}
+
+fn key_of<K: Resource>(o: &K) -> Key {
+    (
+        o.meta().namespace.as_deref().unwrap_or("").into(),
+        o.meta().name.as_deref().unwrap_or("").into(),
+    )
+}
+
+/// Errors the kube watcher retries forever with the same resourceVersion, although only a
+/// relist can cure them: a 410 at watch start, and "Too large resource version" (HTTP 504)
+/// from an API server whose history was reset (etcd restored, a new cluster at the same URL).
+fn needs_relist(err: &watcher::Error) -> bool {
+    match err {
+        watcher::Error::WatchStartFailed(kube::Error::Api(s)) => {
+            s.code == 410 || is_too_large_resource_version(s)
+        }
+        watcher::Error::WatchError(s) => is_too_large_resource_version(s),
+        _ => false,
+    }
+}
+
+fn is_too_large_resource_version(s: &Status) -> bool {
+    s.message.contains("Too large resource version")
+        || s.details.as_ref().is_some_and(|d| {
+            d.causes
+                .iter()
+                .any(|c| c.reason == "ResourceVersionTooLarge")
+        })
+}
+
+/// A list/watch failure in words an operator can act on.
+fn describe(err: &watcher::Error, kind: ResourceKind, api_url: Option<&str>) -> String {
+    let (verb, client_err) = match err {
+        watcher::Error::InitialListFailed(e) => ("list", e),
+        watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => ("watch", e),
+        watcher::Error::WatchError(status) => return describe_status(status, "watch", kind),
+        watcher::Error::NoResourceVersion => {
+            return format!("the API server sent a {kind} list without a resourceVersion")
+        }
+    };
+    match client_err {
+        kube::Error::Api(status) => describe_status(status, verb, kind),
+        other => describe_transport(other, api_url.unwrap_or("the API server")),
+    }
+}
+
+fn describe_status(s: &Status, verb: &str, kind: ResourceKind) -> String {
+    match s.code {
+        403 => {
+            // The API's message names the identity: `User "system:serviceaccount:..." cannot`.
+            let user = s
+                .message
+                .split_once("User \"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map(|(user, _)| format!(" (as {user})"))
+                .unwrap_or_default();
+            format!(
+                "403 forbidden: cannot {verb} resource \"{}\" in API group \"{}\"{user}",
+                kind.resource(),
+                kind.group()
+            )
+        }
+        401 => "401 unauthorized: the API server rejected our credentials".to_string(),
+        410 => format!("410 gone: {verb} of {kind}: resourceVersion expired; relisting"),
+        code => {
+            let reason = if s.reason.is_empty() {
+                "error"
+            } else {
+                &s.reason
+            };
+            format!("{code} {reason}: {verb} {kind}: {}", s.message)
+        }
+    }
+}
+
+fn describe_transport(err: &kube::Error, url: &str) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut chain = Vec::new();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    return format!("API server unreachable: connection refused to {url}")
+                }
+                std::io::ErrorKind::TimedOut => {
+                    return format!("API server unreachable: timed out connecting to {url}")
+                }
+                _ => {}
+            }
+        }
+        let text = e.to_string();
+        if !chain.iter().any(|c: &String| c.contains(&text)) {
+            chain.push(text);
+        }
+        source = e.source();
+    }
+    format!(
+        "API server connection to {url} failed: {}",
+        chain.join(": ")
+    )
+}
+
+/// Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling up to max.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Option<Duration>,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max: max.max(initial),
+            current: None,
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let d = match self.current {
+            None => self.initial,
+            Some(c) => (c * 2).min(self.max),
+        };
+        self.current = Some(d);
+        d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+    }
+
+    fn reset(&mut self) {
+        self.current = None;
+    }
+}
+
+/// Owns the store; applies messages and publishes snapshots.
+struct Publisher {
+    view: Arc<ClusterView>,
+    status: Arc<SourceStatus>,
+    opts: KubeSourceOptions,
+    kinds: Vec<ResourceKind>,
+    store: Store,
+    started: Instant,
+    listed: Vec<ResourceKind>,
+    newly_listed: Vec<ResourceKind>,
+    /// The startup timeout passed before the first complete sync.
+    timed_out: bool,
+    /// First unpublished change.
+    pending_since: Option<Instant>,
+    last_publish: Option<Instant>,
+    /// Service/EndpointSlice events waiting for the publish that contains them.
+    programming: Vec<(ServiceKindLabel, Instant)>,
+}
+
+/// The longest a change waits for others to share its publish.
+const MAX_PUBLISH_DELAY: Duration = Duration::from_millis(5);
+
+impl Publisher {
+    fn new(
+        view: Arc<ClusterView>,
+        status: Arc<SourceStatus>,
+        opts: KubeSourceOptions,
+        kinds: Vec<ResourceKind>,
+    ) -> Publisher {
+        Publisher {
+            view,
+            status,
+            opts,
+            kinds,
+            store: Store::default(),
+            started: Instant::now(),
+            listed: Vec::new(),
+            newly_listed: Vec::new(),
+            timed_out: false,
+            pending_since: None,
+            last_publish: None,
+            programming: Vec::new(),
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.kinds.iter().all(|k| self.listed.contains(k))
+    }
+
+    /// When the next publish is due, if one is pending.
+    fn publish_at(&self) -> Option<Instant> {
+        let first = self.pending_since?;
+        let spaced = self
+            .last_publish
+            .map_or(first, |t| (t + self.opts.min_publish_interval).max(first));
+        Some(spaced.min(first + MAX_PUBLISH_DELAY))
+    }
+
+    fn run(mut self, rx: std_mpsc::Receiver<Msg>) {
+        let startup_deadline = self.started + self.opts.startup_timeout;
+        loop {
+            let now = Instant::now();
+            let mut wake = self.publish_at();
+            if !self.complete() && !self.timed_out {
+                wake = Some(wake.map_or(startup_deadline, |w| w.min(startup_deadline)));
+            }
+            let first = match wake {
+                Some(at) => match rx.recv_timeout(at.saturating_duration_since(now)) {
+                    Ok(msg) => Some(msg),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                },
+                None => match rx.recv() {
+                    Ok(msg) => Some(msg),
+                    Err(_) => return,
+                },
+            };
+            if let Some(msg) = first {
+                self.apply(msg);
+                // Take whatever else has queued up meanwhile: one publish for the burst. A flood
+                // that never pauses still publishes when the oldest change is due.
+                while self.publish_at().is_none_or(|at| Instant::now() < at) {
+                    match rx.try_recv() {
+                        Ok(msg) => self.apply(msg),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if !self.complete() && !self.timed_out && Instant::now() >= startup_deadline {
+                self.timed_out = true;
+                self.status.set_startup_timed_out();
+                warn!(
+                    "kubernetes: no complete sync after {:?}; answering with what there is: {}",
+                    self.opts.startup_timeout,
+                    self.status.not_ready_reasons().join("; ")
+                );
+                self.pending_since.get_or_insert_with(Instant::now);
+                self.publish();
+                continue;
+            }
+            if self.publish_at().is_some_and(|at| Instant::now() >= at) {
+                self.publish();
+            }
+        }
+    }
+
+    fn mark(&mut self, label: Option<ServiceKindLabel>, received: Instant) {
+        self.pending_since.get_or_insert(received);
+        if let Some(label) = label {
+            if self.opts.on_programmed.is_some() {
+                self.programming.push((label, received));
+            }
+        }
+    }
+
+    fn apply(&mut self, msg: Msg) {
+        match msg {
+            Msg::Apply {
+                kind,
+                key,
+                object,
+                received,
+            } => {
+                let label = self.label(kind, &key, object.as_ref());
+                let changed = match object {
+                    Some(o) => self.insert(key, o),
+                    None => self.remove(kind, &key),
+                };
+                if changed {
+                    self.mark(label, received);
+                }
+            }
+            Msg::Delete {
+                kind,
+                key,
+                old,
+                received,
+            } => {
+                let label = self.label(kind, &key, old.as_ref());
+                if self.remove(kind, &key) {
+                    self.mark(label, received);
+                }
+            }
+            Msg::Replace { kind, objects } => {
+                self.replace(kind, objects);
+                if !self.listed.contains(&kind) {
+                    self.listed.push(kind);
+                    self.newly_listed.push(kind);
+                }
+                self.pending_since.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    /// The service kind an event is measured under: the service's own, or for a slice, its
+    /// service's (as the view knows it).
+    fn label(
+        &self,
+        kind: ResourceKind,
+        key: &Key,
+        object: Option<&Object>,
+    ) -> Option<ServiceKindLabel> {
+        match (kind, object) {
+            (ResourceKind::Services, Some(Object::Service(s))) => ServiceKindLabel::of(s),
+            (ResourceKind::Services, _) => self
+                .store
+                .services
+                .get(key)
+                .and_then(|s| ServiceKindLabel::of(s)),
+            (ResourceKind::EndpointSlices, _) => {
+                let service = match object {
+                    Some(Object::Slice(s)) => s.service.clone(),
+                    _ => self.store.slices.get(key)?.service.clone(),
+                };
+                let svc = self.store.services.get(&(key.0.clone(), service))?;
+                ServiceKindLabel::of(svc)
+            }
+            _ => None,
+        }
+    }
+
+    /// Returns whether the view changes (an identical update, e.g. a pod status heartbeat that
+    /// touches nothing DNS keeps, publishes nothing).
+    fn insert(&mut self, key: Key, object: Object) -> bool {
+        fn put<K: std::hash::Hash + Eq, V: PartialEq>(
+            map: &mut HashMap<K, Arc<V>>,
+            key: K,
+            value: V,
+        ) -> bool {
+            if map.get(&key).is_some_and(|old| **old == value) {
+                return false;
+            }
+            map.insert(key, Arc::new(value));
+            true
+        }
+        let s = &mut self.store;
+        match object {
+            Object::Namespace(o) => put(&mut s.namespaces, key.1, o),
+            Object::Service(o) => put(&mut s.services, key, o),
+            Object::Slice(o) => put(&mut s.slices, key, o),
+            Object::Pod(o) => put(&mut s.pods, key, o),
+            Object::Node(o) => put(&mut s.nodes, key.1, o),
+        }
+    }
+
+    fn remove(&mut self, kind: ResourceKind, key: &Key) -> bool {
+        let s = &mut self.store;
+        match kind {
+            ResourceKind::Namespaces => s.namespaces.remove(&key.1).is_some(),
+            ResourceKind::Services => s.services.remove(key).is_some(),
+            ResourceKind::EndpointSlices => s.slices.remove(key).is_some(),
+            ResourceKind::Pods => s.pods.remove(key).is_some(),
+            ResourceKind::Nodes => s.nodes.remove(&key.1).is_some(),
+        }
+    }
+
+    fn replace(&mut self, kind: ResourceKind, objects: Vec<(Key, Object)>) {
+        let s = &mut self.store;
+        match kind {
+            ResourceKind::Namespaces => s.namespaces.clear(),
+            ResourceKind::Services => s.services.clear(),
+            ResourceKind::EndpointSlices => s.slices.clear(),
+            ResourceKind::Pods => s.pods.clear(),
+            ResourceKind::Nodes => s.nodes.clear(),
+        }
+        for (key, object) in objects {
+            self.insert(key, object);
+        }
+        let s = &mut self.store;
+        // A relist of a big kind frees its old table's slack too.
+        match kind {
+            ResourceKind::Pods => s.pods.shrink_to_fit(),
+            ResourceKind::EndpointSlices => s.slices.shrink_to_fit(),
+            _ => {}
+        }
+    }
+
+    fn counts(&self) -> Vec<(ResourceKind, usize)> {
+        let s = &self.store;
+        vec![
+            (ResourceKind::Namespaces, s.namespaces.len()),
+            (ResourceKind::Services, s.services.len()),
+            (ResourceKind::EndpointSlices, s.slices.len()),
+            (ResourceKind::Pods, s.pods.len()),
+            (ResourceKind::Nodes, s.nodes.len()),
+        ]
+    }
+
+    fn publish(&mut self) {
+        let synced = self.complete() || self.timed_out;
+        let start = Instant::now();
+        let store = Arc::new(self.store.clone());
+        let cloned = start.elapsed();
+        self.view.publish(store, synced);
+        let now = Instant::now();
+        debug!(
+            "kubernetes: published a snapshot in {:?} (store copy {:?})",
+            now - start,
+            cloned
+        );
+        self.pending_since = None;
+        self.last_publish = Some(now);
+        if let Some(hook) = &self.opts.on_programmed {
+            for (label, received) in self.programming.drain(..) {
+                hook(label, now.saturating_duration_since(received));
+            }
+        }
+        let was_synced = self.status.synced_at().is_some();
+        self.status
+            .published(&self.counts(), &std::mem::take(&mut self.newly_listed));
+        if !was_synced && self.status.synced_at().is_some() {
+            let counts = self
+                .counts()
+                .into_iter()
+                .filter(|(k, _)| self.kinds.contains(k))
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            info!(
+                "kubernetes: initial sync complete in {} ms: {counts}",
+                self.started.elapsed().as_millis()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_their_kind() {
+        assert_eq!(
+            kind_of_path("/apis/discovery.k8s.io/v1/endpointslices"),
+            Some(ResourceKind::EndpointSlices)
+        );
+        assert_eq!(
+            kind_of_path("/api/v1/namespaces"),
+            Some(ResourceKind::Namespaces)
+        );
+        assert_eq!(
+            kind_of_path("/api/v1/namespaces/demo/services"),
+            Some(ResourceKind::Services)
+        );
+        assert_eq!(kind_of_path("/version"), None);
+    }
+
+    #[test]
+    fn forbidden_names_verb_resource_group_and_user() {
+        let status = Status::failure(
+            "endpointslices.discovery.k8s.io is forbidden: User \"system:serviceaccount:kube-system:clusterdns\" cannot list resource \"endpointslices\" in API group \"discovery.k8s.io\" at the cluster scope",
+            "Forbidden",
+        )
+        .with_code(403);
+        let err = watcher::Error::InitialListFailed(kube::Error::Api(status.boxed()));
+        assert_eq!(
+            describe(&err, ResourceKind::EndpointSlices, None),
+            "403 forbidden: cannot list resource \"endpointslices\" in API group \"discovery.k8s.io\" (as system:serviceaccount:kube-system:clusterdns)"
+        );
+    }
+
+    #[test]
+    fn too_large_resource_version_needs_a_relist() {
+        let status = Status::failure("Too large resource version: 900, current: 12", "Timeout")
+            .with_code(504);
+        let err = watcher::Error::WatchStartFailed(kube::Error::Api(status.boxed()));
+        assert!(needs_relist(&err));
+        let status = Status::failure("etcd is sad", "InternalError").with_code(500);
+        let err = watcher::Error::WatchStartFailed(kube::Error::Api(status.boxed()));
+        assert!(!needs_relist(&err));
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
+        let d: Vec<Duration> = (0..5).map(|_| b.next_delay()).collect();
+        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
+        assert!(d[4] >= Duration::from_millis(200) && d[4] <= Duration::from_millis(400));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}
