@@ -17,6 +17,8 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, Routes as HttpRoutes};
 use crate::cluster::file_source::{self, DEFAULT_INTERVAL};
+use crate::cluster::kube_source::{self, KubeSourceOptions};
+use crate::cluster::status::SourceStatus;
 use crate::cluster::{ClusterView, Store};
 use crate::corefile::{self, Config, HostPort};
 use crate::dns::build::{self, BuildEnv, ListenKey, Router, Routes};
@@ -31,6 +33,9 @@ pub struct ServeOptions {
     pub corefile: Option<PathBuf>,
     /// Kubernetes objects from these files; None serves the embedded demo cluster.
     pub manifests: Option<PathBuf>,
+    /// Follow the Kubernetes API through this kubeconfig (also implied by `--corefile`,
+    /// which then uses `KUBECONFIG` or the in-cluster service account).
+    pub kubeconfig: Option<PathBuf>,
     /// For the built-in default only: where DNS listens.
     pub dns_addr: SocketAddr,
     /// For the built-in default only: the cluster zone, record TTL and pod records mode.
@@ -49,6 +54,7 @@ impl Default for ServeOptions {
         ServeOptions {
             corefile: None,
             manifests: None,
+            kubeconfig: None,
             dns_addr: SocketAddr::from(([127, 0, 0, 1], 1053)),
             zone: "cluster.local".into(),
             ttl: 5,
@@ -195,22 +201,80 @@ impl Running {
     }
 }
 
-fn start_source(
+/// Where the cluster data comes from: `--manifests` files; else the Kubernetes API when asked
+/// for (`--kubeconfig`, the Corefile's `kubeconfig`/`endpoint`, or any `--corefile`, which is
+/// how clusterdns runs in a cluster: in-cluster service account or `KUBECONFIG`); else the
+/// embedded demo cluster. Returns the API source's status (readiness, staleness).
+async fn start_source(
     opts: &ServeOptions,
+    config: &Config,
     view: &Arc<ClusterView>,
+    metrics: &Arc<Metrics>,
     cancel: &CancellationToken,
-) -> anyhow::Result<()> {
-    match &opts.manifests {
-        Some(path) => {
-            file_source::start(path.clone(), view.clone(), DEFAULT_INTERVAL, cancel.clone())
-                .with_context(|| format!("cannot load --manifests {}", path.display()))?;
-        }
-        None => {
-            let set = file_source::embedded_objects().context("embedded demo cluster")?;
-            view.publish(Arc::new(Store::from_objects(&set)), true);
-        }
+) -> anyhow::Result<Option<Arc<SourceStatus>>> {
+    if let Some(path) = &opts.manifests {
+        file_source::start(path.clone(), view.clone(), DEFAULT_INTERVAL, cancel.clone())
+            .with_context(|| format!("cannot load --manifests {}", path.display()))?;
+        return Ok(None);
     }
-    Ok(())
+    let k8s = config.servers.iter().find_map(|b| b.kubernetes());
+    let from_corefile = k8s.is_some_and(|k| k.kubeconfig.is_some() || k.endpoint.is_some());
+    if opts.kubeconfig.is_none() && !from_corefile && opts.corefile.is_none() {
+        let set = file_source::embedded_objects().context("embedded demo cluster")?;
+        view.publish(Arc::new(Store::from_objects(&set)), true);
+        return Ok(None);
+    }
+    if k8s.is_none() {
+        return Ok(None); // no kubernetes plugin: nothing to watch
+    }
+    let kube_config = match (
+        &opts.kubeconfig,
+        k8s.and_then(|k| k.kubeconfig.as_ref()),
+        k8s.and_then(|k| k.endpoint.as_ref()),
+    ) {
+        (Some(path), _, _) => kube_source::config(Some(path), None).await,
+        (None, Some(kc), _) => kube_source::config(Some(&kc.path), kc.context.as_deref()).await,
+        (None, None, Some(url)) => {
+            let uri = url
+                .parse()
+                .with_context(|| format!("kubernetes endpoint {url:?} is not a URL"))?;
+            Ok(kube::Config::new(uri))
+        }
+        (None, None, None) => kube_source::config(None, None).await,
+    }
+    .context("kubernetes")?;
+    let api_url = kube_config.cluster_url.to_string();
+    let client = kube_source::client_for(kube_config).context("kubernetes")?;
+    let verified = config
+        .servers
+        .iter()
+        .filter_map(|b| b.kubernetes())
+        .any(|k| matches!(k.pods, corefile::PodsMode::Verified));
+    let m = metrics.clone();
+    let source_opts = KubeSourceOptions {
+        startup_timeout: k8s
+            .map(|k| k.startup_timeout)
+            .unwrap_or(Duration::from_secs(5)),
+        // Pods cost memory in big clusters: watched only where answers need them.
+        watch_pods: verified,
+        // Nodes are few and tell micro-VM endpoints from node-group ones.
+        watch_nodes: true,
+        api_url: Some(api_url),
+        on_programmed: Some(Arc::new(move |kind, d| {
+            m.programming_duration
+                .with_label_values(&[kind.as_str()])
+                .observe(d.as_secs_f64());
+        })),
+        ..KubeSourceOptions::default()
+    };
+    let status = Arc::new(SourceStatus::new());
+    let handle = kube_source::spawn(client, view.clone(), status.clone(), source_opts);
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        cancel.cancelled().await;
+        handle.abort();
+    });
+    Ok(Some(status))
 }
 
 /// Binds every listener. Port 0 with several addresses gets one free port shared by all.
@@ -251,6 +315,7 @@ fn http_plan(config: &Config) -> Vec<(&'static str, HostPort)> {
 async fn start_http(
     config: &Config,
     view: &Arc<ClusterView>,
+    status: Option<Arc<SourceStatus>>,
     metrics: &Arc<Metrics>,
     tasks: &mut JoinSet<()>,
     cancel: &CancellationToken,
@@ -282,12 +347,15 @@ async fn start_http(
                 "health" => routes.health = true,
                 "ready" => {
                     let view = view.clone();
-                    routes.ready = Some(Arc::new(move || {
-                        if view.is_synced() {
-                            Vec::new()
-                        } else {
-                            vec!["kubernetes: waiting for the first complete sync of the cluster data".to_string()]
-                        }
+                    let status = status.clone();
+                    routes.ready = Some(Arc::new(move || match &status {
+                        // The API source says exactly what it waits for (RBAC, unreachable).
+                        Some(s) => s.not_ready_reasons(),
+                        None if view.is_synced() => Vec::new(),
+                        None => vec![
+                            "kubernetes: waiting for the first complete load of the cluster data"
+                                .to_string(),
+                        ],
                     }));
                 }
                 _ => {
@@ -360,7 +428,8 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     let config = corefile::parse_str(&text, &path, &|n| std::env::var(n).ok())?;
     let cancel = CancellationToken::new();
     let view = ClusterView::new();
-    start_source(&opts, &view, &cancel)?;
+    let metrics = Arc::new(Metrics::new());
+    let status = start_source(&opts, &config, &view, &metrics, &cancel).await?;
     let fatal = Arc::new(Fatal::default());
     let env = BuildEnv {
         view: view.clone(),
@@ -370,8 +439,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     let plan = build::listeners(&config)?;
     let keys: Vec<ListenKey> = plan.keys().copied().collect();
     let bound = bind_all(&keys).await?;
-    let metrics = Arc::new(Metrics::new());
-    watch_source_metrics(&metrics, &view);
+    watch_source_metrics(&metrics, &view, status.clone());
     let mut tasks = JoinSet::new();
     let mut routers: BTreeMap<ListenKey, Arc<Router>> = BTreeMap::new();
     let mut dns_addrs = Vec::new();
@@ -396,7 +464,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     }
     metrics.set_blocks(block_stats(&config, &built, &plan, &dns_addrs, &keys));
     set_plugin_enabled(&metrics, &config, &plan, &dns_addrs, &keys);
-    let http_addrs = start_http(&config, &view, &metrics, &mut tasks, &cancel).await?;
+    let http_addrs = start_http(&config, &view, status, &metrics, &mut tasks, &cancel).await?;
     let lameduck = config
         .servers
         .iter()
@@ -499,11 +567,23 @@ fn set_plugin_enabled(
 }
 
 /// Gauges that mirror the cluster view, refreshed at every scrape.
-fn watch_source_metrics(metrics: &Metrics, view: &Arc<ClusterView>) {
+fn watch_source_metrics(
+    metrics: &Metrics,
+    view: &Arc<ClusterView>,
+    status: Option<Arc<SourceStatus>>,
+) {
     let view = view.clone();
     metrics.on_scrape(move |m| {
         let snap = view.snapshot();
-        m.source_synced.set(i64::from(snap.synced));
+        let ready = status.as_ref().map(|s| s.ready()).unwrap_or(snap.synced);
+        m.source_synced.set(i64::from(ready));
+        let stale = status
+            .as_ref()
+            .and_then(|s| s.stale_since())
+            .and_then(|t| t.elapsed().ok())
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        m.source_stale_seconds.set(stale);
         let store = &snap.store;
         for (kind, n) in [
             ("namespaces", store.namespaces.len()),

@@ -120,6 +120,12 @@ struct ServeArgs {
     /// demo cluster is served.
     #[arg(long, value_name = "PATH")]
     manifests: Option<PathBuf>,
+    /// Follow a live cluster through the Kubernetes API with this kubeconfig (lists and
+    /// watches Services, EndpointSlices, Namespaces, Nodes, and Pods for `pods verified`).
+    /// With `--corefile` and no `--manifests`, the API is used anyway: `KUBECONFIG` or the
+    /// in-cluster service account, as CoreDNS does.
+    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
+    kubeconfig: Option<PathBuf>,
     /// Built-in Corefile only: address for DNS over UDP and TCP. Port 0 picks a free port
     /// (printed on start). Default 127.0.0.1:1053.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -190,6 +196,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
     let running = app::start(ServeOptions {
         corefile: args.corefile,
         manifests: args.manifests,
+        kubeconfig: args.kubeconfig,
         dns_addr: args.dns_addr.unwrap_or(defaults.dns_addr),
         zone: args.zone.unwrap_or(defaults.zone),
         ttl: args.ttl.unwrap_or(defaults.ttl),

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use clusterdns::app::{self, ServeOptions};
-use dnsclient::{query_message, rcode_name, section, upstream};
+use dnsclient::{http_get, query_message, rcode_name, section, upstream};
 use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -96,22 +96,6 @@ async fn ask(addr: SocketAddr, name: &str, qtype: RecordType) -> Message {
     ask_raw(addr, &msg, Duration::from_secs(5))
         .await
         .unwrap_or_else(|| panic!("no answer for {name} {qtype}"))
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (code, body)
 }
 
 /// A stock Corefile made runnable in a test: localhost, free ports.

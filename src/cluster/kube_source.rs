@@ -100,7 +100,11 @@ pub async fn client(
     kubeconfig: Option<&Path>,
     context: Option<&str>,
 ) -> Result<kube::Client, SourceError> {
-    let mut config = config(kubeconfig, context).await?;
+    client_for(config(kubeconfig, context).await?)
+}
+
+/// A client for an explicit configuration (e.g. the Corefile's `endpoint URL`).
+pub fn client_for(mut config: kube::Config) -> Result<kube::Client, SourceError> {
     info!(url = %config.cluster_url, "kubernetes: API server");
     // kube retries 429/503/504 up to 15 times inside the client, which hides a "Too large
     // resource version" (504) for about a minute; the watch loop retries with its own backoff
