@@ -13,7 +13,6 @@ use clusterdns::app::{self, ServeOptions};
 use dnsclient::{http_get, query_message, rcode_name, section, upstream};
 use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn demo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples/demo-cluster.yaml")
