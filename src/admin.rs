@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 pub type ReadyCheck = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 /// Renders the Prometheus text exposition.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+/// `/debug/...` pages: the path in, a JSON body out (None: not found).
+pub type DebugRender = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 const MAX_REQUEST: usize = 8192;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,6 +28,7 @@ pub struct Routes {
     pub health: bool,
     pub ready: Option<ReadyCheck>,
     pub metrics: Option<MetricsRender>,
+    pub debug: Option<DebugRender>,
 }
 
 impl Routes {
@@ -46,6 +49,10 @@ impl Routes {
             },
             "/metrics" => match &self.metrics {
                 Some(render) => (200, render()),
+                None => (404, "404 page not found\n".into()),
+            },
+            p if p.starts_with("/debug/") => match self.debug.as_ref().and_then(|d| d(p)) {
+                Some(body) => (200, body),
                 None => (404, "404 page not found\n".into()),
             },
             _ => (404, "404 page not found\n".into()),
@@ -88,6 +95,8 @@ async fn handle(mut stream: TcpStream, routes: Routes) {
     };
     let content_type = if path.starts_with("/metrics") {
         "text/plain; version=0.0.4; charset=utf-8"
+    } else if path.starts_with("/debug/") && code == 200 {
+        "application/json"
     } else {
         "text/plain; charset=utf-8"
     };

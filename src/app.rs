@@ -33,6 +33,16 @@ pub struct ServeOptions {
     pub corefile: Option<PathBuf>,
     /// Kubernetes objects from these files; None serves the embedded demo cluster.
     pub manifests: Option<PathBuf>,
+    /// `aws eks describe-fargate-profile` JSON: enables `/debug/placement` on the HTTP
+    /// endpoints and the placement-mismatch gauge.
+    pub fargate_profiles: Option<PathBuf>,
+    /// AWS CLI JSON for the prober: its verdicts for the live cluster view are re-judged every
+    /// `probe_interval` and exported as `clusterdns_probe_paths`.
+    pub aws: Option<PathBuf>,
+    pub probe_interval: Duration,
+    /// Also send live DNS probes (UDP and TCP 53) to every DNS endpoint and the DNS service
+    /// every `probe_interval`: `clusterdns_probe_up` / `clusterdns_probe_latency_seconds`.
+    pub probe_active: bool,
     /// Follow the Kubernetes API through this kubeconfig (also implied by `--corefile`,
     /// which then uses `KUBECONFIG` or the in-cluster service account).
     pub kubeconfig: Option<PathBuf>,
@@ -55,6 +65,10 @@ impl Default for ServeOptions {
             corefile: None,
             manifests: None,
             kubeconfig: None,
+            fargate_profiles: None,
+            aws: None,
+            probe_interval: Duration::from_secs(60),
+            probe_active: false,
             dns_addr: SocketAddr::from(([127, 0, 0, 1], 1053)),
             zone: "cluster.local".into(),
             ttl: 5,
@@ -255,8 +269,9 @@ async fn start_source(
         startup_timeout: k8s
             .map(|k| k.startup_timeout)
             .unwrap_or(Duration::from_secs(5)),
-        // Pods cost memory in big clusters: watched only where answers need them.
-        watch_pods: verified,
+        // Pods cost memory in big clusters: watched only where answers (pods verified),
+        // placement or the prober need them.
+        watch_pods: verified || opts.fargate_profiles.is_some() || opts.aws.is_some(),
         // Nodes are few and tell micro-VM endpoints from node-group ones.
         watch_nodes: true,
         api_url: Some(api_url),
@@ -317,6 +332,7 @@ async fn start_http(
     view: &Arc<ClusterView>,
     status: Option<Arc<SourceStatus>>,
     metrics: &Arc<Metrics>,
+    debug: Option<admin::DebugRender>,
     tasks: &mut JoinSet<()>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Vec<(&'static str, SocketAddr)>> {
@@ -343,6 +359,7 @@ async fn start_http(
             }
         };
         if let Some((_, routes)) = by_addr.get_mut(&addr) {
+            routes.debug = debug.clone();
             match kind {
                 "health" => routes.health = true,
                 "ready" => {
@@ -440,6 +457,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     let keys: Vec<ListenKey> = plan.keys().copied().collect();
     let bound = bind_all(&keys).await?;
     watch_source_metrics(&metrics, &view, status.clone());
+    let debug = start_insight(&opts, &view, &metrics, &cancel)?;
     let mut tasks = JoinSet::new();
     let mut routers: BTreeMap<ListenKey, Arc<Router>> = BTreeMap::new();
     let mut dns_addrs = Vec::new();
@@ -464,7 +482,8 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     }
     metrics.set_blocks(block_stats(&config, &built, &plan, &dns_addrs, &keys));
     set_plugin_enabled(&metrics, &config, &plan, &dns_addrs, &keys);
-    let http_addrs = start_http(&config, &view, status, &metrics, &mut tasks, &cancel).await?;
+    let http_addrs =
+        start_http(&config, &view, status, &metrics, debug, &mut tasks, &cancel).await?;
     let lameduck = config
         .servers
         .iter()
@@ -561,6 +580,147 @@ fn set_plugin_enabled(
                         .with_label_values(&[&server, &z.zone, "", p.kind().name()])
                         .set(1);
                 }
+            }
+        }
+    }
+}
+
+/// One complete list of the cluster through the API (for `placement` and `probe`), as the
+/// same stripped objects the server keeps. Fails, naming what it waited for, after `timeout`.
+pub async fn objects_from_api(
+    kubeconfig: Option<&std::path::Path>,
+    timeout: Duration,
+) -> anyhow::Result<crate::cluster::objects::ObjectSet> {
+    let config = kube_source::config(kubeconfig, None)
+        .await
+        .context("kubernetes")?;
+    let api_url = config.cluster_url.to_string();
+    let client = kube_source::client_for(config).context("kubernetes")?;
+    let view = ClusterView::new();
+    let status = Arc::new(SourceStatus::new());
+    let handle = kube_source::spawn(
+        client,
+        view.clone(),
+        status.clone(),
+        KubeSourceOptions {
+            watch_pods: true,
+            watch_nodes: true,
+            api_url: Some(api_url),
+            startup_timeout: timeout,
+            ..KubeSourceOptions::default()
+        },
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !status.ready() {
+        if tokio::time::Instant::now() >= deadline {
+            handle.abort();
+            anyhow::bail!(
+                "no complete list from the API server within {timeout:?}: {}",
+                status.not_ready_reasons().join("; ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    handle.abort();
+    let objects = view.snapshot().store.to_objects();
+    Ok(objects)
+}
+
+/// Placement (`/debug/placement`, the mismatch gauge) and the periodic prober.
+fn start_insight(
+    opts: &ServeOptions,
+    view: &Arc<ClusterView>,
+    metrics: &Arc<Metrics>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<admin::DebugRender>> {
+    let mut debug = None;
+    if let Some(path) = &opts.fargate_profiles {
+        let profiles = Arc::new(
+            crate::fargate::load_profiles(path)
+                .with_context(|| format!("--fargate-profiles {}", path.display()))?,
+        );
+        let v = view.clone();
+        let p = profiles.clone();
+        metrics.on_scrape(move |m| {
+            let objects = v.snapshot().store.to_objects();
+            let rows = crate::fargate::place(&objects.pods, &objects.nodes, &p);
+            let bad = rows.iter().filter(|r| !r.mismatches.is_empty()).count();
+            m.placement_mismatches.set(bad as i64);
+        });
+        let v = view.clone();
+        debug = Some(Arc::new(move |path: &str| {
+            (path == "/debug/placement").then(|| {
+                crate::fargate::run_placement(&v.snapshot().store.to_objects(), &profiles, true)
+            })
+        }) as admin::DebugRender);
+    }
+    if let Some(aws) = opts.aws.clone() {
+        // Bad AWS JSON is a start-up error, said once with the file and path.
+        crate::prober::aws::load(&aws).with_context(|| format!("--aws {}", aws.display()))?;
+        tokio::spawn(probe_loop(
+            aws,
+            view.clone(),
+            metrics.clone(),
+            opts.probe_interval.max(Duration::from_secs(1)),
+            opts.probe_active,
+            cancel.clone(),
+        ));
+    }
+    Ok(debug)
+}
+
+/// Re-judges the paths (and, with `active`, probes DNS) every `interval`, into metrics.
+async fn probe_loop(
+    aws: PathBuf,
+    view: Arc<ClusterView>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    active: bool,
+    cancel: CancellationToken,
+) {
+    use crate::prober::active::{self, ActiveOptions, Outcome, ProbeKind};
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let objects = view.snapshot().store.to_objects();
+        match crate::prober::aws::load(&aws) {
+            Ok(model) => {
+                let (findings, _) = crate::prober::paths::judge_all(&model, &objects);
+                metrics.probe_paths.reset();
+                for f in &findings {
+                    metrics
+                        .probe_paths
+                        .with_label_values(&[f.path, &f.judgement.verdict.to_string()])
+                        .inc();
+                }
+            }
+            Err(e) => warn!("prober: {e}; keeping the last verdicts"),
+        }
+        if active {
+            // DNS targets only: a bounded set of label values (endpoints of every service
+            // would make a metric per pod).
+            let (targets, _) = active::targets(&objects);
+            let targets: Vec<_> = targets
+                .into_iter()
+                .filter(|t| t.kind == ProbeKind::Dns)
+                .collect();
+            let results = active::probe_all(&targets, &ActiveOptions::default()).await;
+            metrics.probe_up.reset();
+            metrics.probe_latency.reset();
+            for r in &results {
+                let target = format!("{}:{}", r.target.ip, r.target.port);
+                let proto = r.target.protocol.as_str();
+                metrics
+                    .probe_up
+                    .with_label_values(&[&target, proto])
+                    .set(i64::from(r.outcome == Outcome::Ok));
+                metrics
+                    .probe_latency
+                    .with_label_values(&[&target, proto])
+                    .set(r.latency.as_secs_f64());
             }
         }
     }

@@ -43,6 +43,9 @@ struct ExportArgs {
     /// Kubernetes objects as `kubectl get -o yaml` prints them; default: the embedded demo.
     #[arg(long, value_name = "PATH")]
     manifests: Option<PathBuf>,
+    /// Read the cluster from a live API server through this kubeconfig instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
+    kubeconfig: Option<PathBuf>,
     /// The cluster domain.
     #[arg(long, default_value = "cluster.local")]
     zone: String,
@@ -65,6 +68,9 @@ struct PlacementArgs {
     /// embedded demo cluster.
     #[arg(long, value_name = "PATH")]
     manifests: Option<PathBuf>,
+    /// Read pods and nodes from a live cluster through this kubeconfig instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
+    kubeconfig: Option<PathBuf>,
     /// `aws eks describe-fargate-profile` JSON: a file or a directory of them.
     #[arg(long, value_name = "PATH")]
     fargate_profiles: PathBuf,
@@ -82,6 +88,9 @@ struct ProbeArgs {
     /// Kubernetes objects as `kubectl get -o yaml` prints them; default: the embedded demo.
     #[arg(long, value_name = "PATH")]
     manifests: Option<PathBuf>,
+    /// Read the cluster from a live API server through this kubeconfig instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
+    kubeconfig: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
     /// Also probe live from here: DNS over UDP and TCP to every DNS endpoint and the DNS
@@ -126,6 +135,22 @@ struct ServeArgs {
     /// in-cluster service account, as CoreDNS does.
     #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
     kubeconfig: Option<PathBuf>,
+    /// `aws eks describe-fargate-profile` JSON (file or directory): serve `/debug/placement`
+    /// (JSON: where each pod runs, its profile and micro-VM size, mismatches) on the HTTP
+    /// endpoints, and the `clusterdns_placement_mismatches` gauge.
+    #[arg(long, value_name = "PATH")]
+    fargate_profiles: Option<PathBuf>,
+    /// AWS CLI JSON (see `clusterdns probe --help`): re-judge the connectivity paths for the
+    /// live cluster every `--probe-interval` and export `clusterdns_probe_paths`.
+    #[arg(long, value_name = "PATH")]
+    aws: Option<PathBuf>,
+    /// Seconds between prober runs.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    probe_interval: u64,
+    /// With `--aws`: also send live DNS probes (UDP and TCP 53) to every DNS endpoint and the
+    /// DNS service IP: `clusterdns_probe_up`, `clusterdns_probe_latency_seconds`.
+    #[arg(long)]
+    probe_active: bool,
     /// Built-in Corefile only: address for DNS over UDP and TCP. Port 0 picks a free port
     /// (printed on start). Default 127.0.0.1:1053.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -197,6 +222,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         corefile: args.corefile,
         manifests: args.manifests,
         kubeconfig: args.kubeconfig,
+        fargate_profiles: args.fargate_profiles,
+        aws: args.aws,
+        probe_interval: std::time::Duration::from_secs(args.probe_interval),
+        probe_active: args.probe_active,
         dns_addr: args.dns_addr.unwrap_or(defaults.dns_addr),
         zone: args.zone.unwrap_or(defaults.zone),
         ttl: args.ttl.unwrap_or(defaults.ttl),
@@ -265,15 +294,21 @@ fn rewrite_conf_args(args: Vec<String>) -> Vec<String> {
     out
 }
 
-fn objects(manifests: Option<&std::path::Path>) -> anyhow::Result<ObjectSet> {
+async fn objects(
+    manifests: Option<&std::path::Path>,
+    kubeconfig: Option<&std::path::Path>,
+) -> anyhow::Result<ObjectSet> {
+    if kubeconfig.is_some() {
+        return app::objects_from_api(kubeconfig, std::time::Duration::from_secs(30)).await;
+    }
     Ok(match manifests {
         Some(p) => clusterdns::cluster::objects::load_path(p)?,
         None => clusterdns::cluster::file_source::embedded_objects()?,
     })
 }
 
-fn placement(args: PlacementArgs) -> anyhow::Result<u8> {
-    let objects = objects(args.manifests.as_deref())?;
+async fn placement(args: PlacementArgs) -> anyhow::Result<u8> {
+    let objects = objects(args.manifests.as_deref(), args.kubeconfig.as_deref()).await?;
     let profiles = clusterdns::fargate::load_profiles(&args.fargate_profiles)?;
     let json = matches!(args.format, Format::Json);
     print!(
@@ -285,7 +320,7 @@ fn placement(args: PlacementArgs) -> anyhow::Result<u8> {
 
 async fn probe(args: ProbeArgs) -> anyhow::Result<u8> {
     use clusterdns::prober::active;
-    let objects = objects(args.manifests.as_deref())?;
+    let objects = objects(args.manifests.as_deref(), args.kubeconfig.as_deref()).await?;
     let json = matches!(args.format, Format::Json);
     if args.targets_only {
         print!(
@@ -323,9 +358,9 @@ async fn probe(args: ProbeArgs) -> anyhow::Result<u8> {
     }
 }
 
-fn export_zone(args: ExportArgs) -> anyhow::Result<u8> {
+async fn export_zone(args: ExportArgs) -> anyhow::Result<u8> {
     use clusterdns::cluster::{Snapshot, Store};
-    let objects = objects(args.manifests.as_deref())?;
+    let objects = objects(args.manifests.as_deref(), args.kubeconfig.as_deref()).await?;
     let snap = Snapshot::build(
         std::sync::Arc::new(Store::from_objects(&objects)),
         clusterdns::cluster::snapshot::now_serial(),
@@ -364,9 +399,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Serve(args) => serve(args).await,
-            Command::Placement(args) => placement(args),
+            Command::Placement(args) => placement(args).await,
             Command::Probe(args) => probe(args).await,
-            Command::ExportZone(args) => export_zone(args),
+            Command::ExportZone(args) => export_zone(args).await,
         }
     });
     match result {

@@ -124,6 +124,10 @@ pub struct Metrics {
     pub objects: IntGaugeVec,
     pub endpoints_by_compute: IntGaugeVec,
     pub placement_mismatches: IntGauge,
+    /// The prober's latest verdicts: findings per path and verdict.
+    pub probe_paths: IntGaugeVec,
+    pub probe_up: IntGaugeVec,
+    pub probe_latency: prometheus::GaugeVec,
 }
 
 /// One answered query, as the server saw it.
@@ -250,11 +254,53 @@ impl Metrics {
         .expect("valid metric");
         reg.register(Box::new(placement_mismatches.clone()))
             .expect("registered once");
+        let probe_paths = IntGaugeVec::new(
+            Opts::new("clusterdns_probe_paths", "The prober's latest verdicts: findings per path (fargate-to-dns, ...) and verdict (allowed, blocked, unknown)."),
+            &["path", "verdict"],
+        )
+        .expect("valid metric");
+        reg.register(Box::new(probe_paths.clone()))
+            .expect("registered once");
+        let probe_up = IntGaugeVec::new(
+            Opts::new(
+                "clusterdns_probe_up",
+                "1 when the latest live DNS probe of the target answered.",
+            ),
+            &["target", "protocol"],
+        )
+        .expect("valid metric");
+        reg.register(Box::new(probe_up.clone()))
+            .expect("registered once");
+        let probe_latency = prometheus::GaugeVec::new(
+            Opts::new(
+                "clusterdns_probe_latency_seconds",
+                "Latency of the latest live DNS probe of the target.",
+            ),
+            &["target", "protocol"],
+        )
+        .expect("valid metric");
+        reg.register(Box::new(probe_latency.clone()))
+            .expect("registered once");
         let process = prometheus::process_collector::ProcessCollector::for_self();
         let _ = reg.register(Box::new(process));
 
         let t = time_buckets();
         let sizes = SIZE_BUCKETS.to_vec();
+        let programming_duration = histogram(
+            &reg,
+            "coredns_kubernetes_dns_programming_duration_seconds",
+            "Histogram of the time (in seconds) it took to program a dns instance.",
+            &["service_kind"],
+            (0..20).map(|i| 0.001 * f64::from(1u32 << i)).collect(),
+        );
+        // Present from the start (at zero) so dashboards see the series before any change.
+        for kind in [
+            "cluster_ip",
+            "headless_with_selector",
+            "headless_without_selector",
+        ] {
+            programming_duration.with_label_values(&[kind]);
+        }
         Metrics {
             requests: counter(
                 &reg,
@@ -295,13 +341,7 @@ impl Metrics {
                 "Counter of DNS requests with DO bit set per zone.",
                 &["server", "zone", "view"],
             ),
-            programming_duration: histogram(
-                &reg,
-                "coredns_kubernetes_dns_programming_duration_seconds",
-                "Histogram of the time (in seconds) it took to program a dns instance.",
-                &["service_kind"],
-                (0..20).map(|i| 0.001 * f64::from(1u32 << i)).collect(),
-            ),
+            programming_duration,
             panics,
             plugin_enabled,
             health_duration,
@@ -312,6 +352,9 @@ impl Metrics {
             objects,
             endpoints_by_compute,
             placement_mismatches,
+            probe_paths,
+            probe_up,
+            probe_latency,
             registry: reg,
             blocks: ArcSwap::from_pointee(Vec::new()),
             refreshers: Mutex::new(Vec::new()),

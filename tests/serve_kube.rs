@@ -10,7 +10,7 @@ use clusterdns::app::{self, ServeOptions};
 use dnsclient::{http_get, query, rcode_name, section, Transport};
 use hickory_proto::rr::RecordType;
 use support::apiserver::{ApiServer, Res};
-use support::{namespace, service, slice};
+use support::{namespace, node, pod, service, slice};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -109,6 +109,57 @@ async fn serve_follows_the_api_server() {
         "the last good view keeps serving"
     );
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_over_the_api_on_debug_placement_and_the_cli_path() {
+    let api = ApiServer::start().await;
+    let mut fargate_node = node("fargate-ip-10-0-9-9.eu-west-1.compute.internal");
+    fargate_node["metadata"]["labels"]["eks.amazonaws.com/compute-type"] = "fargate".into();
+    let mut busybox = pod("default", "busybox", "10.0.9.9");
+    busybox["spec"]["nodeName"] = "fargate-ip-10-0-9-9.eu-west-1.compute.internal".into();
+    api.apply_all([
+        namespace("default"),
+        fargate_node,
+        busybox,
+        node("node-1"),
+        pod("demo", "nginx", "10.0.1.5"),
+    ]);
+    let profiles = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("manifests/examples/fargate-profiles");
+    let server = app::start(ServeOptions {
+        kubeconfig: Some(api.kubeconfig_path()),
+        dns_addr: "127.0.0.1:0".parse().unwrap(),
+        fargate_profiles: Some(profiles),
+        ..ServeOptions::default()
+    })
+    .await
+    .unwrap();
+    let ready = server.http_addr("ready").unwrap();
+    until("/ready", || async {
+        http_get(ready, "/ready").await.0 == 200
+    })
+    .await;
+    let (code, body) = http_get(ready, "/debug/placement").await;
+    assert_eq!(code, 200);
+    let rows: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let busybox = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "busybox")
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(busybox["compute"], "micro-vm", "{body}");
+    assert_eq!(busybox["profile"], "fp-default", "{body}");
+    assert_eq!(busybox["expectedSize"], "0.25vCPU 0.5GB", "{body}");
+    server.shutdown().await;
+
+    // `clusterdns placement --kubeconfig` reads the same through one complete list.
+    let objects = app::objects_from_api(Some(&api.kubeconfig_path()), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(objects.pods.len(), 2);
+    assert_eq!(objects.nodes.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

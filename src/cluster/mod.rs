@@ -10,6 +10,7 @@ pub mod file_source;
 pub mod kube_source;
 pub mod model;
 pub mod objects;
+pub mod rebuild;
 pub mod snapshot;
 pub mod status;
 pub mod view;

@@ -11,6 +11,8 @@ use k8s_openapi::api::discovery::v1 as discovery;
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Security groups for pods on micro-VMs.
+pub const POD_SG_ANNOTATION: &str = "fargate.amazonaws.com/pod-sg";
 /// The node label Fargate sets on micro-VM nodes.
 pub const COMPUTE_TYPE_LABEL: &str = "eks.amazonaws.com/compute-type";
 
@@ -102,6 +104,16 @@ pub struct Pod {
     pub subdomain: Option<Box<str>>,
     /// Kept for Fargate profile selection (which selects by labels).
     pub labels: BTreeMap<String, String>,
+    /// The `fargate.amazonaws.com/pod-sg` annotation (security groups for pods), for the
+    /// prober.
+    pub pod_security_groups: Option<Box<str>>,
+    /// What the pod asks for (the larger of its containers' sum and its largest init
+    /// container), for micro-VM sizing: two numbers instead of every container spec.
+    pub demand: Option<crate::fargate::Demand>,
+    /// The `CapacityProvisioned` annotation Fargate sets.
+    pub capacity: Option<Box<str>>,
+    pub phase: Option<Box<str>>,
+    pub scheduler_name: Option<Box<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,6 +339,21 @@ impl Pod {
             hostname: spec.and_then(|s| s.hostname.as_deref()).map(boxed),
             subdomain: spec.and_then(|s| s.subdomain.as_deref()).map(boxed),
             labels: pod.metadata.labels.clone().unwrap_or_default(),
+            pod_security_groups: pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(POD_SG_ANNOTATION))
+                .map(|v| boxed(v)),
+            demand: spec.and_then(|s| crate::fargate::pod_demand(s).ok()),
+            capacity: pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::fargate::sizing::CAPACITY_ANNOTATION))
+                .map(|v| boxed(v)),
+            phase: status.and_then(|s| s.phase.as_deref()).map(boxed),
+            scheduler_name: spec.and_then(|s| s.scheduler_name.as_deref()).map(boxed),
         })
     }
 }
