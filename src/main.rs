@@ -177,6 +177,14 @@ struct ServeArgs {
     log: String,
 }
 
+/// Writes to stdout; a reader that goes away early (`| head`) ends the output quietly
+/// instead of a panic.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 fn init_tracing(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -311,10 +319,10 @@ async fn placement(args: PlacementArgs) -> anyhow::Result<u8> {
     let objects = objects(args.manifests.as_deref(), args.kubeconfig.as_deref()).await?;
     let profiles = clusterdns::fargate::load_profiles(&args.fargate_profiles)?;
     let json = matches!(args.format, Format::Json);
-    print!(
+    emit(&format!(
         "{}",
         clusterdns::fargate::placement::run_placement(&objects, &profiles, json)
-    );
+    ));
     Ok(0)
 }
 
@@ -323,10 +331,10 @@ async fn probe(args: ProbeArgs) -> anyhow::Result<u8> {
     let objects = objects(args.manifests.as_deref(), args.kubeconfig.as_deref()).await?;
     let json = matches!(args.format, Format::Json);
     if args.targets_only {
-        print!(
+        emit(&format!(
             "{}",
             active::render_targets(&active::targets(&objects).0, json)
-        );
+        ));
         return Ok(0);
     }
     let result = match (&args.aws, args.active || args.live_only) {
@@ -348,7 +356,7 @@ async fn probe(args: ProbeArgs) -> anyhow::Result<u8> {
     };
     match result {
         Ok((out, code)) => {
-            print!("{out}");
+            emit(&format!("{out}"));
             Ok(code)
         }
         Err(e) => {
@@ -373,7 +381,7 @@ async fn export_zone(args: ExportArgs) -> anyhow::Result<u8> {
         }
         Some(other) => anyhow::bail!("--reverse {other}: expected in-addr.arpa or ip6.arpa"),
     };
-    print!("{text}");
+    emit(&format!("{text}"));
     Ok(0)
 }
 
