@@ -256,7 +256,10 @@ async fn start_source(
         }
         (None, None, None) => kube_source::config(None, None).await,
     }
-    .context("kubernetes")?;
+    .context(
+        "the kubernetes plugin follows the Kubernetes API (in-cluster, KUBECONFIG or \
+         --kubeconfig FILE); to serve files instead, pass --manifests PATH",
+    )?;
     let api_url = kube_config.cluster_url.to_string();
     let client = kube_source::client_for(kube_config).context("kubernetes")?;
     let verified = config

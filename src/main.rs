@@ -319,9 +319,8 @@ async fn placement(args: PlacementArgs) -> anyhow::Result<u8> {
     let objects = objects(args.manifests.as_deref(), args.kubeconfig.as_deref()).await?;
     let profiles = clusterdns::fargate::load_profiles(&args.fargate_profiles)?;
     let json = matches!(args.format, Format::Json);
-    emit(&format!(
-        "{}",
-        clusterdns::fargate::placement::run_placement(&objects, &profiles, json)
+    emit(&clusterdns::fargate::placement::run_placement(
+        &objects, &profiles, json,
     ));
     Ok(0)
 }
@@ -331,10 +330,7 @@ async fn probe(args: ProbeArgs) -> anyhow::Result<u8> {
     let objects = objects(args.manifests.as_deref(), args.kubeconfig.as_deref()).await?;
     let json = matches!(args.format, Format::Json);
     if args.targets_only {
-        emit(&format!(
-            "{}",
-            active::render_targets(&active::targets(&objects).0, json)
-        ));
+        emit(&active::render_targets(&active::targets(&objects).0, json));
         return Ok(0);
     }
     let result = match (&args.aws, args.active || args.live_only) {
@@ -356,7 +352,7 @@ async fn probe(args: ProbeArgs) -> anyhow::Result<u8> {
     };
     match result {
         Ok((out, code)) => {
-            emit(&format!("{out}"));
+            emit(&out);
             Ok(code)
         }
         Err(e) => {
@@ -381,7 +377,7 @@ async fn export_zone(args: ExportArgs) -> anyhow::Result<u8> {
         }
         Some(other) => anyhow::bail!("--reverse {other}: expected in-addr.arpa or ip6.arpa"),
     };
-    emit(&format!("{text}"));
+    emit(&text);
     Ok(0)
 }
 

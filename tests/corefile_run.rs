@@ -497,6 +497,8 @@ fn conf_flag_runs_a_corefile_like_coredns() {
     std::fs::write(&path, format!("{BASE}    kubernetes cluster.local\n}}\n")).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clusterdns"))
         .args(["-conf", path.to_str().unwrap()])
+        .arg("--manifests")
+        .arg(demo())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

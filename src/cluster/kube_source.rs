@@ -735,15 +735,16 @@ impl Publisher {
     /// Returns whether the view changes (an identical update, e.g. a pod status heartbeat that
     /// touches nothing DNS keeps, publishes nothing).
     fn insert(&mut self, key: Key, object: Object) -> bool {
-        fn put<K: std::hash::Hash + Eq, V: PartialEq>(
-            map: &mut HashMap<K, Arc<V>>,
+        fn put<K: std::hash::Hash + Eq + Clone, V: PartialEq>(
+            map: &mut Arc<HashMap<K, Arc<V>>>,
             key: K,
             value: V,
         ) -> bool {
             if map.get(&key).is_some_and(|old| **old == value) {
                 return false;
             }
-            map.insert(key, Arc::new(value));
+            // Copies the table only while a published snapshot still shares it.
+            Arc::make_mut(map).insert(key, Arc::new(value));
             true
         }
         let s = &mut self.store;
@@ -757,34 +758,34 @@ impl Publisher {
     }
 
     fn remove(&mut self, kind: ResourceKind, key: &Key) -> bool {
+        fn take<K: std::hash::Hash + Eq + Clone, V>(
+            map: &mut Arc<HashMap<K, Arc<V>>>,
+            key: &K,
+        ) -> bool {
+            map.contains_key(key) && Arc::make_mut(map).remove(key).is_some()
+        }
         let s = &mut self.store;
         match kind {
-            ResourceKind::Namespaces => s.namespaces.remove(&key.1).is_some(),
-            ResourceKind::Services => s.services.remove(key).is_some(),
-            ResourceKind::EndpointSlices => s.slices.remove(key).is_some(),
-            ResourceKind::Pods => s.pods.remove(key).is_some(),
-            ResourceKind::Nodes => s.nodes.remove(&key.1).is_some(),
+            ResourceKind::Namespaces => take(&mut s.namespaces, &key.1),
+            ResourceKind::Services => take(&mut s.services, key),
+            ResourceKind::EndpointSlices => take(&mut s.slices, key),
+            ResourceKind::Pods => take(&mut s.pods, key),
+            ResourceKind::Nodes => take(&mut s.nodes, &key.1),
         }
     }
 
     fn replace(&mut self, kind: ResourceKind, objects: Vec<(Key, Object)>) {
+        // A new table (not a cleared shared one): snapshots keep the old one while they live.
         let s = &mut self.store;
         match kind {
-            ResourceKind::Namespaces => s.namespaces.clear(),
-            ResourceKind::Services => s.services.clear(),
-            ResourceKind::EndpointSlices => s.slices.clear(),
-            ResourceKind::Pods => s.pods.clear(),
-            ResourceKind::Nodes => s.nodes.clear(),
+            ResourceKind::Namespaces => s.namespaces = Arc::default(),
+            ResourceKind::Services => s.services = Arc::default(),
+            ResourceKind::EndpointSlices => s.slices = Arc::default(),
+            ResourceKind::Pods => s.pods = Arc::default(),
+            ResourceKind::Nodes => s.nodes = Arc::default(),
         }
         for (key, object) in objects {
             self.insert(key, object);
-        }
-        let s = &mut self.store;
-        // A relist of a big kind frees its old table's slack too.
-        match kind {
-            ResourceKind::Pods => s.pods.shrink_to_fit(),
-            ResourceKind::EndpointSlices => s.slices.shrink_to_fit(),
-            _ => {}
         }
     }
 

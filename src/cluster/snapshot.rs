@@ -20,14 +20,17 @@ pub const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
 /// that build a new snapshot while the old one serves.
 #[derive(Debug, Default, Clone)]
 pub struct Store {
-    pub namespaces: HashMap<Box<str>, Arc<Namespace>>,
-    pub services: HashMap<Key, Arc<Service>>,
-    pub slices: HashMap<Key, Arc<EndpointSlice>>,
+    pub namespaces: Arc<HashMap<Box<str>, Arc<Namespace>>>,
+    pub services: Arc<HashMap<Key, Arc<Service>>>,
+    pub slices: Arc<HashMap<Key, Arc<EndpointSlice>>>,
     /// v1 Endpoints converted to slices, keyed by service; used only for a service that has
     /// no EndpointSlice, so dumps holding both never double an address.
-    pub legacy_endpoints: HashMap<Key, Vec<Arc<EndpointSlice>>>,
-    pub pods: HashMap<Key, Arc<Pod>>,
-    pub nodes: HashMap<Box<str>, Arc<Node>>,
+    pub legacy_endpoints: Arc<HashMap<Key, Vec<Arc<EndpointSlice>>>>,
+    /// Each kind's table behind its own `Arc`: a copy of the store is a few reference counts,
+    /// a change copies only its kind's table (`Arc::make_mut`), and a snapshot rebuilds only
+    /// the indexes whose tables changed (compared by pointer).
+    pub pods: Arc<HashMap<Key, Arc<Pod>>>,
+    pub nodes: Arc<HashMap<Box<str>, Arc<Node>>>,
 }
 
 fn key(ns: &str, name: &str) -> Key {
@@ -36,42 +39,60 @@ fn key(ns: &str, name: &str) -> Key {
 
 impl Store {
     pub fn from_objects(objects: &ObjectSet) -> Store {
-        let mut store = Store::default();
-        for ns in objects.namespaces.iter().filter_map(Namespace::from_api) {
-            store.namespaces.insert(ns.name.clone(), Arc::new(ns));
-        }
-        for svc in objects.services.iter().filter_map(Service::from_api) {
-            store
-                .services
-                .insert(key(&svc.namespace, &svc.name), Arc::new(svc));
-        }
-        for slice in objects
+        let namespaces = objects
+            .namespaces
+            .iter()
+            .filter_map(Namespace::from_api)
+            .map(|ns| (ns.name.clone(), Arc::new(ns)))
+            .collect();
+        let services = objects
+            .services
+            .iter()
+            .filter_map(Service::from_api)
+            .map(|svc| (key(&svc.namespace, &svc.name), Arc::new(svc)))
+            .collect();
+        let slices = objects
             .endpoint_slices
             .iter()
             .filter_map(EndpointSlice::from_api)
-        {
-            store
-                .slices
-                .insert(key(&slice.namespace, &slice.name), Arc::new(slice));
-        }
+            .map(|slice| (key(&slice.namespace, &slice.name), Arc::new(slice)))
+            .collect();
+        let mut legacy = HashMap::new();
         for ep in &objects.endpoints {
             let slices = EndpointSlice::from_endpoints(ep);
             if let Some(first) = slices.first() {
                 let k = key(&first.namespace, &first.service);
-                store
-                    .legacy_endpoints
-                    .insert(k, slices.into_iter().map(Arc::new).collect());
+                legacy.insert(k, slices.into_iter().map(Arc::new).collect());
             }
         }
-        for pod in objects.pods.iter().filter_map(Pod::from_api) {
-            store
-                .pods
-                .insert(key(&pod.namespace, &pod.name), Arc::new(pod));
+        let pods = objects
+            .pods
+            .iter()
+            .filter_map(Pod::from_api)
+            .map(|pod| (key(&pod.namespace, &pod.name), Arc::new(pod)))
+            .collect();
+        let nodes = objects
+            .nodes
+            .iter()
+            .filter_map(Node::from_api)
+            .map(|node| (node.name.clone(), Arc::new(node)))
+            .collect();
+        Store {
+            namespaces: Arc::new(namespaces),
+            services: Arc::new(services),
+            slices: Arc::new(slices),
+            legacy_endpoints: Arc::new(legacy),
+            pods: Arc::new(pods),
+            nodes: Arc::new(nodes),
         }
-        for node in objects.nodes.iter().filter_map(Node::from_api) {
-            store.nodes.insert(node.name.clone(), Arc::new(node));
-        }
-        store
+    }
+
+    /// Whether `other` has the same service-side tables (the ones DNS service answers use).
+    fn same_services(&self, other: &Store) -> bool {
+        Arc::ptr_eq(&self.namespaces, &other.namespaces)
+            && Arc::ptr_eq(&self.services, &other.services)
+            && Arc::ptr_eq(&self.slices, &other.slices)
+            && Arc::ptr_eq(&self.legacy_endpoints, &other.legacy_endpoints)
     }
 }
 
@@ -192,14 +213,21 @@ pub struct Snapshot {
     pub serial: u32,
     /// The first complete load has happened; until then NXDOMAIN becomes SERVFAIL.
     pub synced: bool,
+    index: Arc<ServiceIndex>,
+    pods_by_ip: Arc<HashMap<IpAddr, Vec<Box<str>>>>,
+    pub dns_service_ips: Vec<IpAddr>,
+    /// The store the snapshot was built from, for placement and debugging views.
+    pub store: Arc<Store>,
+}
+
+/// Everything built from services and endpoints; shared between snapshots while only pods
+/// or nodes change.
+#[derive(Debug, Default)]
+struct ServiceIndex {
     namespaces: HashSet<Box<str>>,
     /// Keyed `<name>.<namespace>`, which is how the labels stand in a query name.
     services: HashMap<Box<str>, ServiceEntry>,
     ptr: HashMap<IpAddr, Vec<PtrTarget>>,
-    pods_by_ip: HashMap<IpAddr, Vec<Box<str>>>,
-    pub dns_service_ips: Vec<IpAddr>,
-    /// The store the snapshot was built from, for placement and debugging views.
-    pub store: Arc<Store>,
 }
 
 pub fn now_serial() -> u32 {
@@ -231,10 +259,70 @@ fn lower(s: &str) -> Box<str> {
 
 impl Snapshot {
     pub fn build(store: Arc<Store>, serial: u32, synced: bool) -> Snapshot {
+        let index = Arc::new(ServiceIndex::build(&store));
+        let pods_by_ip = Arc::new(pods_by_ip(&store));
+        Snapshot::assemble(store, index, pods_by_ip, serial, synced)
+    }
+
+    /// Like [`Snapshot::build`], reusing `prev`'s indexes whose tables did not change: a pod
+    /// event does not rebuild the service index, a service event not the pod index.
+    pub fn rebuild(prev: &Snapshot, store: Arc<Store>, serial: u32, synced: bool) -> Snapshot {
+        let index = if prev.store.same_services(&store) {
+            prev.index.clone()
+        } else {
+            Arc::new(ServiceIndex::build(&store))
+        };
+        let pods_by_ip = if Arc::ptr_eq(&prev.store.pods, &store.pods) {
+            prev.pods_by_ip.clone()
+        } else {
+            Arc::new(pods_by_ip(&store))
+        };
+        Snapshot::assemble(store, index, pods_by_ip, serial, synced)
+    }
+
+    fn assemble(
+        store: Arc<Store>,
+        index: Arc<ServiceIndex>,
+        pods_by_ip: Arc<HashMap<IpAddr, Vec<Box<str>>>>,
+        serial: u32,
+        synced: bool,
+    ) -> Snapshot {
+        let dns_service_ips = index
+            .services
+            .get(format!("{}.{}", DNS_SERVICE.1, DNS_SERVICE.0).as_str())
+            .map(|e| e.service.cluster_ips.clone())
+            .unwrap_or_default();
+        Snapshot {
+            serial,
+            synced,
+            index,
+            pods_by_ip,
+            dns_service_ips,
+            store,
+        }
+    }
+}
+
+fn pods_by_ip(store: &Store) -> HashMap<IpAddr, Vec<Box<str>>> {
+    let mut pods_by_ip: HashMap<IpAddr, Vec<Box<str>>> = HashMap::new();
+    for pod in store.pods.values() {
+        for ip in &pod.ips {
+            let list = pods_by_ip.entry(*ip).or_default();
+            let ns = lower(&pod.namespace);
+            if !list.contains(&ns) {
+                list.push(ns);
+            }
+        }
+    }
+    pods_by_ip
+}
+
+impl ServiceIndex {
+    fn build(store: &Store) -> ServiceIndex {
         let mut namespaces: HashSet<Box<str>> = store.namespaces.keys().map(|n| lower(n)).collect();
         let mut services: HashMap<Box<str>, ServiceEntry> =
             HashMap::with_capacity(store.services.len());
-        for ((ns, name), svc) in &store.services {
+        for ((ns, name), svc) in store.services.iter() {
             namespaces.insert(lower(ns));
             services.insert(
                 format!("{}.{}", name, ns).to_ascii_lowercase().into(),
@@ -325,34 +413,15 @@ impl Snapshot {
             }
         }
 
-        let mut pods_by_ip: HashMap<IpAddr, Vec<Box<str>>> = HashMap::new();
-        for pod in store.pods.values() {
-            for ip in &pod.ips {
-                let list = pods_by_ip.entry(*ip).or_default();
-                let ns = lower(&pod.namespace);
-                if !list.contains(&ns) {
-                    list.push(ns);
-                }
-            }
-        }
-
-        let dns_service_ips = services
-            .get(format!("{}.{}", DNS_SERVICE.1, DNS_SERVICE.0).as_str())
-            .map(|e| e.service.cluster_ips.clone())
-            .unwrap_or_default();
-
-        Snapshot {
-            serial,
-            synced,
+        ServiceIndex {
             namespaces,
             services,
             ptr,
-            pods_by_ip,
-            dns_service_ips,
-            store,
         }
     }
+}
 
+impl Snapshot {
     /// An empty snapshot that has not synced: every would-be NXDOMAIN is SERVFAIL.
     pub fn unsynced() -> Snapshot {
         Snapshot {
@@ -363,25 +432,25 @@ impl Snapshot {
 
     /// `namespace` must be lowercase.
     pub fn namespace_exists(&self, namespace: &str) -> bool {
-        self.namespaces.contains(namespace)
+        self.index.namespaces.contains(namespace)
     }
 
     /// `key` is `<name>.<namespace>`, lowercase.
     pub fn service(&self, key: &str) -> Option<&ServiceEntry> {
-        self.services.get(key)
+        self.index.services.get(key)
     }
 
     pub fn services(&self) -> impl Iterator<Item = &ServiceEntry> {
-        self.services.values()
+        self.index.services.values()
     }
 
     /// Every reverse entry (for zone export).
     pub fn ptr_entries(&self) -> impl Iterator<Item = (&IpAddr, &[PtrTarget])> {
-        self.ptr.iter().map(|(ip, t)| (ip, t.as_slice()))
+        self.index.ptr.iter().map(|(ip, t)| (ip, t.as_slice()))
     }
 
     pub fn ptr(&self, ip: &IpAddr) -> &[PtrTarget] {
-        self.ptr.get(ip).map(Vec::as_slice).unwrap_or(&[])
+        self.index.ptr.get(ip).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Whether a pod with this IP exists in this (lowercase) namespace.
@@ -392,7 +461,7 @@ impl Snapshot {
     }
 
     pub fn service_count(&self) -> usize {
-        self.services.len()
+        self.index.services.len()
     }
 }
 
