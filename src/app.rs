@@ -467,7 +467,10 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     let mut probed = HashSet::new();
     for (key, b) in bound {
         let blocks = &plan[&key];
-        let router = Arc::new(Router::new(Routes::new(&config, blocks, &built, key.port)));
+        let router = Arc::new(Router::new(
+            Routes::new(&config, blocks, &built, key.port),
+            view.clone(),
+        ));
         let addr = b.local_addr();
         dns_addrs.push(addr);
         for &i in blocks {

@@ -19,6 +19,9 @@ pub struct Answer {
     /// The server block zone that handled the query (the `zone` metric label); None when no
     /// block took it.
     pub zone: Option<std::sync::Arc<str>>,
+    /// May be stored in the server's response cache: it depends only on the question and
+    /// the cluster snapshot (set by the pipeline; cleared by hooks that vary answers).
+    pub cacheable: bool,
 }
 
 impl Answer {

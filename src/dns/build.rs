@@ -20,9 +20,10 @@ use hickory_proto::rr::Name;
 
 use super::answer::Answer;
 use super::cache::Cache;
+use super::fastpath::{Meta, Peek};
 use super::forward::Forward;
 use super::kubernetes::{parse_zone, Kubernetes, KubernetesConfig, PodMode};
-use super::pipeline::{Handler, Pipeline, Request, Responder};
+use super::pipeline::{FastCache, FastLookup, Handler, Pipeline, Request, Responder, Stamp};
 use super::plugins::loop_detect::{Fatal, LoopDetect};
 use super::plugins::{acl, errors, hosts, loadbalance, log, rewrite, template};
 use crate::cluster::ClusterView;
@@ -331,25 +332,45 @@ impl Routes {
 
 /// Dispatches each query to the pipeline of the block with the longest matching zone.
 pub struct Router {
-    routes: ArcSwap<Routes>,
+    routes: ArcSwap<(Routes, FastCache)>,
 }
 
 impl Router {
-    pub fn new(routes: Routes) -> Router {
+    pub fn new(routes: Routes, view: Arc<ClusterView>) -> Router {
         Router {
-            routes: ArcSwap::from_pointee(routes),
+            routes: ArcSwap::from_pointee((routes, Self::fast_cache(view, 0))),
         }
     }
 
-    /// Queries already routed finish on the old pipelines; new ones see these.
+    fn fast_cache(view: Arc<ClusterView>, epoch: u64) -> FastCache {
+        FastCache {
+            cache: Default::default(),
+            view,
+            epoch,
+        }
+    }
+
+    /// Queries already routed finish on the old pipelines; new ones see these. The response
+    /// cache starts empty with them: answers of the old configuration are never replayed.
     pub fn swap(&self, routes: Routes) {
-        self.routes.store(Arc::new(routes));
+        let old = self.routes.load();
+        let fresh = Self::fast_cache(old.1.view.clone(), old.1.epoch + 1);
+        drop(old);
+        self.routes.store(Arc::new((routes, fresh)));
     }
 }
 
 impl Responder for Router {
+    fn fast_get(&self, p: &Peek, max_len: usize) -> FastLookup {
+        self.routes.load().1.get(p, max_len)
+    }
+
+    fn fast_put(&self, p: &Peek, stamp: Stamp, response: &[u8], meta: Meta) {
+        self.routes.load().1.put(p, stamp, response, meta)
+    }
+
     fn respond<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Answer> {
-        let route = self.routes.load().route(&req.qname);
+        let route = self.routes.load().0.route(&req.qname);
         Box::pin(async move {
             match route {
                 Some((p, zone)) => {

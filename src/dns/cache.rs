@@ -148,6 +148,7 @@ impl Entry {
             plugin: PLUGIN,
             no_reply: false,
             zone: None,
+            cacheable: false,
         }
     }
 
@@ -503,6 +504,10 @@ fn min_ttl(answer: &Answer, denial: bool) -> Option<u32> {
 impl Handler for Cache {
     fn name(&self) -> &'static str {
         PLUGIN
+    }
+
+    fn pure(&self) -> bool {
+        true
     }
 
     fn handle(&self, req: &Request) -> Flow {

@@ -148,6 +148,15 @@ impl Key {
 struct Entry {
     generation: u64,
     bytes: Box<[u8]>,
+    meta: Meta,
+}
+
+/// What the metrics need to know about a stored answer.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub zone: Option<std::sync::Arc<str>>,
+    pub plugin: &'static str,
+    pub rcode: hickory_proto::op::ResponseCode,
 }
 
 pub struct ResponseCache {
@@ -171,7 +180,7 @@ impl ResponseCache {
 
     /// The stored response for this question at this generation, with the query's id and
     /// letter case, if it fits `max_len`.
-    pub fn get(&self, p: &Peek, generation: u64, max_len: usize) -> Option<Vec<u8>> {
+    pub fn get(&self, p: &Peek, generation: u64, max_len: usize) -> Option<(Vec<u8>, Meta)> {
         let key = Key::of(p);
         let shard = self.shard(&key).read().ok()?;
         let entry = shard.get(&key)?;
@@ -179,17 +188,18 @@ impl ResponseCache {
             return None;
         }
         let mut out = entry.bytes.to_vec();
+        let meta = entry.meta.clone();
         drop(shard);
         out[0..2].copy_from_slice(&p.id.to_be_bytes());
         // The question starts at 12 in every response we store and has the same length as
         // the query's; answer owner names point at it, so they echo the case too.
         out[12..12 + p.qname.len()].copy_from_slice(p.qname);
-        Some(out)
+        Some((out, meta))
     }
 
     /// Stores `response` (for the question `p`) at `generation`. The response must carry the
     /// question at offset 12 uncompressed, which every encoder does.
-    pub fn put(&self, p: &Peek, generation: u64, response: &[u8]) {
+    pub fn put(&self, p: &Peek, generation: u64, response: &[u8], meta: Meta) {
         if response.len() < 12 + p.qname.len()
             || !response[12..12 + p.qname.len()].eq_ignore_ascii_case(p.qname)
         {
@@ -210,6 +220,7 @@ impl ResponseCache {
             Entry {
                 generation,
                 bytes: response.into(),
+                meta,
             },
         );
     }
@@ -262,13 +273,19 @@ mod tests {
             RecordType::A,
         ));
         let bytes = resp.to_vec().unwrap();
-        cache.put(&p1, 1, &bytes);
+        let meta = Meta {
+            zone: None,
+            plugin: "kubernetes",
+            rcode: hickory_proto::op::ResponseCode::NoError,
+        };
+        cache.put(&p1, 1, &bytes, meta);
 
         let mut q2 = query("NGINX.demo.svc.cluster.local.", false);
         q2[0] = 0x01;
         q2[1] = 0x02;
         let p2 = peek(&q2).unwrap();
-        let hit = cache.get(&p2, 1, 512).unwrap();
+        let (hit, meta) = cache.get(&p2, 1, 512).unwrap();
+        assert_eq!(meta.plugin, "kubernetes");
         assert_eq!(&hit[0..2], &[0x01, 0x02]);
         let m = Message::from_vec(&hit).unwrap();
         assert_eq!(

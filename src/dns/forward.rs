@@ -484,6 +484,7 @@ impl Inner {
                         plugin: PLUGIN,
                         no_reply: false,
                         zone: None,
+                        cacheable: false,
                     });
                 }
                 Err(e) => {

@@ -734,6 +734,10 @@ impl Handler for Kubernetes {
         PLUGIN
     }
 
+    fn pure(&self) -> bool {
+        true
+    }
+
     fn handle(&self, req: &Request) -> Flow {
         let Some(answer) = self.lookup(&req.qname, req.qtype) else {
             return Flow::Next;

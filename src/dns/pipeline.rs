@@ -10,6 +10,7 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 
 use super::answer::Answer;
+use super::fastpath::{Meta, Peek, ResponseCache};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
@@ -55,6 +56,56 @@ pub enum Flow {
 /// picks a server block's pipeline per query. Boxed so the server holds it as a trait object.
 pub trait Responder: Send + Sync {
     fn respond<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Answer>;
+
+    /// Looks the question up in the response cache in front of everything (dns::fastpath).
+    fn fast_get(&self, _p: &Peek, _max_len: usize) -> FastLookup {
+        FastLookup::Off
+    }
+
+    /// Stores a response for the question; `stamp` comes from the `Miss` that preceded it,
+    /// so an answer computed before a change or a reload is never stored as current.
+    fn fast_put(&self, _p: &Peek, _stamp: Stamp, _response: &[u8], _meta: Meta) {}
+}
+
+/// The cluster snapshot generation and the configuration epoch an answer was made under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub generation: u64,
+    pub epoch: u64,
+}
+
+pub enum FastLookup {
+    Hit(Vec<u8>, Meta),
+    Miss(Stamp),
+    /// No response cache here.
+    Off,
+}
+
+/// A response cache and what invalidates it: the view's generation and the config epoch.
+pub struct FastCache {
+    pub cache: ResponseCache,
+    pub view: std::sync::Arc<crate::cluster::ClusterView>,
+    pub epoch: u64,
+}
+
+impl FastCache {
+    pub fn get(&self, p: &Peek, max_len: usize) -> FastLookup {
+        // The generation is read BEFORE answering: see ClusterView::generation.
+        let stamp = Stamp {
+            generation: self.view.generation(),
+            epoch: self.epoch,
+        };
+        match self.cache.get(p, stamp.generation, max_len) {
+            Some((bytes, meta)) => FastLookup::Hit(bytes, meta),
+            None => FastLookup::Miss(stamp),
+        }
+    }
+
+    pub fn put(&self, p: &Peek, stamp: Stamp, response: &[u8], meta: Meta) {
+        if stamp.epoch == self.epoch {
+            self.cache.put(p, stamp.generation, response, meta);
+        }
+    }
 }
 
 impl Responder for Pipeline {
@@ -66,6 +117,13 @@ impl Responder for Pipeline {
 pub trait Handler: Send + Sync {
     fn name(&self) -> &'static str;
     fn handle(&self, req: &Request) -> Flow;
+    /// Whether passing a query on (or wrapping it) depends only on the question and changes
+    /// nothing per query: no logging, no client address, no per-query randomness. Answers
+    /// from `kubernetes` reached only through pure handlers may go to the server's response
+    /// cache (dns::fastpath).
+    fn pure(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Clone, Default)]
@@ -87,24 +145,30 @@ impl Pipeline {
     pub async fn resolve(&self, req: &Request) -> Answer {
         let mut hooks: Vec<AnswerHook> = Vec::new();
         let mut answer = None;
+        let mut pure = true;
         // Owned only once a rewrite replaced the request.
         let mut rewritten: Option<Box<Request>> = None;
         for handler in &self.handlers {
             let current = rewritten.as_deref().unwrap_or(req);
             match handler.handle(current) {
-                Flow::Answer(a) => {
+                Flow::Answer(mut a) => {
+                    a.cacheable = pure && a.plugin == "kubernetes";
                     answer = Some(a);
                     break;
                 }
-                Flow::Next => {}
+                Flow::Next => pure &= handler.pure(),
                 Flow::Pending(fut) => {
                     if let Some(a) = fut.await {
                         answer = Some(a);
                         break;
                     }
                 }
-                Flow::Then(hook) => hooks.push(hook),
+                Flow::Then(hook) => {
+                    pure &= handler.pure();
+                    hooks.push(hook)
+                }
                 Flow::Rewrite(new, hook) => {
+                    pure = false;
                     hooks.extend(hook);
                     rewritten = Some(new);
                 }

@@ -17,7 +17,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::pipeline::{Proto, Request, Responder};
+use super::fastpath;
+use super::pipeline::{FastLookup, Proto, Request, Responder};
 use super::wire::{self, Incoming};
 
 /// CoreDNS closes idle TCP connections after 10 s as well.
@@ -184,11 +185,57 @@ pub struct Service {
 impl Service {
     pub async fn process(&self, bytes: &[u8], src: SocketAddr, proto: Proto) -> Option<Vec<u8>> {
         let start = Instant::now();
-        let Some(obs) = &self.observer else {
-            return process_inner(&*self.responder, bytes, src, proto, &mut None).await;
-        };
+        // The response cache first: a plain question answered before from the snapshot is
+        // one hash lookup and a copy (dns::fastpath).
+        let peeked = fastpath::peek(bytes);
+        let mut stamp = None;
+        if let Some(p) = &peeked {
+            let max = match proto {
+                Proto::Udp => p.max_udp(),
+                Proto::Tcp => u16::MAX as usize,
+            };
+            match self.responder.fast_get(p, max) {
+                FastLookup::Hit(out, meta) => {
+                    if let Some(obs) = &self.observer {
+                        obs.observe(&Observed {
+                            zone: meta.zone.as_deref().unwrap_or("dropped"),
+                            proto,
+                            src,
+                            qtype: Some(RecordType::from(p.qtype)),
+                            rcode: meta.rcode,
+                            plugin: meta.plugin,
+                            duration: start.elapsed(),
+                            request_size: bytes.len(),
+                            response_size: out.len(),
+                            do_bit: p.do_bit,
+                        });
+                    }
+                    return Some(out);
+                }
+                FastLookup::Miss(s) => stamp = Some(s),
+                FastLookup::Off => {}
+            }
+        }
         let mut seen = None;
         let reply = process_inner(&*self.responder, bytes, src, proto, &mut seen).await;
+        if let (Some(p), Some(stamp), Some(s), Some(out)) = (&peeked, stamp, &seen, &reply) {
+            // Whole answers only: a truncated UDP reply is never replayed.
+            if s.cacheable && out.len() >= 4 && out[2] & 0x02 == 0 {
+                self.responder.fast_put(
+                    p,
+                    stamp,
+                    out,
+                    fastpath::Meta {
+                        zone: s.zone.clone(),
+                        plugin: s.plugin,
+                        rcode: s.rcode,
+                    },
+                );
+            }
+        }
+        let Some(obs) = &self.observer else {
+            return reply;
+        };
         let (qtype, rcode, plugin, zone, do_bit) = match &seen {
             Some(s) => (
                 Some(s.qtype),
@@ -228,6 +275,7 @@ impl Service {
 
 /// What process_inner learned, for the observer.
 struct Seen {
+    cacheable: bool,
     qtype: RecordType,
     rcode: ResponseCode,
     plugin: &'static str,
@@ -267,6 +315,7 @@ async fn process_inner(
     };
     let answer = pipeline.respond(&req).await;
     *seen = Some(Seen {
+        cacheable: answer.cacheable && !answer.no_reply,
         qtype: req.qtype,
         rcode: answer.rcode,
         plugin: answer.plugin,

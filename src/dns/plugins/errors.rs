@@ -97,6 +97,10 @@ impl Handler for Errors {
         "errors"
     }
 
+    fn pure(&self) -> bool {
+        true
+    }
+
     fn handle(&self, req: &Request) -> Flow {
         let id = req.message.metadata.id;
         let name = lower_fqdn(&req.qname);

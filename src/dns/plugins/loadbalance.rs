@@ -39,8 +39,26 @@ impl Handler for Loadbalance {
 
     fn handle(&self, _req: &Request) -> Flow {
         Flow::Then(Box::new(|mut a: Answer| {
+            // An answer that gets shuffled must not be replayed in one order from a cache.
+            let addresses = a
+                .answers
+                .iter()
+                .filter(|r| {
+                    matches!(
+                        r.record_type(),
+                        RecordType::A | RecordType::AAAA | RecordType::MX
+                    )
+                })
+                .count();
+            if addresses > 1 {
+                a.cacheable = false;
+            }
             a.answers = shuffle(std::mem::take(&mut a.answers));
             a
         }))
+    }
+
+    fn pure(&self) -> bool {
+        true
     }
 }

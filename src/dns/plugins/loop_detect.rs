@@ -92,6 +92,10 @@ impl Handler for LoopDetect {
         "loop"
     }
 
+    fn pure(&self) -> bool {
+        true
+    }
+
     fn handle(&self, req: &Request) -> Flow {
         if req.qtype != RecordType::HINFO
             || self.done.load(Ordering::Relaxed)
