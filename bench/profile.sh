@@ -28,14 +28,16 @@ for _ in $(seq 1200); do
 done
 callgrind_control -i on "$pid" >/dev/null
 head -n "$n" "$queries" >"$out/q.txt"
-dnsperf -s 127.0.0.1 -p "$port" -d "$out/q.txt" -n 1 -Q 2000 -c 4 -q 20 -t 5 | grep -E "Queries (sent|completed)"
+dnsperf -s 127.0.0.1 -p "$port" -d "$out/q.txt" -n 1 -Q 1000 -c 4 -q 20 -t 5 | grep -E "Queries (sent|completed)"
 callgrind_control -i off "$pid" >/dev/null
 callgrind_control -d "$pid" >/dev/null
 kill "$pid"; wait "$pid" 2>/dev/null || true
 trap - EXIT
-f=$(ls -t "$out"/callgrind.out* | head -1)
-total=$(callgrind_annotate "$f" | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}')
+# The dump taken while instrumented (callgrind.out.1); the file written at exit is empty.
+f=$(ls -S "$out"/callgrind.out* | head -1)
+total=$(awk '/^totals:/{print $2}' "$f")
 echo "instructions per query: $((total / n)) (total $total over $n queries)"
-echo "--- inclusive"; callgrind_annotate --inclusive=yes --threshold=99 "$f" | sed -n '/Ir/,$p' | head -60
-echo "--- exclusive"; callgrind_annotate --threshold=95 "$f" | sed -n '/Ir/,$p' | head -45
+short() { sed -n '/file:function/,$p' | sed -E 's#/root/.cargo/registry/src/[^/]+/##; s#/rustc/[0-9a-f]+/##' | cut -c1-200; }
+echo "--- inclusive"; { callgrind_annotate --inclusive=yes "$f" | short | head -60; } || true
+echo "--- exclusive"; { callgrind_annotate "$f" | short | head -40; } || true
 echo "profile: $f"
