@@ -8,5 +8,6 @@ pub mod corefile;
 pub mod dns;
 pub mod export;
 pub mod fargate;
+pub mod gen;
 pub mod metrics;
 pub mod prober;

@@ -36,6 +36,9 @@ enum Command {
     /// Print the cluster zone (or a reverse zone) as an RFC 1035 zone file, e.g. to serve the
     /// same records from NSD or Knot.
     ExportZone(ExportArgs),
+    /// Print a synthetic cluster (namespaces, services, endpoint slices, pods, nodes) as
+    /// `kubectl get -A -o yaml` does, for benchmarks; deterministic for a seed.
+    GenCluster(clusterdns::gen::GenArgs),
 }
 
 #[derive(clap::Args)]
@@ -406,6 +409,7 @@ fn main() -> ExitCode {
             Command::Placement(args) => placement(args).await,
             Command::Probe(args) => probe(args).await,
             Command::ExportZone(args) => export_zone(args).await,
+            Command::GenCluster(args) => clusterdns::gen::run(&args),
         }
     });
     match result {

@@ -1,0 +1,991 @@
+#!/usr/bin/env python3
+"""clusterdns benchmarks against NSD and Knot DNS serving the same records (issue 7).
+
+    python3 bench/run.py            # full run (about 15 minutes on 2 cores)
+    python3 bench/run.py --quick    # smoke run (about 2 minutes)
+
+Builds the release binary, generates synthetic clusters with `clusterdns gen-cluster`,
+exports them with `clusterdns export-zone` for NSD and Knot, runs dnsperf with identical
+settings against every server, and writes bench/results.json plus a Markdown table on stdout
+(and to --md PATH). Installs nothing: a missing tool is named with the apt-get line to run, and
+the script exits 2. Python 3 standard library only. Traffic goes to 127.0.0.1 only.
+"""
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+ZONE = "cluster.local"
+TOOLS = {"dnsperf": "dnsperf", "nsd": "nsd", "knotd": "knot", "taskset": "util-linux"}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MIXES = ["clusterip", "headless10", "srv", "ptr", "nxdomain", "external", "mix"]
+MIX_TITLES = {
+    "clusterip": "ClusterIP A",
+    "headless10": "headless A (10 endpoints)",
+    "srv": "SRV (named port)",
+    "ptr": "PTR (service and endpoint IPs)",
+    "nxdomain": "NXDOMAIN (search-path expansion)",
+    "external": "external name, cache hit",
+    "mix": "realistic mix",
+}
+# The realistic mix, in per cent: what a namespace of ndots:5 pods sends (most lookups of
+# external names first walk the search path and fail).
+MIX_WEIGHTS = {"clusterip": 35, "headless10": 8, "srv": 4, "ptr": 3, "nxdomain": 40, "external": 10}
+
+
+def log(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# A minimal DNS client (start-up and propagation probes).
+
+
+def dns_query(port, name, qtype=1, timeout=0.2, sock=None):
+    """Returns (rcode, [A addresses]) or None on timeout."""
+    qid = random.randint(0, 0xFFFF)
+    pkt = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.rstrip(".").split("."):
+        pkt += bytes([len(label)]) + label.encode()
+    pkt += b"\x00" + struct.pack(">HH", qtype, 1)
+    own = sock is None
+    s = sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.settimeout(timeout)
+        s.sendto(pkt, ("127.0.0.1", port))
+        deadline = time.monotonic() + timeout
+        while True:
+            s.settimeout(max(0.001, deadline - time.monotonic()))
+            data, _ = s.recvfrom(4096)
+            if len(data) >= 12 and struct.unpack(">H", data[:2])[0] == qid:
+                break
+    except (socket.timeout, OSError):
+        return None
+    finally:
+        if own:
+            s.close()
+    rcode = data[3] & 0x0F
+    an = struct.unpack(">H", data[6:8])[0]
+    pos = 12
+
+    def skip_name(p):
+        while True:
+            n = data[p]
+            if n == 0:
+                return p + 1
+            if n & 0xC0 == 0xC0:
+                return p + 2
+            p += n + 1
+
+    pos = skip_name(pos) + 4
+    addrs = []
+    for _ in range(an):
+        pos = skip_name(pos)
+        rtype, _, _, rdlen = struct.unpack(">HHIH", data[pos : pos + 10])
+        pos += 10
+        if rtype == 1 and rdlen == 4:
+            addrs.append(socket.inet_ntoa(data[pos : pos + 4]))
+        pos += rdlen
+    return rcode, addrs
+
+
+def free_port():
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    for _ in range(50):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("127.0.0.1", 0))
+        port = u.getsockname()[1]
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            t.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            u.close()
+            t.close()
+    raise RuntimeError("no free port")
+
+
+# ---------------------------------------------------------------------------------------------
+# Process accounting from /proc.
+
+
+def tree_pids(root):
+    """root and every descendant (NSD forks a server and xfrd process)."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_seconds(root):
+    total = 0
+    for pid in tree_pids(root):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+def memory_kib(root):
+    """(VmRSS summed, Pss summed, VmHWM of the root) in KiB over the process tree."""
+    rss = pss = hwm = 0
+    for pid in tree_pids(root):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("VmHWM:") and pid == root:
+                        hwm = int(line.split()[1])
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        except OSError:
+            continue
+    return {"rss_kib": rss, "pss_kib": pss, "hwm_kib": hwm}
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers.
+
+
+class Server:
+    def __init__(self, name, argv, port, workdir, cpus, probe):
+        self.name, self.port, self.probe = name, port, probe
+        self.log_path = os.path.join(workdir, f"{name}.log")
+        self.log = open(self.log_path, "w")
+        if cpus:
+            argv = ["taskset", "-c", cpus] + argv
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        self.ready_s = None
+
+    def wait_ready(self, timeout):
+        """Seconds from launch to the first answer with data for the probe name."""
+        name, qtype = self.probe
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            while time.monotonic() - self.t0 < timeout:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited: see {self.log_path}:\n{self.tail()}")
+                r = dns_query(self.port, name, qtype, timeout=0.05, sock=sock)
+                if r and r[0] == 0:
+                    self.ready_s = time.monotonic() - self.t0
+                    return self.ready_s
+                time.sleep(0.005)
+        finally:
+            sock.close()
+        raise RuntimeError(f"{self.name} not ready after {timeout}s: {self.log_path}:\n{self.tail()}")
+
+    def tail(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return "".join(f.readlines()[-15:])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def start_clusterdns(binary, manifests, workdir, cpus, probe, extra=()):
+    port = free_port()
+    argv = [binary, "serve", "--dns-addr", f"127.0.0.1:{port}", "--log", "warn"]
+    if manifests:
+        argv += ["--manifests", manifests]
+    return Server("clusterdns", argv + list(extra), port, workdir, cpus, probe)
+
+
+def start_nsd(zones, workdir, cpus, probe):
+    port = free_port()
+    d = os.path.join(workdir, "nsd")
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "nsd.conf")
+    with open(conf, "w") as f:
+        f.write(
+            f"""server:
+    ip-address: 127.0.0.1
+    port: {port}
+    server-count: 1
+    do-ip6: no
+    username: ""
+    chroot: ""
+    zonesdir: "{d}"
+    database: ""
+    pidfile: "{d}/nsd.pid"
+    xfrdfile: "{d}/xfrd.state"
+    zonelistfile: "{d}/zone.list"
+    logfile: "{d}/nsd.log"
+    verbosity: 0
+    hide-version: yes
+    reuseport: no
+    # Response rate limiting is on by default (200 qps per source): off, as for the others.
+    rrl-ratelimit: 0
+    rrl-whitelist-ratelimit: 0
+remote-control:
+    control-enable: no
+"""
+        )
+        for origin, path in zones:
+            f.write(f"zone:\n    name: {origin}\n    zonefile: \"{path}\"\n")
+    return Server("nsd", ["nsd", "-d", "-c", conf], port, workdir, cpus, probe)
+
+
+def start_knot(zones, workdir, cpus, probe):
+    port = free_port()
+    d = os.path.join(workdir, "knot")
+    os.makedirs(os.path.join(d, "db"), exist_ok=True)
+    conf = os.path.join(d, "knot.conf")
+    with open(conf, "w") as f:
+        f.write(
+            f"""server:
+    rundir: "{d}"
+    listen: 127.0.0.1@{port}
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+database:
+    storage: "{d}/db"
+log:
+  - target: stderr
+    any: warning
+template:
+  - id: default
+    storage: "{d}"
+    semantic-checks: off
+    zonefile-sync: -1
+    zonefile-load: whole
+    journal-content: none
+zone:
+"""
+        )
+        for origin, path in zones:
+            f.write(f"  - domain: {origin}\n    file: \"{path}\"\n")
+    return Server("knot", ["knotd", "-c", conf], port, workdir, cpus, probe)
+
+
+# ---------------------------------------------------------------------------------------------
+# Query files from the exported zones.
+
+
+def parse_zone(path):
+    """{owner (absolute, lower-case): [(type, rdata)]} of a zone export-zone printed."""
+    origin, records = None, {}
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line or line.startswith(";"):
+                continue
+            if line.startswith("$ORIGIN"):
+                origin = line.split()[1]
+                continue
+            if line.startswith("$"):
+                continue
+            parts = line.split("\t")
+            owner = parts[0]
+            if owner == "@":
+                owner = origin
+            elif not owner.endswith("."):
+                owner = f"{owner}.{origin}"
+            records.setdefault(owner.lower(), []).append((parts[3], parts[4]))
+    return records
+
+
+def query_files(forward, reverse, workdir, rng, external_names, per_mix=20000):
+    """Writes one dnsperf input file per mix; returns {mix: path} and {mix: names count}."""
+    fz, rz = parse_zone(forward), parse_zone(reverse)
+    clusterip, headless10, srv, ptr = [], [], [], []
+    namespaces = set()
+    for owner, rrs in fz.items():
+        a = [r for t, r in rrs if t == "A"]
+        srvs = [r for t, r in rrs if t == "SRV"]
+        labels = owner.split(".")
+        if len(labels) == 6 and labels[2] == "svc":  # name.ns.svc.cluster.local.
+            namespaces.add(labels[1])
+            if a and any(r.endswith(" " + owner) for r in srvs):
+                clusterip.append(owner)
+            elif len(a) == 10:
+                headless10.append(owner)
+        if owner.startswith("_") and srvs:
+            srv.append(owner)
+    ptr = [o for o, rrs in rz.items() if any(t == "PTR" for t, _ in rrs)]
+    namespaces = sorted(namespaces)
+    nx = []
+    for i in range(per_mix):
+        ns = namespaces[i % len(namespaces)]
+        ext = external_names[i % len(external_names)] if external_names else f"api{i}.example.com"
+        # ndots:5 search list of a pod in `ns`: ns.svc.zone, svc.zone, zone.
+        nx.append(
+            [f"{ext}.{ns}.svc.{ZONE}.", f"{ext}.svc.{ZONE}.", f"{ext}.{ZONE}."][i % 3]
+        )
+    pools = {
+        "clusterip": [(n, "A") for n in clusterip],
+        "headless10": [(n, "A") for n in headless10],
+        "srv": [(n, "SRV") for n in srv],
+        "ptr": [(n, "PTR") for n in ptr],
+        "nxdomain": [(n, "A") for n in nx],
+        "external": [(n + ".", "A") for n in external_names],
+    }
+    files, counts = {}, {}
+    for mix, pool in pools.items():
+        counts[mix] = len(pool)
+        if not pool:
+            continue
+        lines = [pool[rng.randrange(len(pool))] for _ in range(per_mix)]
+        files[mix] = write_queries(workdir, mix, lines)
+    mixed = []
+    weights = {m: w for m, w in MIX_WEIGHTS.items() if pools[m]}
+    total = sum(weights.values())
+    for m, w in weights.items():
+        mixed += [pools[m][rng.randrange(len(pools[m]))] for _ in range(per_mix * w // total)]
+    rng.shuffle(mixed)
+    files["mix"] = write_queries(workdir, "mix", mixed)
+    counts["mix"] = len(mixed)
+    return files, counts, {m: w * 100 // total for m, w in weights.items()}
+
+
+def write_queries(workdir, mix, lines):
+    path = os.path.join(workdir, f"queries-{mix}.txt")
+    with open(path, "w") as f:
+        for name, qtype in lines:
+            f.write(f"{name} {qtype}\n")
+    return path
+
+
+def external_zone(workdir, n):
+    """An example.com zone: the upstream that a forwarding clusterdns would cache."""
+    path = os.path.join(workdir, "example.com.zone")
+    names = [f"www{i}.example.com" for i in range(n)]
+    with open(path, "w") as f:
+        f.write("$ORIGIN example.com.\n$TTL 300\n")
+        f.write("@ 300 IN SOA ns.example.com. h.example.com. 1 7200 1800 86400 300\n")
+        f.write("@ 300 IN NS ns.example.com.\nns 300 IN A 127.0.0.1\n")
+        for i in range(n):
+            f.write(f"www{i} 300 IN A 192.0.2.{i % 250 + 1}\n")
+    return path, names
+
+
+# ---------------------------------------------------------------------------------------------
+# dnsperf.
+
+DNSPERF_PATTERNS = {
+    "sent": r"Queries sent:\s+(\d+)",
+    "completed": r"Queries completed:\s+(\d+)",
+    "lost": r"Queries lost:\s+(\d+)",
+    "qps": r"Queries per second:\s+([\d.]+)",
+    "avg_latency_s": r"Average Latency \(s\):\s+([\d.]+)",
+    "run_time_s": r"Run time \(s\):\s+([\d.]+)",
+}
+
+
+def dnsperf(port, qfile, settings, cpus, duration, qps=None, verbose_to=None):
+    argv = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", qfile, "-l", str(duration)]
+    argv += ["-c", str(settings["clients"]), "-T", str(settings["threads"])]
+    argv += ["-q", str(settings["outstanding"]), "-t", str(settings["timeout"])]
+    if qps:
+        argv += ["-Q", str(qps)]
+    if verbose_to:
+        argv.append("-v")
+    if cpus:
+        argv = ["taskset", "-c", cpus] + argv
+    out = subprocess.run(argv, capture_output=True, text=True, check=False)
+    text = out.stdout
+    if verbose_to:
+        with open(verbose_to, "w") as f:
+            f.write(text)
+    r = {}
+    for k, pat in DNSPERF_PATTERNS.items():
+        m = re.search(pat, text)
+        r[k] = float(m.group(1)) if m else None
+    m = re.search(r"Response codes:\s+(.*)", text)
+    r["rcodes"] = dict(
+        (c, int(n)) for c, n in re.findall(r"([A-Z]+) (\d+) \(", m.group(1))
+    ) if m else {}
+    if verbose_to:
+        lat = sorted(float(x) for x in re.findall(r"^> \S+ \S+ \S+ ([\d.]+)$", text, re.M))
+        r["latency_samples"] = len(lat)
+        if lat:
+            r["p50_ms"] = lat[len(lat) // 2] * 1e3
+            r["p99_ms"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1e3
+            r["max_ms"] = lat[-1] * 1e3
+    if r["completed"] is None:
+        raise RuntimeError(f"dnsperf failed: {out.stderr or text}")
+    return r
+
+
+def measure(server, qfile, settings, client_cpus, duration, latency_qps, workdir, mix):
+    """Throughput at saturation, then latency and CPU/query at a fixed offered rate."""
+    c0 = cpu_seconds(server.proc.pid)
+    tput = dnsperf(server.port, qfile, settings, client_cpus, duration)
+    c1 = cpu_seconds(server.proc.pid)
+    lat = dnsperf(
+        server.port,
+        qfile,
+        settings,
+        client_cpus,
+        max(2, duration // 2),
+        qps=latency_qps,
+        verbose_to=os.path.join(workdir, f"dnsperf-{server.name}-{mix}.txt"),
+    )
+    c2 = cpu_seconds(server.proc.pid)
+    return {
+        "qps": tput["qps"],
+        "lost": tput["lost"],
+        "completed": tput["completed"],
+        "rcodes": tput["rcodes"],
+        "avg_latency_ms_saturated": (tput["avg_latency_s"] or 0) * 1e3,
+        "cpu_us_per_query_saturated": (c1 - c0) / max(1, tput["completed"]) * 1e6,
+        "fixed_rate_qps": latency_qps,
+        "fixed_rate_completed": lat["completed"],
+        "fixed_rate_lost": lat["lost"],
+        "p50_ms": lat.get("p50_ms"),
+        "p99_ms": lat.get("p99_ms"),
+        "max_ms": lat.get("max_ms"),
+        "cpu_us_per_query": (c2 - c1) / max(1, lat["completed"]) * 1e6,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The runs.
+
+
+def check_tools():
+    missing = sorted({pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None})
+    if missing:
+        print(
+            "bench: missing tools. Install them first (this script installs nothing):\n"
+            f"    apt-get install -y {' '.join(missing)}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+def build(args):
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
+    binary = os.path.join(target, "release", "clusterdns")
+    if not args.no_build:
+        log("cargo build --release")
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
+    if not os.path.exists(binary):
+        sys.exit(f"bench: {binary} not found (build it or unset --no-build)")
+    return binary
+
+
+def gen_cluster(binary, workdir, services, pods, seed):
+    path = os.path.join(workdir, f"cluster-{services}svc-{pods}pods.yaml")
+    with open(path, "w") as f:
+        subprocess.run(
+            [binary, "gen-cluster", "--services", str(services), "--pods", str(pods),
+             "--seed", str(seed)],
+            stdout=f, check=True,
+        )
+    return path
+
+
+def export_zones(binary, manifests, workdir, tag):
+    out = []
+    for origin, extra in ((ZONE, []), ("in-addr.arpa", ["--reverse", "in-addr.arpa"])):
+        path = os.path.join(workdir, f"{tag}-{origin}.zone")
+        argv = [binary, "export-zone"] + (["--manifests", manifests] if manifests else [])
+        with open(path, "w") as f:
+            subprocess.run(argv + extra, stdout=f, check=True)
+        out.append((origin, path))
+    return out
+
+
+def forwarder_support(binary):
+    """How `serve` could forward and cache, if it can; None while it cannot."""
+    help_text = subprocess.run(
+        [binary, "serve", "--help"], capture_output=True, text=True, check=False
+    ).stdout
+    if "--corefile" in help_text:
+        return "corefile"
+    return None
+
+
+def run_throughput(binary, cluster, zones, workdir, args, settings, results):
+    rng = random.Random(args.seed)
+    fwd = forwarder_support(binary)
+    ext_zone, ext_names = external_zone(workdir, 2000)
+    files, counts, weights = query_files(
+        zones[0][1], zones[1][1], workdir, rng, ext_names if fwd else [],
+    )
+    results["query_pool_sizes"] = counts
+    results["mix_weights_percent"] = weights
+    probe = (f"kube-dns.kube-system.svc.{ZONE}", 1)
+    servers = {}
+    per_server = {}
+    external_note = None
+    for name in ("clusterdns", "nsd", "knot"):
+        log(f"throughput: starting {name}")
+        if name == "clusterdns":
+            srv = start_clusterdns(binary, cluster, workdir, args.server_cpus, probe)
+        elif name == "nsd":
+            srv = start_nsd(zones + [("example.com", ext_zone)], workdir, args.server_cpus, probe)
+        else:
+            srv = start_knot(zones + [("example.com", ext_zone)], workdir, args.server_cpus, probe)
+        try:
+            srv.wait_ready(args.ready_timeout)
+            if name == "knot":  # zones load in the background: wait for the reverse one too
+                wait_answer(srv.port, "10.0.96.10.in-addr.arpa", 12, args.ready_timeout)
+            per_server[name] = {}
+            for mix in MIXES:
+                if mix not in files:
+                    continue
+                if mix == "external" and name == "clusterdns":
+                    # Needs a forwarder: not wired yet (see forwarder_support).
+                    continue
+                log(f"  {name} {mix}")
+                per_server[name][mix] = measure(
+                    srv, files[mix], settings, args.client_cpus, args.duration,
+                    args.latency_qps, workdir, mix,
+                )
+            per_server[name]["_memory_after_load"] = memory_kib(srv.proc.pid)
+        finally:
+            srv.stop()
+        servers[name] = srv
+    if not fwd:
+        external_note = "n/a: forward/cache not merged yet (`clusterdns serve --help` has no --corefile)"
+    else:
+        external_note = "n/a: serve has --corefile but this driver does not wire the forwarder yet"
+    results["throughput"] = per_server
+    results["external_note"] = external_note
+
+
+def wait_answer(port, name, qtype, timeout):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        r = dns_query(port, name, qtype, timeout=0.1)
+        if r and r[0] == 0:
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"no answer for {name} on port {port}")
+
+
+def run_memory_and_startup(binary, clusters, workdir, args, results):
+    probe = (f"kube-dns.kube-system.svc.{ZONE}", 1)
+    out = {}
+    targets = [("demo (embedded)", None, None)] + [
+        (label, path, zones) for label, path, zones in clusters
+    ]
+    for label, path, zones in targets:
+        runs = []
+        for i in range(args.startup_runs if path else 1):
+            srv = start_clusterdns(binary, path, workdir, args.server_cpus,
+                                   (f"nginx.demo.svc.{ZONE}", 1) if path is None else probe)
+            try:
+                ready = srv.wait_ready(args.ready_timeout)
+                time.sleep(1.0)  # let a reload or late allocation settle
+                mem = memory_kib(srv.proc.pid)
+                runs.append({"ready_s": ready, **mem})
+            finally:
+                srv.stop()
+        entry = {
+            "clusterdns": {
+                "ready_s": statistics.median(r["ready_s"] for r in runs),
+                "ready_s_runs": [round(r["ready_s"], 3) for r in runs],
+                "rss_kib": max(r["rss_kib"] for r in runs),
+                "pss_kib": max(r["pss_kib"] for r in runs),
+                "hwm_kib": max(r["hwm_kib"] for r in runs),
+            }
+        }
+        if zones:
+            for name, start in (("nsd", start_nsd), ("knot", start_knot)):
+                srv = start(zones, workdir, args.server_cpus, probe)
+                try:
+                    ready = srv.wait_ready(args.ready_timeout)
+                    time.sleep(1.0)
+                    entry[name] = {"ready_s": ready, **memory_kib(srv.proc.pid)}
+                finally:
+                    srv.stop()
+        log(f"memory/start-up {label}: {json.dumps(entry)}")
+        out[label] = entry
+    results["memory_startup"] = out
+    api = os.path.join(REPO, "tests", "support", "apiserver.rs")
+    results["memory_api_source_note"] = (
+        "test API server present but not wired into this driver yet"
+        if os.path.exists(api)
+        else "n/a: tests/support/apiserver.rs not merged yet; file source only"
+    )
+
+
+def run_propagation(binary, workdir, args, results, base_manifest):
+    """File-source propagation: rewrite a one-Service file, poll until the answer changes."""
+    api = os.path.join(REPO, "tests", "support", "apiserver.rs")
+    d = os.path.join(workdir, "prop")
+    os.makedirs(d, exist_ok=True)
+    if base_manifest:
+        shutil.copy(base_manifest, os.path.join(d, "cluster.yaml"))
+    else:
+        with open(os.path.join(REPO, "manifests", "examples", "demo-cluster.yaml")) as src:
+            with open(os.path.join(d, "cluster.yaml"), "w") as dst:
+                dst.write(src.read())
+    svc_file = os.path.join(d, "bench-prop.yaml")
+
+    def write_svc(ip):
+        tmp = os.path.join(d, ".bench-prop.tmp")
+        with open(tmp, "w") as f:
+            f.write(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: bench-prop\n  namespace: "
+                f"default\nspec:\n  type: ClusterIP\n  clusterIP: {ip}\n  ports:\n  - name: "
+                "http\n    port: 80\n"
+            )
+        os.replace(tmp, svc_file)
+
+    write_svc("10.97.0.1")
+    name = f"bench-prop.default.svc.{ZONE}"
+    srv = start_clusterdns(binary, d, workdir, args.server_cpus, (name, 1))
+    delays = []
+    timeouts = 0
+    try:
+        srv.wait_ready(args.ready_timeout)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for i in range(args.changes):
+            ip = f"10.97.{(i + 2) // 250}.{(i + 2) % 250 + 1}"
+            # Changes land at random phases of the source's poll interval, as real edits do.
+            time.sleep(random.uniform(0, 0.05))
+            t0 = time.monotonic()
+            write_svc(ip)
+            while True:
+                r = dns_query(srv.port, name, 1, timeout=0.05, sock=sock)
+                if r and ip in r[1]:
+                    delays.append((time.monotonic() - t0) * 1e3)
+                    break
+                if time.monotonic() - t0 > 10:
+                    timeouts += 1
+                    break
+                time.sleep(0.001)
+        sock.close()
+    finally:
+        srv.stop()
+    delays.sort()
+    results["propagation"] = {
+        "source": "file" if not os.path.exists(api) else "file (API-server driver not wired yet)",
+        "note": "file-source propagation (edit a manifest file, poll the answer): the test API "
+                "server (tests/support/apiserver.rs) is not merged yet",
+        "base": os.path.basename(base_manifest) if base_manifest else "demo-cluster.yaml",
+        "changes": args.changes,
+        "timeouts": timeouts,
+        "p50_ms": delays[len(delays) // 2] if delays else None,
+        "p99_ms": delays[min(len(delays) - 1, int(len(delays) * 0.99))] if delays else None,
+        "max_ms": delays[-1] if delays else None,
+    }
+    log(f"propagation: {results['propagation']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "n/a"
+    if digits == 0:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def ratio(a, b):
+    if a is None or b in (None, 0):
+        return "n/a"
+    return f"{a / b:.2f}x"
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "dnsperf": first_line(["dnsperf", "-h"], "Version"),
+        "nsd": first_line(["nsd", "-v"], "NSD"),
+        "knot": first_line(["knotd", "-V"], "knotd"),
+    }
+
+
+def first_line(argv, needle):
+    out = subprocess.run(argv, capture_output=True, text=True, check=False)
+    for line in (out.stdout + out.stderr).splitlines():
+        if needle in line:
+            return line.strip()
+    return None
+
+
+def markdown(results):
+    m = results["machine"]
+    s = results["settings"]
+    L = []
+    L.append(f"Machine: {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}; "
+             f"{m['dnsperf']}, {m['nsd']}, {m['knot']}. Shared and noisy: compare the ratios, "
+             "which were measured in the same run, not the absolute figures.")
+    L.append("")
+    L.append(f"Mode: {results['mode']}. Servers pinned to CPU {s['server_cpus']}, dnsperf to CPU "
+             f"{s['client_cpus']}; dnsperf `-c {s['clients']} -T {s['threads']} -q "
+             f"{s['outstanding']} -t {s['timeout']}`, {s['duration']} s per mix at full speed, "
+             f"then {max(2, s['duration'] // 2)} s at `-Q {s['latency_qps']}` for latency and "
+             f"CPU. Throughput data: {results['throughput_cluster']}.")
+    L.append("")
+    L.append("### Throughput (queries/s at saturation, one server core)")
+    L.append("")
+    L.append("| mix | clusterdns | NSD | Knot | vs NSD | vs Knot | lost (cd/NSD/Knot) |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|")
+    t = results["throughput"]
+    for mix in MIXES:
+        row = [t.get(n, {}).get(mix) for n in ("clusterdns", "nsd", "knot")]
+        if mix == "external" and row[0] is None:
+            L.append(f"| {MIX_TITLES[mix]} | {results['external_note']} | | | | | |")
+            continue
+        if all(r is None for r in row):
+            continue
+        q = [r["qps"] if r else None for r in row]
+        lost = "/".join(fmt(r["lost"]) if r else "n/a" for r in row)
+        L.append(f"| {MIX_TITLES[mix]} | {fmt(q[0])} | {fmt(q[1])} | {fmt(q[2])} | "
+                 f"{ratio(q[0], q[1])} | {ratio(q[0], q[2])} | {lost} |")
+    L.append("")
+    L.append(f"### Latency at a fixed {s['latency_qps']:,} queries/s (p50 / p99, ms)")
+    L.append("")
+    L.append("| mix | clusterdns | NSD | Knot | p99 vs NSD |")
+    L.append("|---|---:|---:|---:|---:|")
+    for mix in MIXES:
+        row = [t.get(n, {}).get(mix) for n in ("clusterdns", "nsd", "knot")]
+        if row[0] is None:
+            continue
+        cells = [f"{fmt(r['p50_ms'], 3)} / {fmt(r['p99_ms'], 3)}" if r else "n/a" for r in row]
+        L.append(f"| {MIX_TITLES[mix]} | {cells[0]} | {cells[1]} | {cells[2]} | "
+                 f"{ratio(row[0]['p99_ms'], row[1]['p99_ms'] if row[1] else None)} |")
+    L.append("")
+    L.append("### Server CPU per answered query (µs: at saturation / at "
+             f"{s['latency_qps']:,} queries/s)")
+    L.append("")
+    L.append("| mix | clusterdns | NSD | Knot | vs NSD | vs Knot |")
+    L.append("|---|---:|---:|---:|---:|---:|")
+    for mix in MIXES:
+        row = [t.get(n, {}).get(mix) for n in ("clusterdns", "nsd", "knot")]
+        if row[0] is None:
+            continue
+        sat = [r["cpu_us_per_query_saturated"] if r else None for r in row]
+        c = [r["cpu_us_per_query"] if r else None for r in row]
+        cells = [f"{fmt(a, 1)} / {fmt(b, 1)}" for a, b in zip(sat, c)]
+        L.append(f"| {MIX_TITLES[mix]} | {cells[0]} | {cells[1]} | {cells[2]} | "
+                 f"{ratio(sat[0], sat[1])} / {ratio(c[0], c[1])} | "
+                 f"{ratio(sat[0], sat[2])} / {ratio(c[0], c[2])} |")
+    L.append("")
+    L.append("### Memory and start-up (file source)")
+    L.append("")
+    L.append("| cluster | clusterdns RSS | peak RSS (VmHWM) | ready after | NSD PSS | Knot PSS | "
+             "NSD ready | Knot ready | CoreDNS formula |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, e in results["memory_startup"].items():
+        c = e["clusterdns"]
+        formula = results["coredns_formula_mb"].get(label)
+        n, k = e.get("nsd"), e.get("knot")
+        L.append(
+            f"| {label} | {c['rss_kib'] / 1024:.1f} MiB | {c['hwm_kib'] / 1024:.1f} MiB | "
+            f"{c['ready_s']:.2f} s | "
+            + (f"{n['pss_kib'] / 1024:.1f} MiB" if n else "n/a") + " | "
+            + (f"{k['pss_kib'] / 1024:.1f} MiB" if k else "n/a") + " | "
+            + (f"{n['ready_s']:.2f} s" if n else "n/a") + " | "
+            + (f"{k['ready_s']:.2f} s" if k else "n/a") + " | "
+            + (f"{formula:.0f} MB" if formula else "n/a") + " |"
+        )
+    L.append("")
+    L.append(f"Through the API source: {results['memory_api_source_note']}.")
+    L.append("")
+    p = results.get("propagation")
+    if p:
+        L.append("### Propagation")
+        L.append("")
+        L.append(f"{p['note']}. {p['changes']} changes on {p['base']}:")
+        L.append("")
+        L.append("| source | p50 | p99 | max | timeouts |")
+        L.append("|---|---:|---:|---:|---:|")
+        L.append(f"| {p['source']} | {fmt(p['p50_ms'], 1)} ms | {fmt(p['p99_ms'], 1)} ms | "
+                 f"{fmt(p['max_ms'], 1)} ms | {p['timeouts']} |")
+        L.append("")
+    L.append("### Against the targets (reported, never failed on)")
+    L.append("")
+    L.append("| target | measured | met |")
+    L.append("|---|---|---|")
+    for row in results["targets"]:
+        L.append(f"| {row['target']} | {row['measured']} | {row['met']} |")
+    return "\n".join(L) + "\n"
+
+
+def targets(results):
+    t = results["throughput"]
+    rows = []
+
+    def worst(metric, mixes, better_high):
+        vals = []
+        for mix in mixes:
+            a = t.get("clusterdns", {}).get(mix)
+            b = t.get("nsd", {}).get(mix)
+            if a and b and b[metric]:
+                vals.append((a[metric] / b[metric], mix))
+        if not vals:
+            return None
+        return min(vals) if better_high else max(vals)
+
+    cluster_mixes = ["clusterip", "headless10", "srv", "ptr", "nxdomain", "mix"]
+    w = worst("qps", cluster_mixes, True)
+    if w:
+        rows.append({"target": "cluster-name QPS >= 0.9x NSD",
+                     "measured": f"worst {w[0]:.2f}x ({w[1]})", "met": yes(w[0] >= 0.9)})
+    w = worst("cpu_us_per_query_saturated", cluster_mixes, False)
+    if w:
+        rows.append({"target": "CPU/query <= 1.1x NSD (at saturation)",
+                     "measured": f"worst {w[0]:.2f}x ({w[1]})", "met": yes(w[0] <= 1.1)})
+    w = worst("cpu_us_per_query", cluster_mixes, False)
+    if w:
+        rows.append({"target": f"CPU/query <= 1.1x NSD (at {results['settings']['latency_qps']:,} q/s)",
+                     "measured": f"worst {w[0]:.2f}x ({w[1]})", "met": yes(w[0] <= 1.1)})
+    ext = t.get("clusterdns", {}).get("external")
+    rows.append({"target": "cache-hit QPS >= 0.9x NSD",
+                 "measured": ratio(ext["qps"], t["nsd"]["external"]["qps"]) if ext
+                 else results["external_note"],
+                 "met": yes(ext["qps"] >= 0.9 * t["nsd"]["external"]["qps"]) if ext else "n/a"})
+    ms = results["memory_startup"]
+    for label, limit in (("10000 svc / 100000 pods", 64), ("demo (embedded)", 16)):
+        if label in ms:
+            mib = ms[label]["clusterdns"]["rss_kib"] / 1024
+            rows.append({"target": f"RSS <= {limit} MiB ({label})",
+                         "measured": f"{mib:.1f} MiB", "met": yes(mib <= limit)})
+    p = results.get("propagation")
+    if p and p["p99_ms"] is not None:
+        rows.append({"target": "propagation p99 <= 50 ms",
+                     "measured": f"{p['p99_ms']:.0f} ms ({p['source']} source)",
+                     "met": yes(p["p99_ms"] <= 50)})
+    big = [l for l in ms if l != "demo (embedded)"]
+    if big:
+        label = big[-1]
+        s = ms[label]["clusterdns"]["ready_s"]
+        rows.append({"target": f"start-up < 2 s ({label})", "measured": f"{s:.2f} s",
+                     "met": yes(s < 2)})
+    return rows
+
+
+def yes(b):
+    return "yes" if b else "**no**"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: small cluster, 2 s per mix")
+    ap.add_argument("--duration", type=int, help="seconds of dnsperf per mix and server (10)")
+    ap.add_argument("--clients", type=int, default=4, help="dnsperf -c (4)")
+    ap.add_argument("--threads", type=int, default=1, help="dnsperf -T (1)")
+    ap.add_argument("--outstanding", type=int, default=100, help="dnsperf -q (100)")
+    ap.add_argument("--latency-qps", type=int, default=10000,
+                    help="dnsperf -Q of the latency/CPU run (10000)")
+    ap.add_argument("--server-cpus", default="0", help="taskset CPU list of the servers (0)")
+    ap.add_argument("--client-cpus", default="1", help="taskset CPU list of dnsperf (1)")
+    ap.add_argument("--changes", type=int, help="propagation changes (1000; quick 20)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--no-build", action="store_true", help="use the binary already built")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (zones, logs)")
+    ap.add_argument("--json", default=os.path.join(HERE, "results.json"))
+    ap.add_argument("--md", help="also write the Markdown report to this file")
+    args = ap.parse_args()
+    if os.cpu_count() < 2:
+        args.client_cpus = args.server_cpus = ""
+    args.duration = args.duration or (2 if args.quick else 10)
+    args.changes = args.changes or (20 if args.quick else 1000)
+    args.startup_runs = 1 if args.quick else 3
+    args.ready_timeout = 180
+    check_tools()
+    binary = build(args)
+    workdir = tempfile.mkdtemp(prefix="clusterdns-bench-")
+    log(f"work dir {workdir}")
+    settings = {
+        "clients": args.clients, "threads": args.threads, "outstanding": args.outstanding,
+        "timeout": 2, "duration": args.duration, "latency_qps": args.latency_qps,
+        "server_cpus": args.server_cpus, "client_cpus": args.client_cpus,
+    }
+    results = {
+        "mode": "quick" if args.quick else "full",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "settings": settings,
+    }
+    try:
+        sizes = [(200, 2000)] if args.quick else [(1000, 10000), (10000, 100000)]
+        clusters = []
+        for services, pods in sizes:
+            log(f"gen-cluster --services {services} --pods {pods}")
+            path = gen_cluster(binary, workdir, services, pods, args.seed)
+            zones = export_zones(binary, path, workdir, f"{services}svc")
+            clusters.append((f"{services} svc / {pods} pods", path, zones))
+        results["coredns_formula_mb"] = {
+            label: (s + p) / 1000 + 54 for (label, _, _), (s, p) in zip(clusters, sizes)
+        }
+        label, path, zones = clusters[-1]
+        results["throughput_cluster"] = label
+        run_throughput(binary, path, zones, workdir, args, settings, results)
+        run_memory_and_startup(binary, clusters, workdir, args, results)
+        run_propagation(binary, workdir, args, results, None)
+        results["targets"] = targets(results)
+    finally:
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=2)
+    md = markdown(results)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
