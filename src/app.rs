@@ -226,9 +226,21 @@ async fn start_source(
     metrics: &Arc<Metrics>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Option<Arc<SourceStatus>>> {
+    let verified = config
+        .servers
+        .iter()
+        .filter_map(|b| b.kubernetes())
+        .any(|k| matches!(k.pods, corefile::PodsMode::Verified));
+    let need_pods = verified || opts.fargate_profiles.is_some() || opts.aws.is_some();
     if let Some(path) = &opts.manifests {
-        file_source::start(path.clone(), view.clone(), DEFAULT_INTERVAL, cancel.clone())
-            .with_context(|| format!("cannot load --manifests {}", path.display()))?;
+        file_source::start(
+            path.clone(),
+            view.clone(),
+            DEFAULT_INTERVAL,
+            need_pods,
+            cancel.clone(),
+        )
+        .with_context(|| format!("cannot load --manifests {}", path.display()))?;
         return Ok(None);
     }
     let k8s = config.servers.iter().find_map(|b| b.kubernetes());
@@ -262,11 +274,6 @@ async fn start_source(
     )?;
     let api_url = kube_config.cluster_url.to_string();
     let client = kube_source::client_for(kube_config).context("kubernetes")?;
-    let verified = config
-        .servers
-        .iter()
-        .filter_map(|b| b.kubernetes())
-        .any(|k| matches!(k.pods, corefile::PodsMode::Verified));
     let m = metrics.clone();
     let source_opts = KubeSourceOptions {
         startup_timeout: k8s
@@ -274,7 +281,7 @@ async fn start_source(
             .unwrap_or(Duration::from_secs(5)),
         // Pods cost memory in big clusters: watched only where answers (pods verified),
         // placement or the prober need them.
-        watch_pods: verified || opts.fargate_profiles.is_some() || opts.aws.is_some(),
+        watch_pods: need_pods,
         // Nodes are few and tell micro-VM endpoints from node-group ones.
         watch_nodes: true,
         api_url: Some(api_url),

@@ -48,16 +48,21 @@ fn fingerprint(path: &Path) -> Fingerprint {
 
 /// Loads `path` and publishes it, then re-reads it whenever a file changes, until `cancel`.
 /// A broken initial load is an error (there is no last good state to serve).
+/// `keep_pods`: pods are kept only when answers or views need them (`pods verified`,
+/// placement, the prober), as the API source watches them only then: in big clusters they are
+/// most of the objects.
 pub fn start(
     path: PathBuf,
     view: Arc<ClusterView>,
     interval: Duration,
+    keep_pods: bool,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, LoadError> {
     let mut last = fingerprint(&path);
-    let set = objects::load_path(&path)?;
-    info!(path = %path.display(), objects = set.len(), skipped = set.skipped, "loaded manifests");
-    view.publish(Arc::new(Store::from_objects(&set)), true);
+    let store = Store::load_path(&path, keep_pods)?;
+    info!(path = %path.display(), services = store.services.len(), pods = store.pods.len(), "loaded manifests");
+    view.publish(Arc::new(store), true);
+    release_freed_memory();
     Ok(tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -71,13 +76,24 @@ pub fn start(
                 continue;
             }
             last = fp;
-            match objects::load_path(&path) {
-                Ok(set) => {
-                    info!(path = %path.display(), objects = set.len(), "manifests changed: reloaded");
-                    view.publish(Arc::new(Store::from_objects(&set)), true);
+            match Store::load_path(&path, keep_pods) {
+                Ok(store) => {
+                    info!(path = %path.display(), services = store.services.len(), pods = store.pods.len(), "manifests changed: reloaded");
+                    view.publish(Arc::new(store), true);
+                    release_freed_memory();
                 }
                 Err(e) => error!("manifests not reloaded, still serving the last good state: {e}"),
             }
         }
     }))
+}
+
+/// Parsing a large dump allocates far more than the stripped result keeps; glibc holds the
+/// freed memory in its arenas unless asked to give it back.
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

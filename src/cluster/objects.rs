@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 
 /// Every object of the kinds clusterdns reads, as the API types k8s-openapi defines.
 #[derive(Debug, Default, Clone)]
@@ -73,65 +72,209 @@ impl ObjectSet {
 
     /// Parses one file's text (YAML or JSON; JSON is YAML) and adds its objects.
     pub fn add_text(&mut self, text: &str, path: &Path) -> Result<(), LoadError> {
-        for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let document_no = index + 1;
-            let value =
-                serde_yaml::Value::deserialize(document).map_err(|e| LoadError::Syntax {
-                    path: path.to_owned(),
-                    document: document_no,
-                    message: e.to_string(),
-                })?;
-            self.add_value(value, path, document_no)?;
+        add_text_to(self, text, path)
+    }
+}
+
+/// Where parsed objects go: kept whole ([`ObjectSet`]) or stripped on arrival (the store),
+/// so a large dump never exists twice in memory.
+pub trait Sink {
+    fn namespace(&mut self, o: Namespace);
+    fn service(&mut self, o: Service);
+    fn endpoint_slice(&mut self, o: EndpointSlice);
+    fn endpoints(&mut self, o: Endpoints);
+    fn pod(&mut self, o: Pod);
+    fn node(&mut self, o: Node);
+    fn skip(&mut self);
+}
+
+impl Sink for ObjectSet {
+    fn namespace(&mut self, o: Namespace) {
+        self.namespaces.push(o)
+    }
+    fn service(&mut self, o: Service) {
+        self.services.push(o)
+    }
+    fn endpoint_slice(&mut self, o: EndpointSlice) {
+        self.endpoint_slices.push(o)
+    }
+    fn endpoints(&mut self, o: Endpoints) {
+        self.endpoints.push(o)
+    }
+    fn pod(&mut self, o: Pod) {
+        self.pods.push(o)
+    }
+    fn node(&mut self, o: Node) {
+        self.nodes.push(o)
+    }
+    fn skip(&mut self) {
+        self.skipped += 1
+    }
+}
+
+/// Parses one file's text into `sink`. A `List`'s items are converted one at a time as the
+/// parser reaches them (never the whole list as a tree): a 100 000-pod dump costs one pod's
+/// worth of scratch memory on top of what the sink keeps.
+pub fn add_text_to<S: Sink>(sink: &mut S, text: &str, path: &Path) -> Result<(), LoadError> {
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let document_no = index + 1;
+        let mut failed = None;
+        let visitor = DocVisitor {
+            sink: &mut *sink,
+            path,
+            document: document_no,
+            failed: &mut failed,
+        };
+        if let Err(e) = serde::Deserializer::deserialize_any(document, visitor) {
+            return Err(failed.unwrap_or_else(|| LoadError::Syntax {
+                path: path.to_owned(),
+                document: document_no,
+                message: e.to_string(),
+            }));
         }
+    }
+    Ok(())
+}
+
+struct DocVisitor<'a, S> {
+    sink: &'a mut S,
+    path: &'a Path,
+    document: usize,
+    /// The object error that stopped the parse (serde's error type cannot carry it).
+    failed: &'a mut Option<LoadError>,
+}
+
+impl<'de, S: Sink> serde::de::Visitor<'de> for DocVisitor<'_, S> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a Kubernetes object or List")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(()) // an empty document, e.g. a trailing `---`
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
         Ok(())
     }
 
-    fn add_value(
-        &mut self,
-        value: serde_yaml::Value,
-        path: &Path,
-        document: usize,
-    ) -> Result<(), LoadError> {
-        if value.is_null() {
-            return Ok(()); // an empty document, e.g. a trailing `---`
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut rest = serde_yaml::Mapping::new();
+        let mut list = false;
+        while let Some(key) = map.next_key::<serde_yaml::Value>()? {
+            if key.as_str() == Some("items") {
+                list = true;
+                map.next_value_seed(ItemsSeed {
+                    sink: &mut *self.sink,
+                    path: self.path,
+                    document: self.document,
+                    failed: &mut *self.failed,
+                })?;
+            } else {
+                let value: serde_yaml::Value = map.next_value()?;
+                rest.insert(key, value);
+            }
         }
-        let describe = describe(&value);
-        let object_err = |message: String| LoadError::Object {
-            path: path.to_owned(),
-            document,
-            object: describe.clone(),
-            message,
-        };
-        let Some(kind) = value.get("kind").and_then(|k| k.as_str()) else {
-            return Err(object_err("no `kind`: not a Kubernetes object".into()));
-        };
-        let api_version = value
-            .get("apiVersion")
-            .and_then(|v| v.as_str())
-            .unwrap_or("");
-        match (api_version, kind) {
-            (_, k) if k.ends_with("List") => {
-                let items = match value.get("items") {
-                    Some(serde_yaml::Value::Sequence(items)) => items.clone(),
-                    Some(serde_yaml::Value::Null) | None => Vec::new(),
-                    Some(_) => return Err(object_err("`items` is not a list".into())),
-                };
-                for item in items {
-                    self.add_value(item, path, document)?;
-                }
+        if list {
+            return Ok(());
+        }
+        add_value_to(
+            self.sink,
+            serde_yaml::Value::Mapping(rest),
+            self.path,
+            self.document,
+        )
+        .map_err(|e| {
+            let msg = e.to_string();
+            *self.failed = Some(e);
+            serde::de::Error::custom(msg)
+        })
+    }
+}
+
+struct ItemsSeed<'a, S> {
+    sink: &'a mut S,
+    path: &'a Path,
+    document: usize,
+    failed: &'a mut Option<LoadError>,
+}
+
+impl<'de, S: Sink> serde::de::DeserializeSeed<'de> for ItemsSeed<'_, S> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, S: Sink> serde::de::Visitor<'de> for ItemsSeed<'_, S> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("`items`: a list of Kubernetes objects")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(item) = seq.next_element::<serde_yaml::Value>()? {
+            if let Err(e) = add_value_to(&mut *self.sink, item, self.path, self.document) {
+                let msg = e.to_string();
+                *self.failed = Some(e);
+                return Err(serde::de::Error::custom(msg));
             }
-            ("v1", "Namespace") => self.namespaces.push(typed(value, &object_err)?),
-            ("v1", "Service") => self.services.push(typed(value, &object_err)?),
-            ("v1", "Endpoints") => self.endpoints.push(typed(value, &object_err)?),
-            ("v1", "Pod") => self.pods.push(typed(value, &object_err)?),
-            ("v1", "Node") => self.nodes.push(typed(value, &object_err)?),
-            ("discovery.k8s.io/v1", "EndpointSlice") => {
-                self.endpoint_slices.push(typed(value, &object_err)?)
-            }
-            _ => self.skipped += 1,
         }
         Ok(())
     }
+}
+
+fn add_value_to<S: Sink>(
+    sink: &mut S,
+    value: serde_yaml::Value,
+    path: &Path,
+    document: usize,
+) -> Result<(), LoadError> {
+    if value.is_null() {
+        return Ok(());
+    }
+    let describe = describe(&value);
+    let object_err = |message: String| LoadError::Object {
+        path: path.to_owned(),
+        document,
+        object: describe.clone(),
+        message,
+    };
+    let Some(kind) = value.get("kind").and_then(|k| k.as_str()) else {
+        return Err(object_err("no `kind`: not a Kubernetes object".into()));
+    };
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    match (api_version, kind) {
+        (_, k) if k.ends_with("List") => {
+            // A List nested in a List (rare): items in hand already.
+            let items = match value.get("items") {
+                Some(serde_yaml::Value::Sequence(items)) => items.clone(),
+                Some(serde_yaml::Value::Null) | None => Vec::new(),
+                Some(_) => return Err(object_err("`items` is not a list".into())),
+            };
+            for item in items {
+                add_value_to(sink, item, path, document)?;
+            }
+        }
+        ("v1", "Namespace") => sink.namespace(typed(value, &object_err)?),
+        ("v1", "Service") => sink.service(typed(value, &object_err)?),
+        ("v1", "Endpoints") => sink.endpoints(typed(value, &object_err)?),
+        ("v1", "Pod") => sink.pod(typed(value, &object_err)?),
+        ("v1", "Node") => sink.node(typed(value, &object_err)?),
+        ("discovery.k8s.io/v1", "EndpointSlice") => sink.endpoint_slice(typed(value, &object_err)?),
+        _ => sink.skip(),
+    }
+    Ok(())
 }
 
 fn typed<T: DeserializeOwned>(

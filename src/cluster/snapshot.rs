@@ -87,12 +87,104 @@ impl Store {
         }
     }
 
+    /// Reads every object below `path` straight into stripped form (see `objects::Sink`).
+    pub fn load_path(
+        path: &std::path::Path,
+        keep_pods: bool,
+    ) -> Result<Store, super::objects::LoadError> {
+        let mut b = StoreBuilder {
+            drop_pods: !keep_pods,
+            ..Default::default()
+        };
+        for file in super::objects::manifest_files(path)? {
+            let text =
+                std::fs::read_to_string(&file).map_err(|source| super::objects::LoadError::Io {
+                    path: file.clone(),
+                    source,
+                })?;
+            super::objects::add_text_to(&mut b, &text, &file)?;
+        }
+        Ok(b.finish())
+    }
+
     /// Whether `other` has the same service-side tables (the ones DNS service answers use).
     fn same_services(&self, other: &Store) -> bool {
         Arc::ptr_eq(&self.namespaces, &other.namespaces)
             && Arc::ptr_eq(&self.services, &other.services)
             && Arc::ptr_eq(&self.slices, &other.slices)
             && Arc::ptr_eq(&self.legacy_endpoints, &other.legacy_endpoints)
+    }
+}
+
+/// A [`Sink`](super::objects::Sink) that strips every object as it is parsed.
+#[derive(Default)]
+pub struct StoreBuilder {
+    namespaces: HashMap<Box<str>, Arc<Namespace>>,
+    services: HashMap<Key, Arc<Service>>,
+    slices: HashMap<Key, Arc<EndpointSlice>>,
+    legacy: HashMap<Key, Vec<Arc<EndpointSlice>>>,
+    pods: HashMap<Key, Arc<Pod>>,
+    nodes: HashMap<Box<str>, Arc<Node>>,
+    /// Objects of kinds DNS does not use.
+    pub skipped: usize,
+    pub drop_pods: bool,
+}
+
+impl StoreBuilder {
+    pub fn finish(self) -> Store {
+        Store {
+            namespaces: Arc::new(self.namespaces),
+            services: Arc::new(self.services),
+            slices: Arc::new(self.slices),
+            legacy_endpoints: Arc::new(self.legacy),
+            pods: Arc::new(self.pods),
+            nodes: Arc::new(self.nodes),
+        }
+    }
+}
+
+impl super::objects::Sink for StoreBuilder {
+    fn namespace(&mut self, o: k8s_openapi::api::core::v1::Namespace) {
+        if let Some(ns) = Namespace::from_api(&o) {
+            self.namespaces.insert(ns.name.clone(), Arc::new(ns));
+        }
+    }
+    fn service(&mut self, o: k8s_openapi::api::core::v1::Service) {
+        if let Some(svc) = Service::from_api(&o) {
+            self.services
+                .insert(key(&svc.namespace, &svc.name), Arc::new(svc));
+        }
+    }
+    fn endpoint_slice(&mut self, o: k8s_openapi::api::discovery::v1::EndpointSlice) {
+        if let Some(slice) = EndpointSlice::from_api(&o) {
+            self.slices
+                .insert(key(&slice.namespace, &slice.name), Arc::new(slice));
+        }
+    }
+    fn endpoints(&mut self, o: k8s_openapi::api::core::v1::Endpoints) {
+        let slices = EndpointSlice::from_endpoints(&o);
+        if let Some(first) = slices.first() {
+            let k = key(&first.namespace, &first.service);
+            self.legacy
+                .insert(k, slices.into_iter().map(Arc::new).collect());
+        }
+    }
+    fn pod(&mut self, o: k8s_openapi::api::core::v1::Pod) {
+        if self.drop_pods {
+            return;
+        }
+        if let Some(pod) = Pod::from_api(&o) {
+            self.pods
+                .insert(key(&pod.namespace, &pod.name), Arc::new(pod));
+        }
+    }
+    fn node(&mut self, o: k8s_openapi::api::core::v1::Node) {
+        if let Some(node) = Node::from_api(&o) {
+            self.nodes.insert(node.name.clone(), Arc::new(node));
+        }
+    }
+    fn skip(&mut self) {
+        self.skipped += 1;
     }
 }
 
