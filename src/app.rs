@@ -173,6 +173,7 @@ pub struct Running {
     cancel: CancellationToken,
     fatal: Arc<Fatal>,
     lameduck: Duration,
+    draining: Arc<std::sync::atomic::AtomicBool>,
     tasks: JoinSet<()>,
 }
 
@@ -180,6 +181,10 @@ impl Running {
     /// Stops accepting, drains queries in flight, and returns when done. With `health {
     /// lameduck DUR }`, keeps serving (and /health says OK) for DUR first.
     pub async fn shutdown(mut self) {
+        // Readiness drops first, so endpoints stop sending new clients here, while health
+        // stays OK and queries are still answered for the lameduck time.
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if !self.lameduck.is_zero() {
             info!(lameduck = ?self.lameduck, "lameduck: still serving before shutdown");
             tokio::time::sleep(self.lameduck).await;
@@ -337,15 +342,28 @@ fn http_plan(config: &Config) -> Vec<(&'static str, HostPort)> {
     out
 }
 
+/// What the HTTP endpoints read.
+struct HttpState {
+    view: Arc<ClusterView>,
+    status: Option<Arc<SourceStatus>>,
+    metrics: Arc<Metrics>,
+    debug: Option<admin::DebugRender>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+}
+
 async fn start_http(
     config: &Config,
-    view: &Arc<ClusterView>,
-    status: Option<Arc<SourceStatus>>,
-    metrics: &Arc<Metrics>,
-    debug: Option<admin::DebugRender>,
+    state: HttpState,
     tasks: &mut JoinSet<()>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Vec<(&'static str, SocketAddr)>> {
+    let HttpState {
+        view,
+        status,
+        metrics,
+        debug,
+        draining,
+    } = state;
     let mut by_addr: BTreeMap<SocketAddr, (tokio::net::TcpListener, HttpRoutes)> = BTreeMap::new();
     let mut bound = Vec::new();
     for (kind, hp) in http_plan(config) {
@@ -375,7 +393,14 @@ async fn start_http(
                 "ready" => {
                     let view = view.clone();
                     let status = status.clone();
+                    let draining = draining.clone();
                     routes.ready = Some(Arc::new(move || match &status {
+                        _ if draining.load(std::sync::atomic::Ordering::SeqCst) => {
+                            vec![
+                                "shutting down (lameduck): still answering, taking no new clients"
+                                    .to_string(),
+                            ]
+                        }
                         // The API source says exactly what it waits for (RBAC, unreachable).
                         Some(s) => s.not_ready_reasons(),
                         None if view.is_synced() => Vec::new(),
@@ -495,8 +520,15 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     }
     metrics.set_blocks(block_stats(&config, &built, &plan, &dns_addrs, &keys));
     set_plugin_enabled(&metrics, &config, &plan, &dns_addrs, &keys);
-    let http_addrs =
-        start_http(&config, &view, status, &metrics, debug, &mut tasks, &cancel).await?;
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let state = HttpState {
+        view: view.clone(),
+        status,
+        metrics: metrics.clone(),
+        debug,
+        draining: draining.clone(),
+    };
+    let http_addrs = start_http(&config, state, &mut tasks, &cancel).await?;
     let lameduck = config
         .servers
         .iter()
@@ -534,6 +566,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         cancel,
         fatal,
         lameduck,
+        draining,
         tasks,
     })
 }

@@ -558,3 +558,30 @@ async fn queries_go_to_the_block_with_the_longest_zone_and_others_are_refused() 
         "REFUSED"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lameduck_drops_readiness_first_and_keeps_health_and_answers() {
+    let s = serve(&format!(
+        "{BASE}    health 127.0.0.1:0 {{\n        lameduck 2s\n    }}\n    ready 127.0.0.1:0\n    kubernetes cluster.local\n}}\n"
+    ))
+    .await;
+    let dns = s.running.dns_addr;
+    let health = s.running.http_addr("health").unwrap();
+    let ready = s.running.http_addr("ready").unwrap();
+    assert_eq!(http_get(ready, "/ready").await.0, 200);
+    let shutdown = tokio::spawn(s.running.shutdown());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while http_get(ready, "/ready").await.0 != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "readiness did not drop at shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Draining: health says OK and queries are still answered.
+    assert_eq!(http_get(health, "/health").await.0, 200);
+    let r = ask(dns, "nginx.demo.svc.cluster.local", RecordType::A).await;
+    assert_eq!(section(&r.answers).len(), 1);
+    assert!(!shutdown.is_finished(), "lameduck lasts 2 s");
+    shutdown.await.unwrap();
+}
