@@ -22,6 +22,8 @@ pub struct Answer {
     /// May be stored in the server's response cache: it depends only on the question and
     /// the cluster snapshot (set by the pipeline; cleared by hooks that vary answers).
     pub cacheable: bool,
+    /// `loadbalance` shuffles this answer: a stored copy must be shuffled on every replay.
+    pub shuffled: bool,
 }
 
 impl Answer {

@@ -149,6 +149,7 @@ impl Entry {
             no_reply: false,
             zone: None,
             cacheable: false,
+            shuffled: false,
         }
     }
 

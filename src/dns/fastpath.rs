@@ -149,6 +149,70 @@ struct Entry {
     generation: u64,
     bytes: Box<[u8]>,
     meta: Meta,
+    /// Where the answer records are when each replay must reorder them (loadbalance).
+    shuffle: Option<RecordRun>,
+}
+
+/// A run of equal-size answer records: `count` records of `size` bytes from `start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecordRun {
+    start: usize,
+    count: usize,
+    size: usize,
+}
+
+/// The answer section as equal-size A or AAAA records with compressed owner names (what
+/// every address answer of ours looks like), or None.
+fn address_run(bytes: &[u8], question_end: usize) -> Option<RecordRun> {
+    let count = u16::from_be_bytes([*bytes.get(6)?, *bytes.get(7)?]) as usize;
+    let mut i = question_end;
+    let mut size = None;
+    for _ in 0..count {
+        let rr = bytes.get(i..i + 12)?;
+        if rr[0] & 0xC0 != 0xC0 {
+            return None; // owner not a pointer: sizes would vary
+        }
+        let rtype = u16::from_be_bytes([rr[2], rr[3]]);
+        let rdlen = u16::from_be_bytes([rr[10], rr[11]]) as usize;
+        if !matches!((rtype, rdlen), (1, 4) | (28, 16)) {
+            return None;
+        }
+        let this = 12 + rdlen;
+        if *size.get_or_insert(this) != this {
+            return None;
+        }
+        i += this;
+    }
+    Some(RecordRun {
+        start: question_end,
+        count,
+        size: size?,
+    })
+}
+
+/// Fisher-Yates over the records of `run`, with a per-thread xorshift: no locks, no syscalls.
+fn shuffle_run(out: &mut [u8], run: RecordRun) {
+    use std::cell::Cell;
+    thread_local!(static STATE: Cell<u64> = Cell::new(rand::random::<u64>() | 1));
+    let mut tmp = [0u8; 28];
+    for i in (1..run.count).rev() {
+        let r = STATE.with(|s| {
+            let mut x = s.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            s.set(x);
+            x
+        });
+        let j = (r % (i as u64 + 1)) as usize;
+        if i == j {
+            continue;
+        }
+        let (a, b) = (run.start + i * run.size, run.start + j * run.size);
+        tmp[..run.size].copy_from_slice(&out[a..a + run.size]);
+        out.copy_within(b..b + run.size, a);
+        out[b..b + run.size].copy_from_slice(&tmp[..run.size]);
+    }
 }
 
 /// What the metrics need to know about a stored answer.
@@ -157,6 +221,8 @@ pub struct Meta {
     pub zone: Option<std::sync::Arc<str>>,
     pub plugin: &'static str,
     pub rcode: hickory_proto::op::ResponseCode,
+    /// The answer's address records must be reordered on every replay.
+    pub shuffled: bool,
 }
 
 pub struct ResponseCache {
@@ -189,7 +255,11 @@ impl ResponseCache {
         }
         let mut out = entry.bytes.to_vec();
         let meta = entry.meta.clone();
+        let shuffle = entry.shuffle;
         drop(shard);
+        if let Some(run) = shuffle {
+            shuffle_run(&mut out, run);
+        }
         out[0..2].copy_from_slice(&p.id.to_be_bytes());
         // The question starts at 12 in every response we store and has the same length as
         // the query's; answer owner names point at it, so they echo the case too.
@@ -205,6 +275,15 @@ impl ResponseCache {
         {
             return;
         }
+        let shuffle = if meta.shuffled {
+            // Only answers whose records can be reordered as fixed-size chunks.
+            match address_run(response, 12 + p.qname.len() + 4) {
+                Some(run) => Some(run),
+                None => return,
+            }
+        } else {
+            None
+        };
         let key = Key::of(p);
         let Ok(mut shard) = self.shard(&key).write() else {
             return;
@@ -221,8 +300,55 @@ impl ResponseCache {
                 generation,
                 bytes: response.into(),
                 meta,
+                shuffle,
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod shuffle_tests {
+    use super::*;
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    #[test]
+    fn replays_of_shuffled_answers_come_in_varying_orders_with_the_same_records() {
+        let name = Name::from_ascii("web.demo.svc.cluster.local.").unwrap();
+        let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(name.clone(), RecordType::A));
+        let qb = q.to_vec().unwrap();
+        let p = peek(&qb).unwrap();
+        let mut r = Message::new(7, MessageType::Response, OpCode::Query);
+        r.add_query(Query::query(name.clone(), RecordType::A));
+        for i in 1..=10u8 {
+            r.add_answer(Record::from_rdata(
+                name.clone(),
+                5,
+                RData::A(A::new(10, 0, 0, i)),
+            ));
+        }
+        let bytes = r.to_vec().unwrap();
+        let cache = ResponseCache::default();
+        let meta = Meta {
+            zone: None,
+            plugin: "kubernetes",
+            rcode: hickory_proto::op::ResponseCode::NoError,
+            shuffled: true,
+        };
+        cache.put(&p, 1, &bytes, meta);
+        let mut orders = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let (out, _) = cache.get(&p, 1, 4096).expect("stored");
+            let m = Message::from_vec(&out).unwrap();
+            let ips: Vec<String> = m.answers.iter().map(|a| a.data.to_string()).collect();
+            let mut sorted = ips.clone();
+            sorted.sort();
+            assert_eq!(sorted.len(), 10);
+            orders.insert(ips);
+        }
+        assert!(orders.len() > 1, "every replay in the same order");
     }
 }
 
@@ -277,6 +403,7 @@ mod tests {
             zone: None,
             plugin: "kubernetes",
             rcode: hickory_proto::op::ResponseCode::NoError,
+            shuffled: false,
         };
         cache.put(&p1, 1, &bytes, meta);
 

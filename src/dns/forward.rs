@@ -485,6 +485,7 @@ impl Inner {
                         no_reply: false,
                         zone: None,
                         cacheable: false,
+                        shuffled: false,
                     });
                 }
                 Err(e) => {

@@ -229,6 +229,7 @@ impl Service {
                         zone: s.zone.clone(),
                         plugin: s.plugin,
                         rcode: s.rcode,
+                        shuffled: s.shuffled,
                     },
                 );
             }
@@ -276,6 +277,7 @@ impl Service {
 /// What process_inner learned, for the observer.
 struct Seen {
     cacheable: bool,
+    shuffled: bool,
     qtype: RecordType,
     rcode: ResponseCode,
     plugin: &'static str,
@@ -316,6 +318,7 @@ async fn process_inner(
     let answer = pipeline.respond(&req).await;
     *seen = Some(Seen {
         cacheable: answer.cacheable && !answer.no_reply,
+        shuffled: answer.shuffled,
         qtype: req.qtype,
         rcode: answer.rcode,
         plugin: answer.plugin,

@@ -39,7 +39,7 @@ impl Handler for Loadbalance {
 
     fn handle(&self, _req: &Request) -> Flow {
         Flow::Then(Box::new(|mut a: Answer| {
-            // An answer that gets shuffled must not be replayed in one order from a cache.
+            // A shuffled answer may only be replayed from the response cache shuffled again.
             let addresses = a
                 .answers
                 .iter()
@@ -51,7 +51,7 @@ impl Handler for Loadbalance {
                 })
                 .count();
             if addresses > 1 {
-                a.cacheable = false;
+                a.shuffled = true;
             }
             a.answers = shuffle(std::mem::take(&mut a.answers));
             a
