@@ -43,6 +43,8 @@ pub struct ServeOptions {
     /// Also send live DNS probes (UDP and TCP 53) to every DNS endpoint and the DNS service
     /// every `probe_interval`: `clusterdns_probe_up` / `clusterdns_probe_latency_seconds`.
     pub probe_active: bool,
+    /// Also export metric names of CoreDNS before 1.7 and 1.11, for older dashboards.
+    pub legacy_metrics: bool,
     /// Follow the Kubernetes API through this kubeconfig (also implied by `--corefile`,
     /// which then uses `KUBECONFIG` or the in-cluster service account).
     pub kubeconfig: Option<PathBuf>,
@@ -69,6 +71,7 @@ impl Default for ServeOptions {
             aws: None,
             probe_interval: Duration::from_secs(60),
             probe_active: false,
+            legacy_metrics: false,
             dns_addr: SocketAddr::from(([127, 0, 0, 1], 1053)),
             zone: "cluster.local".into(),
             ttl: 5,
@@ -491,6 +494,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     let plan = build::listeners(&config)?;
     let keys: Vec<ListenKey> = plan.keys().copied().collect();
     let bound = bind_all(&keys).await?;
+    metrics.set_legacy(opts.legacy_metrics);
     watch_source_metrics(&metrics, &view, status.clone());
     let debug = start_insight(&opts, &view, &metrics, &cancel)?;
     let mut tasks = JoinSet::new();

@@ -154,6 +154,10 @@ struct ServeArgs {
     /// DNS service IP: `clusterdns_probe_up`, `clusterdns_probe_latency_seconds`.
     #[arg(long)]
     probe_active: bool,
+    /// Also export the metric names of CoreDNS before 1.7 (coredns_dns_request_count_total,
+    /// ...) and before 1.11 (coredns_forward_requests_total{to}, ...) for older dashboards.
+    #[arg(long)]
+    legacy_metrics: bool,
     /// Built-in Corefile only: address for DNS over UDP and TCP. Port 0 picks a free port
     /// (printed on start). Default 127.0.0.1:1053.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -237,6 +241,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         aws: args.aws,
         probe_interval: std::time::Duration::from_secs(args.probe_interval),
         probe_active: args.probe_active,
+        legacy_metrics: args.legacy_metrics,
         dns_addr: args.dns_addr.unwrap_or(defaults.dns_addr),
         zone: args.zone.unwrap_or(defaults.zone),
         ttl: args.ttl.unwrap_or(defaults.ttl),

@@ -106,6 +106,8 @@ pub struct Metrics {
     registry: Registry,
     blocks: ArcSwap<Vec<BlockStats>>,
     refreshers: Mutex<Vec<Refresher>>,
+    /// Also export the names older dashboards query (before CoreDNS 1.7 and 1.11).
+    legacy: std::sync::atomic::AtomicBool,
     pub requests: IntCounterVec,
     pub responses: IntCounterVec,
     pub duration: HistogramVec,
@@ -358,7 +360,13 @@ impl Metrics {
             registry: reg,
             blocks: ArcSwap::from_pointee(Vec::new()),
             refreshers: Mutex::new(Vec::new()),
+            legacy: Default::default(),
         }
+    }
+
+    /// Export the renamed metrics under their old names too (see [`legacy_families`]).
+    pub fn set_legacy(&self, on: bool) {
+        self.legacy.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The blocks whose cache and forward statistics are exported (replaced on reload).
@@ -410,6 +418,10 @@ impl Metrics {
         }
         let mut families = self.registry.gather();
         families.extend(self.block_families());
+        if self.legacy.load(std::sync::atomic::Ordering::Relaxed) {
+            let old = legacy_families(&families);
+            families.extend(old);
+        }
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&families, &mut buf);
@@ -584,6 +596,115 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+/// The names dashboards written for older CoreDNS still query, derived from the current
+/// families: before 1.7 (`coredns_dns_request_count_total`, ...) and before 1.11
+/// (`coredns_forward_*` per upstream).
+pub fn legacy_families(current: &[MetricFamily]) -> Vec<MetricFamily> {
+    let find = |name: &str| current.iter().find(|f| f.name() == name);
+    let mut out = Vec::new();
+    // Counters summed over the labels the old name did not have.
+    let sums: [(&str, &str, &[&str], &str); 8] = [
+        (
+            "coredns_dns_requests_total",
+            "coredns_dns_request_count_total",
+            &["server", "zone", "proto", "family"],
+            "Counter of DNS requests made per zone, protocol and family.",
+        ),
+        (
+            "coredns_dns_requests_total",
+            "coredns_dns_request_type_count_total",
+            &["server", "zone", "type"],
+            "Counter of DNS requests per type, per zone.",
+        ),
+        (
+            "coredns_dns_responses_total",
+            "coredns_dns_response_rcode_count_total",
+            &["server", "zone", "rcode"],
+            "Counter of response status codes.",
+        ),
+        (
+            "coredns_panics_total",
+            "coredns_panic_count_total",
+            &[],
+            "A metrics that counts the number of panics.",
+        ),
+        (
+            "coredns_proxy_healthcheck_failures_total",
+            "coredns_forward_healthcheck_failures_total",
+            &["to"],
+            "Counter of the number of failed healthchecks.",
+        ),
+        (
+            "coredns_proxy_request_duration_seconds",
+            "coredns_forward_requests_total",
+            &["to"],
+            "Counter of requests made per upstream.",
+        ),
+        (
+            "coredns_proxy_request_duration_seconds",
+            "coredns_forward_request_count_total",
+            &["to"],
+            "Counter of requests made per upstream.",
+        ),
+        (
+            "coredns_proxy_request_duration_seconds",
+            "coredns_forward_responses_total",
+            &["to", "rcode"],
+            "Counter of responses received per upstream.",
+        ),
+    ];
+    for (from, to, keep, help) in sums {
+        let Some(f) = find(from) else { continue };
+        let mut groups: Vec<(Vec<(String, String)>, f64)> = Vec::new();
+        for m in f.get_metric() {
+            let labels: Vec<(String, String)> = m
+                .get_label()
+                .iter()
+                .filter(|l| keep.contains(&l.name()))
+                .map(|l| (l.name().to_string(), l.value().to_string()))
+                .collect();
+            let v = match f.get_field_type() {
+                MetricType::HISTOGRAM => m.get_histogram().get_sample_count() as f64,
+                _ => m.get_counter().get_value(),
+            };
+            match groups.iter_mut().find(|(l, _)| *l == labels) {
+                Some((_, sum)) => *sum += v,
+                None => groups.push((labels, v)),
+            }
+        }
+        let mut fam = Families::default();
+        for (labels, v) in groups {
+            let l: Vec<(&str, &str)> = labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            fam.counter(to, help, &l, v as u64);
+        }
+        out.extend(fam.0);
+    }
+    // Renamed outright.
+    if let Some(f) = find("coredns_cache_entries") {
+        let mut g = f.clone();
+        g.set_name("coredns_cache_size".into());
+        out.push(g);
+    }
+    if let Some(f) = find("coredns_proxy_request_duration_seconds") {
+        let mut g = f.clone();
+        g.set_name("coredns_forward_request_duration_seconds".into());
+        for m in g.mut_metric() {
+            let kept: Vec<proto::LabelPair> = m
+                .get_label()
+                .iter()
+                .filter(|l| l.name() != "proxy_name")
+                .cloned()
+                .collect();
+            m.set_label(kept);
+        }
+        out.push(g);
+    }
+    out
 }
 
 /// Metric families built by hand from statistics kept outside the registry.
