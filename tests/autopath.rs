@@ -116,6 +116,24 @@ async fn walks_the_search_path_for_pods_only() {
     );
     assert_eq!(success_count(&s), 2);
 
+    // NODATA wins too (the service has no AAAA): NOERROR, empty, as CoreDNS answers it.
+    let sock = tokio::net::UdpSocket::bind((pod, 0)).await.unwrap();
+    let msg = query_message(
+        "nginx.demo.default.svc.cluster.local",
+        RecordType::AAAA,
+        None,
+    );
+    sock.send_to(&msg.to_vec().unwrap(), dns).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+        .await
+        .expect("an AAAA answer")
+        .unwrap();
+    let r = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(rcode_name(&r), "NOERROR");
+    assert!(r.answers.is_empty());
+    assert_eq!(success_count(&s), 3);
+
     // Not a pod: the usual answer for the name as asked.
     for name in [
         "nginx.demo.default.svc.cluster.local",
@@ -147,7 +165,7 @@ async fn walks_the_search_path_for_pods_only() {
     assert_eq!(section(&r.answers).len(), 2, "CNAME + A again for the pod");
     let r = ask_from(other, dns, "nginx.demo.default.svc.cluster.local").await;
     assert_eq!(rcode_name(&r), "NXDOMAIN");
-    assert_eq!(success_count(&s), 3);
+    assert_eq!(success_count(&s), 4);
     s.shutdown().await;
 }
 

@@ -64,7 +64,10 @@ impl Autopath {
             .ok()?
             .append_name(&svc)
             .ok()?;
-        Some(vec![first, svc, zone.clone(), Name::root()])
+        let mut search = vec![first, svc, zone.clone(), Name::root()];
+        // A root cluster zone would try the bare name twice.
+        search.dedup();
+        Some(search)
     }
 }
 
@@ -152,5 +155,64 @@ impl Handler for Autopath {
             // Nothing found: the reply for the name as asked (the first candidate).
             first
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::A;
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    fn a(owner: &str, ttl: u32) -> Record {
+        Record::from_rdata(name(owner), ttl, RData::A(A::new(10, 0, 0, 1)))
+    }
+
+    #[test]
+    fn cname_to_the_found_name_with_its_ttl() {
+        let mut ans = Answer {
+            answers: vec![a("nginx.demo.svc.cluster.local.", 5)],
+            ..Default::default()
+        };
+        let asked = name("Nginx.Demo.default.svc.cluster.local.");
+        cnamer(&mut ans, &asked);
+        assert_eq!(ans.answers.len(), 2);
+        assert_eq!(ans.answers[0].name, asked);
+        assert_eq!(ans.answers[0].ttl, 5);
+        assert_eq!(
+            ans.answers[0].data,
+            RData::CNAME(CNAME(name("nginx.demo.svc.cluster.local.")))
+        );
+    }
+
+    #[test]
+    fn no_cname_when_found_as_asked_or_empty() {
+        // Found at the first search domain: the name as asked, in any case.
+        let mut ans = Answer {
+            answers: vec![a("nginx.default.svc.cluster.local.", 5)],
+            ..Default::default()
+        };
+        cnamer(&mut ans, &name("NGINX.default.svc.cluster.local."));
+        assert_eq!(ans.answers.len(), 1);
+        // NODATA: nothing to point at (CoreDNS's cnamer adds nothing either).
+        let mut ans = Answer::default();
+        cnamer(&mut ans, &name("x.default.svc.cluster.local."));
+        assert!(ans.answers.is_empty());
+    }
+
+    #[test]
+    fn what_ends_the_walk() {
+        assert!(found(&Answer::rcode(ResponseCode::NoError, "kubernetes")));
+        for rcode in [
+            ResponseCode::NXDomain,
+            ResponseCode::ServFail,
+            ResponseCode::Refused,
+        ] {
+            assert!(!found(&Answer::rcode(rcode, "kubernetes")), "{rcode:?}");
+        }
+        assert!(!found(&Answer::no_reply("acl")));
     }
 }
