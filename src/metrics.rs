@@ -114,6 +114,8 @@ pub struct Metrics {
     pub request_size: HistogramVec,
     pub response_size: HistogramVec,
     pub do_requests: IntCounterVec,
+    /// Queries answered by autopath's search-path walk.
+    pub autopath_success: IntCounterVec,
     pub panics: IntCounter,
     pub plugin_enabled: IntGaugeVec,
     pub programming_duration: HistogramVec,
@@ -343,6 +345,12 @@ impl Metrics {
                 "Counter of DNS requests with DO bit set per zone.",
                 &["server", "zone", "view"],
             ),
+            autopath_success: counter(
+                &reg,
+                "coredns_autopath_success_total",
+                "Counter of requests that did autopath.",
+                &["server"],
+            ),
             programming_duration,
             panics,
             plugin_enabled,
@@ -402,6 +410,9 @@ impl Metrics {
         self.response_size
             .with_label_values(&[q.server, q.zone, "", q.proto])
             .observe(q.response_size as f64);
+        if q.plugin == crate::dns::plugins::autopath::PLUGIN {
+            self.autopath_success.with_label_values(&[q.server]).inc();
+        }
         if q.do_bit {
             self.do_requests
                 .with_label_values(&[q.server, q.zone, ""])

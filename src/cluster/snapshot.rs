@@ -552,6 +552,11 @@ impl Snapshot {
             .is_some_and(|list| list.iter().any(|n| &**n == namespace))
     }
 
+    /// The namespace of a pod with this IP (the first, when several share it: host network).
+    pub fn namespace_of_pod_ip(&self, ip: &IpAddr) -> Option<&str> {
+        self.pods_by_ip.get(ip)?.first().map(|n| &**n)
+    }
+
     pub fn service_count(&self) -> usize {
         self.index.services.len()
     }

@@ -24,12 +24,12 @@ use super::fastpath::{Meta, Peek};
 use super::forward::Forward;
 use super::kubernetes::{parse_zone, Kubernetes, KubernetesConfig, PodMode};
 use super::pipeline::{FastCache, FastLookup, Handler, Pipeline, Request, Responder, Stamp};
+use super::plugins::autopath::Autopath;
 use super::plugins::loop_detect::{Fatal, LoopDetect};
 use super::plugins::{acl, errors, hosts, loadbalance, log, rewrite, template};
 use crate::cluster::ClusterView;
 use crate::corefile::{
-    self, BindAddr, Config, Fallthrough, PluginConfig, PluginKind, PodsMode, ServerBlock,
-    Transport, Upstream,
+    self, BindAddr, Config, Fallthrough, PluginConfig, PodsMode, ServerBlock, Transport, Upstream,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -152,16 +152,66 @@ fn describe_upstreams(block: &ServerBlock) -> String {
     names.join(", ")
 }
 
+/// `autopath @kubernetes` needs the pods' namespaces by IP: a `kubernetes` plugin in the
+/// same block with `pods verified` (CoreDNS silently does nothing otherwise).
+fn check_autopath(block: &ServerBlock, ap: &corefile::AutopathConfig) -> Result<(), BuildError> {
+    if let corefile::AutopathSource::ResolvConf(p) = &ap.source {
+        return Err(block_err(
+            block,
+            format!(
+                "autopath: a resolv.conf search path ({}) is not supported yet; use autopath @kubernetes",
+                p.display()
+            ),
+        ));
+    }
+    match block.kubernetes() {
+        None => Err(block_err(
+            block,
+            "autopath @kubernetes needs a kubernetes plugin in the same server block",
+        )),
+        Some(k) if k.pods != PodsMode::Verified => Err(block_err(
+            block,
+            "autopath @kubernetes needs 'pods verified' in the kubernetes block (it finds the client's namespace by pod IP)",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+fn autopath_handler(
+    block: &ServerBlock,
+    c: &corefile::AutopathConfig,
+    env: &BuildEnv,
+) -> Result<Autopath, BuildError> {
+    let zones = c
+        .zones
+        .iter()
+        .map(|z| parse_zone(z))
+        .collect::<Result<Vec<Name>, _>>()
+        .map_err(|m| block_err(block, format!("autopath: {m}")))?;
+    let k = block
+        .kubernetes()
+        .ok_or_else(|| block_err(block, "autopath @kubernetes needs a kubernetes plugin"))?;
+    let cluster_zones = k
+        .zones
+        .iter()
+        .map(|z| parse_zone(z))
+        .collect::<Result<Vec<Name>, _>>()
+        .map_err(|m| block_err(block, format!("kubernetes: {m}")))?;
+    Ok(Autopath::new(zones, cluster_zones, env.view.clone()))
+}
+
 /// Builds one block's handlers in CoreDNS's order (the parser already sorted them).
 pub fn build_block(block: &ServerBlock, env: &BuildEnv) -> Result<BuiltBlock, BuildError> {
-    if block.plugin(PluginKind::Autopath).is_some() {
-        return Err(block_err(block, "plugin autopath is not available yet"));
+    if let Some(ap) = block.autopath() {
+        check_autopath(block, ap)?;
     }
     let mut handlers: Vec<Arc<dyn Handler>> = Vec::new();
     let mut loop_detect = None;
     let mut forward = None;
     // The cache wraps the handlers after it; it gets them once they are all built.
     let mut cache: Option<(Arc<Cache>, usize)> = None;
+    // Likewise autopath, which walks the search path through the handlers after it.
+    let mut autopath: Option<(Arc<Autopath>, usize)> = None;
     for plugin in &block.plugins {
         match plugin {
             // Server-level plugins: listeners, HTTP endpoints, the reload loop.
@@ -202,12 +252,18 @@ pub fn build_block(block: &ServerBlock, env: &BuildEnv) -> Result<BuiltBlock, Bu
                 handlers.push(f.clone());
                 forward = Some(f);
             }
-            // Refused above.
-            PluginConfig::Autopath(_) => {}
+            PluginConfig::Autopath(c) => {
+                let a = Arc::new(autopath_handler(block, c, env)?);
+                handlers.push(a.clone());
+                autopath = Some((a, handlers.len()));
+            }
         }
     }
     if let Some((c, next)) = &cache {
         c.set_next(Pipeline::new(handlers[*next..].to_vec()));
+    }
+    if let Some((a, next)) = &autopath {
+        a.set_next(Pipeline::new(handlers[*next..].to_vec()));
     }
     Ok(BuiltBlock {
         pipeline: Arc::new(Pipeline::new(handlers)),

@@ -4,6 +4,7 @@
 //! [`Handler`]: super::Handler
 
 pub mod acl;
+pub mod autopath;
 pub mod errors;
 pub mod hosts;
 pub mod loadbalance;

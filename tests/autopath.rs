@@ -1,0 +1,178 @@
+//! `autopath @kubernetes` run for real: queries sent from a loopback address that is a pod
+//! IP in the manifests (127.0.0.2 in `default`), and from one that is not (127.0.0.1).
+
+mod dnsclient;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clusterdns::app::{self, ServeOptions};
+use dnsclient::{query_message, rcode_name, section, upstream};
+use hickory_proto::op::Message;
+use hickory_proto::rr::RecordType;
+
+/// The demo cluster plus a pod whose IP is a loopback address the test can send from.
+const LOOPBACK_POD: &str = r#"
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+  namespace: default
+  uid: uid-default-client
+spec:
+  containers:
+  - name: client
+    image: busybox
+  nodeName: ip-192-168-40-11.eu-west-1.compute.internal
+status:
+  phase: Running
+  podIP: 127.0.0.2
+  podIPs:
+  - ip: 127.0.0.2
+"#;
+
+fn demo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples/demo-cluster.yaml")
+}
+
+async fn start(dir: &Path, corefile: &str) -> anyhow::Result<app::Running> {
+    let manifests = dir.join("cluster.yaml");
+    let mut text = std::fs::read_to_string(demo()).unwrap();
+    text.push_str(LOOPBACK_POD);
+    std::fs::write(&manifests, text).unwrap();
+    let path = dir.join("Corefile");
+    std::fs::write(&path, corefile).unwrap();
+    app::start(ServeOptions {
+        corefile: Some(path),
+        manifests: Some(manifests),
+        ..ServeOptions::default()
+    })
+    .await
+}
+
+async fn ask_from(from: IpAddr, server: SocketAddr, name: &str) -> Message {
+    let sock = tokio::net::UdpSocket::bind((from, 0)).await.unwrap();
+    let msg = query_message(name, RecordType::A, None);
+    sock.send_to(&msg.to_vec().unwrap(), server).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("no answer for {name} from {from}"))
+        .unwrap();
+    Message::from_vec(&buf[..n]).unwrap()
+}
+
+fn success_count(running: &app::Running) -> u64 {
+    running
+        .metrics
+        .render()
+        .lines()
+        .find(|l| l.starts_with("coredns_autopath_success_total{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn walks_the_search_path_for_pods_only() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let corefile = format!(
+        ".:0 {{\n    bind 127.0.0.1\n    autopath @kubernetes\n    kubernetes cluster.local {{\n        pods verified\n    }}\n    cache 30\n    forward . {}\n}}\n",
+        up.ip
+    );
+    let s = start(dir.path(), &corefile)
+        .await
+        .unwrap_or_else(|e| panic!("server starts: {e:#}\n{corefile}"));
+    let dns = s.dns_addr;
+    let pod: IpAddr = "127.0.0.2".parse().unwrap();
+    let other: IpAddr = "127.0.0.1".parse().unwrap();
+
+    // A service of another namespace, found at the second search domain.
+    let r = ask_from(pod, dns, "nginx.demo.default.svc.cluster.local").await;
+    assert_eq!(rcode_name(&r), "NOERROR");
+    assert_eq!(
+        section(&r.answers),
+        vec![
+            "nginx.demo.default.svc.cluster.local. 5 IN CNAME nginx.demo.svc.cluster.local.",
+            "nginx.demo.svc.cluster.local. 5 IN A 10.100.12.34",
+        ]
+    );
+    assert_eq!(
+        r.queries[0].name().to_ascii(),
+        "nginx.demo.default.svc.cluster.local."
+    );
+
+    // An external name: every cluster candidate is NXDOMAIN, the bare name goes upstream.
+    let r = ask_from(pod, dns, "example.com.default.svc.cluster.local").await;
+    assert_eq!(rcode_name(&r), "NOERROR");
+    assert_eq!(
+        section(&r.answers),
+        vec![
+            "example.com.default.svc.cluster.local. 30 IN CNAME example.com.",
+            "example.com. 30 IN A 192.0.2.1",
+        ]
+    );
+    assert_eq!(success_count(&s), 2);
+
+    // NODATA wins too (the service has no AAAA): NOERROR, empty, as CoreDNS answers it.
+    let sock = tokio::net::UdpSocket::bind((pod, 0)).await.unwrap();
+    let msg = query_message(
+        "nginx.demo.default.svc.cluster.local",
+        RecordType::AAAA,
+        None,
+    );
+    sock.send_to(&msg.to_vec().unwrap(), dns).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+        .await
+        .expect("an AAAA answer")
+        .unwrap();
+    let r = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(rcode_name(&r), "NOERROR");
+    assert!(r.answers.is_empty());
+    assert_eq!(success_count(&s), 3);
+
+    // Not a pod: the usual answer for the name as asked.
+    for name in [
+        "nginx.demo.default.svc.cluster.local",
+        "example.com.default.svc.cluster.local",
+    ] {
+        let r = ask_from(other, dns, name).await;
+        assert_eq!(rcode_name(&r), "NXDOMAIN", "{name} from a non-pod");
+        assert!(r.answers.is_empty());
+    }
+
+    // Resolves nowhere: NXDOMAIN for the name as asked, as without autopath.
+    let r = ask_from(pod, dns, "nope.default.svc.cluster.local").await;
+    assert_eq!(rcode_name(&r), "NXDOMAIN");
+    assert!(r.answers.is_empty());
+    assert_eq!(
+        r.queries[0].name().to_ascii(),
+        "nope.default.svc.cluster.local."
+    );
+
+    // Not under the pod's first search domain: passes through unchanged.
+    let r = ask_from(pod, dns, "nginx.demo.svc.cluster.local").await;
+    assert_eq!(
+        section(&r.answers),
+        vec!["nginx.demo.svc.cluster.local. 5 IN A 10.100.12.34"]
+    );
+
+    // The non-pod answers were not replayed to the pod (nor the other way round).
+    let r = ask_from(pod, dns, "nginx.demo.default.svc.cluster.local").await;
+    assert_eq!(section(&r.answers).len(), 2, "CNAME + A again for the pod");
+    let r = ask_from(other, dns, "nginx.demo.default.svc.cluster.local").await;
+    assert_eq!(rcode_name(&r), "NXDOMAIN");
+    assert_eq!(success_count(&s), 4);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn needs_pods_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let corefile = ".:0 {\n    bind 127.0.0.1\n    autopath @kubernetes\n    kubernetes cluster.local {\n        pods insecure\n    }\n}\n";
+    let err = start(dir.path(), corefile).await.err().expect("refused");
+    assert!(format!("{err:#}").contains("pods verified"), "{err:#}");
+}
