@@ -905,8 +905,9 @@ def markdown(results):
             for title, key in (("all", "propagation"), ("new service", "propagation_new_service"),
                                ("endpoint move", "propagation_endpoint_update")):
                 q = e[key]
-                L.append(f"| {label} | {title} | {q['changes']} | {fmt(q['p50_ms'], 1)} ms | "
-                         f"{fmt(q['p99_ms'], 1)} ms | {fmt(q['max_ms'], 1)} ms | "
+                ms = [f"{v:.1f} ms" if v is not None else "n/a"
+                      for v in (q["p50_ms"], q["p99_ms"], q["max_ms"])]
+                L.append(f"| {label} | {title} | {q['changes']} | {ms[0]} | {ms[1]} | {ms[2]} | "
                          f"{q['timeouts']} | {e['load_qps_sent']:.0f}, "
                          f"{e['load_answered_fraction'] * 100:.1f}% |")
         L.append("")
