@@ -397,8 +397,10 @@ async fn main() {
         "rss_kib_total": rss_total,
         "rss_kib_api_server": rss_api - rss_base,
         "rss_kib_clusterdns": rss_total.saturating_sub(rss_api),
-        "rss_note": "VmRSS of the bench process: the fake API server (its stored objects and \
-                     JSON) is measured before clusterdns starts; clusterdns = total - that",
+        "rss_note": "VmRSS of the bench process: api_server = after loading the objects minus \
+                     before generating them; clusterdns = total minus after loading; the \
+                     process baseline (binary, runtime: rss_kib_baseline) is in neither share",
+        "rss_kib_baseline": rss_base,
         "load_qps_target": a.qps,
         "load_qps_sent": sent as f64 / load_secs,
         "load_answered_fraction": if sent > 0 { answered as f64 / sent as f64 } else { 0.0 },
