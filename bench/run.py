@@ -650,17 +650,34 @@ def run_memory_and_startup(binary, clusters, workdir, args, results):
         log(f"memory/start-up {label}: {json.dumps(entry)}")
         out[label] = entry
     results["memory_startup"] = out
-    api = os.path.join(REPO, "tests", "support", "apiserver.rs")
-    results["memory_api_source_note"] = (
-        "test API server present but not wired into this driver yet"
-        if os.path.exists(api)
-        else "n/a: tests/support/apiserver.rs not merged yet; file source only"
-    )
+
+
+def run_api_source(sizes, workdir, args, results):
+    """Start-up, memory and propagation through the Kubernetes API source: the
+    `propagation` bench (benches/propagation.rs) runs the fake API server of tests/support
+    and clusterdns in one process, loads the synthetic cluster, and times `args.changes`
+    changes from apply() to the first DNS answer under a background load of `args.api_qps`."""
+    out = {}
+    for services, pods in sizes:
+        label = f"{services} svc / {pods} pods"
+        path = os.path.join(workdir, f"api-{services}svc.json")
+        argv = ["cargo", "bench", "--quiet", "--bench", "propagation", "--",
+                "--services", str(services), "--pods", str(pods),
+                "--changes", str(args.changes), "--qps", str(args.api_qps),
+                "--seed", str(args.seed), "--json", path]
+        log(" ".join(argv))
+        try:
+            subprocess.run(argv, cwd=REPO, check=True, timeout=args.api_timeout)
+            with open(path) as f:
+                out[label] = json.load(f)
+        except (subprocess.SubprocessError, OSError, ValueError) as e:
+            log(f"API source {label}: {e}")
+            out[label] = {"error": str(e)}
+    results["api_source"] = out
 
 
 def run_propagation(binary, workdir, args, results, base_manifest):
     """File-source propagation: rewrite a one-Service file, poll until the answer changes."""
-    api = os.path.join(REPO, "tests", "support", "apiserver.rs")
     d = os.path.join(workdir, "prop")
     os.makedirs(d, exist_ok=True)
     if base_manifest:
@@ -709,9 +726,8 @@ def run_propagation(binary, workdir, args, results, base_manifest):
         srv.stop()
     delays.sort()
     results["propagation"] = {
-        "source": "file" if not os.path.exists(api) else "file (API-server driver not wired yet)",
-        "note": "file-source propagation (edit a manifest file, poll the answer): the test API "
-                "server (tests/support/apiserver.rs) is not merged yet",
+        "source": "file",
+        "note": "file-source propagation (edit a manifest file, poll the answer)",
         "base": os.path.basename(base_manifest) if base_manifest else "demo-cluster.yaml",
         "changes": args.changes,
         "timeouts": timeouts,
@@ -847,8 +863,24 @@ def markdown(results):
             + (f"{formula:.0f} MB" if formula else "n/a") + " |"
         )
     L.append("")
-    L.append(f"Through the API source: {results['memory_api_source_note']}.")
-    L.append("")
+    api = {k: v for k, v in results.get("api_source", {}).items() if "error" not in v}
+    if api:
+        L.append("### Memory and start-up (API source, fake API server in the same process)")
+        L.append("")
+        L.append("RSS is the bench process's VmRSS: the fake API server's share (its objects, "
+                 "measured before clusterdns starts) is reported separately and subtracted.")
+        L.append("")
+        L.append("| cluster | clusterdns RSS | fake API server RSS | total | ready after |")
+        L.append("|---|---:|---:|---:|---:|")
+        for label, e in api.items():
+            L.append(f"| {label} | {e['rss_kib_clusterdns'] / 1024:.1f} MiB | "
+                     f"{e['rss_kib_api_server'] / 1024:.1f} MiB | "
+                     f"{e['rss_kib_total'] / 1024:.1f} MiB | {e['ready_s']:.2f} s |")
+        L.append("")
+    for label, e in results.get("api_source", {}).items():
+        if "error" in e:
+            L.append(f"API source {label}: failed ({e['error']}).")
+            L.append("")
     p = results.get("propagation")
     if p:
         L.append("### Propagation")
@@ -859,6 +891,25 @@ def markdown(results):
         L.append("|---|---:|---:|---:|---:|")
         L.append(f"| {p['source']} | {fmt(p['p50_ms'], 1)} ms | {fmt(p['p99_ms'], 1)} ms | "
                  f"{fmt(p['max_ms'], 1)} ms | {p['timeouts']} |")
+        L.append("")
+    if api:
+        L.append("### Propagation (API source)")
+        L.append("")
+        L.append("From the fake API server's apply() to the first UDP answer showing the change "
+                 "(polls 0.5 ms apart), alternately a new ClusterIP service and an "
+                 "EndpointSlice address move, under a background UDP load:")
+        L.append("")
+        L.append("| cluster | change | count | p50 | p99 | max | timeouts | load (q/s, answered) |")
+        L.append("|---|---|---:|---:|---:|---:|---:|---:|")
+        for label, e in api.items():
+            for title, key in (("all", "propagation"), ("new service", "propagation_new_service"),
+                               ("endpoint move", "propagation_endpoint_update")):
+                q = e[key]
+                ms = [f"{v:.1f} ms" if v is not None else "n/a"
+                      for v in (q["p50_ms"], q["p99_ms"], q["max_ms"])]
+                L.append(f"| {label} | {title} | {q['changes']} | {ms[0]} | {ms[1]} | {ms[2]} | "
+                         f"{q['timeouts']} | {e['load_qps_sent']:.0f}, "
+                         f"{e['load_answered_fraction'] * 100:.1f}% |")
         L.append("")
     L.append("### Against the targets (reported, never failed on)")
     L.append("")
@@ -913,6 +964,16 @@ def targets(results):
         rows.append({"target": "propagation p99 <= 50 ms",
                      "measured": f"{p['p99_ms']:.0f} ms ({p['source']} source)",
                      "met": yes(p["p99_ms"] <= 50)})
+    for label, e in results.get("api_source", {}).items():
+        q = e.get("propagation", {})
+        if q.get("p99_ms") is not None:
+            rows.append({"target": f"propagation p99 <= 50 ms (API source, {label})",
+                         "measured": f"{q['p99_ms']:.0f} ms, {q['timeouts']} timeouts",
+                         "met": yes(q["p99_ms"] <= 50 and q["timeouts"] == 0)})
+        if "rss_kib_clusterdns" in e and label == "10000 svc / 100000 pods":
+            mib = e["rss_kib_clusterdns"] / 1024
+            rows.append({"target": f"RSS <= 64 MiB ({label}, API source)",
+                         "measured": f"{mib:.1f} MiB", "met": yes(mib <= 64)})
     big = [l for l in ms if l != "demo (embedded)"]
     if big:
         label = big[-1]
@@ -939,6 +1000,10 @@ def main():
     ap.add_argument("--client-cpus", default="1", help="taskset CPU list of dnsperf (1)")
     ap.add_argument("--changes", type=int, help="propagation changes (1000; quick 20)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--api-qps", type=int, default=5000,
+                    help="background load during API-source propagation (5000)")
+    ap.add_argument("--api-timeout", type=int, default=900,
+                    help="seconds allowed per API-source bench run, build included (900)")
     ap.add_argument("--no-build", action="store_true", help="use the binary already built")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (zones, logs)")
     ap.add_argument("--json", default=os.path.join(HERE, "results.json"))
@@ -981,6 +1046,7 @@ def main():
         run_throughput(binary, path, zones, workdir, args, settings, results)
         run_memory_and_startup(binary, clusters, workdir, args, results)
         run_propagation(binary, workdir, args, results, None)
+        run_api_source(sizes, workdir, args, results)
         results["targets"] = targets(results)
     finally:
         if args.keep:
