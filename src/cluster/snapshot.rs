@@ -317,8 +317,9 @@ pub struct Snapshot {
 #[derive(Debug, Default)]
 struct ServiceIndex {
     namespaces: HashSet<Box<str>>,
-    /// Keyed `<name>.<namespace>`, which is how the labels stand in a query name.
-    services: HashMap<Box<str>, ServiceEntry>,
+    /// Keyed `<name>.<namespace>`, which is how the labels stand in a query name. Entries
+    /// are shared with the previous snapshot unless their service changed.
+    services: HashMap<Box<str>, Arc<ServiceEntry>>,
     ptr: HashMap<IpAddr, Vec<PtrTarget>>,
 }
 
@@ -362,7 +363,10 @@ impl Snapshot {
         let index = if prev.store.same_services(&store) {
             prev.index.clone()
         } else {
-            Arc::new(ServiceIndex::build(&store))
+            Arc::new(
+                ServiceIndex::update(&prev.index, &prev.store, &store)
+                    .unwrap_or_else(|| ServiceIndex::build(&store)),
+            )
         };
         let pods_by_ip = if Arc::ptr_eq(&prev.store.pods, &store.pods) {
             prev.pods_by_ip.clone()
@@ -409,45 +413,25 @@ fn pods_by_ip(store: &Store) -> HashMap<IpAddr, Vec<Box<str>>> {
     pods_by_ip
 }
 
-impl ServiceIndex {
-    fn build(store: &Store) -> ServiceIndex {
-        let mut namespaces: HashSet<Box<str>> = store.namespaces.keys().map(|n| lower(n)).collect();
-        let mut services: HashMap<Box<str>, ServiceEntry> =
-            HashMap::with_capacity(store.services.len());
-        for ((ns, name), svc) in store.services.iter() {
-            namespaces.insert(lower(ns));
-            services.insert(
-                format!("{}.{}", name, ns).to_ascii_lowercase().into(),
-                ServiceEntry::new(svc.clone()),
-            );
-        }
+/// `<name>.<namespace>` lowercased: how the labels stand in a query name.
+fn service_key(ns: &str, name: &str) -> Box<str> {
+    format!("{name}.{ns}").to_ascii_lowercase().into()
+}
 
-        // Slices in name order so that answers come out the same on every rebuild.
-        let mut slices: Vec<&Arc<EndpointSlice>> = store.slices.values().collect();
-        slices.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        let with_slices: HashSet<(&str, &str)> = slices
-            .iter()
-            .map(|s| (&*s.namespace, &*s.service))
-            .collect();
-        let mut legacy: Vec<(&Key, &Vec<Arc<EndpointSlice>>)> = store
-            .legacy_endpoints
-            .iter()
-            .filter(|((ns, svc), _)| !with_slices.contains(&(&**ns, &**svc)))
-            .collect();
-        legacy.sort_by(|a, b| a.0.cmp(b.0));
-        let all_slices = slices
-            .into_iter()
-            .chain(legacy.into_iter().flat_map(|(_, v)| v.iter()));
+/// More changed services than this in one publish: a full rebuild costs no more.
+const INCREMENTAL_LIMIT: usize = 256;
 
-        for slice in all_slices {
-            let k = format!("{}.{}", slice.service, slice.namespace).to_ascii_lowercase();
-            let Some(entry) = services.get_mut(k.as_str()) else {
-                continue; // a slice whose service is gone or not yet seen
-            };
-            let publish = entry.service.publish_not_ready;
+impl ServiceEntry {
+    /// The entry of `svc` from its slices (in name order): endpoints merged and de-duplicated
+    /// by address, name labels indexed.
+    fn build(svc: Arc<Service>, slices: &[&Arc<EndpointSlice>]) -> ServiceEntry {
+        let mut entry = ServiceEntry::new(svc);
+        let publish = entry.service.publish_not_ready;
+        let mut seen: HashSet<IpAddr> = HashSet::new();
+        for slice in slices {
             for ep in &slice.endpoints {
                 for &address in &ep.addresses {
-                    if entry.endpoints.iter().any(|e| e.address == address) {
+                    if !seen.insert(address) {
                         continue;
                     }
                     entry.endpoints.push(EndpointEntry {
@@ -462,11 +446,115 @@ impl ServiceIndex {
                 }
             }
         }
+        entry.index();
+        entry
+    }
+}
 
-        for entry in services.values_mut() {
-            entry.index();
+/// The slices of each service, in slice-name order (so answers come out the same on every
+/// rebuild); v1 Endpoints only for services without a slice. `only`: just these services.
+fn slices_by_service<'a>(
+    store: &'a Store,
+    only: Option<&HashSet<Key>>,
+) -> HashMap<(&'a str, &'a str), Vec<&'a Arc<EndpointSlice>>> {
+    let wanted = |ns: &str, svc: &str| {
+        only.is_none_or(|set| set.contains(&(Box::<str>::from(ns), Box::<str>::from(svc))))
+    };
+    let mut groups: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
+    for slice in store.slices.values() {
+        if wanted(&slice.namespace, &slice.service) {
+            groups
+                .entry((&*slice.namespace, &*slice.service))
+                .or_default()
+                .push(slice);
         }
+    }
+    for list in groups.values_mut() {
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    for ((ns, svc), legacy) in store.legacy_endpoints.iter() {
+        if wanted(ns, svc) && !groups.contains_key(&(&**ns, &**svc)) {
+            groups.insert((&**ns, &**svc), legacy.iter().collect());
+        }
+    }
+    groups
+}
 
+/// Calls `f` for every key whose value differs (by pointer) between two tables, with the
+/// value on either side.
+fn diff<K: std::hash::Hash + Eq, V>(
+    old: &HashMap<K, Arc<V>>,
+    new: &HashMap<K, Arc<V>>,
+    mut f: impl FnMut(&K, &V),
+) {
+    for (k, v) in new {
+        if old.get(k).is_none_or(|o| !Arc::ptr_eq(o, v)) {
+            f(k, v);
+        }
+    }
+    for (k, v) in old {
+        if !new.contains_key(k) {
+            f(k, v);
+        }
+    }
+}
+
+impl ServiceIndex {
+    fn build(store: &Store) -> ServiceIndex {
+        let groups = slices_by_service(store, None);
+        let mut services: HashMap<Box<str>, Arc<ServiceEntry>> =
+            HashMap::with_capacity(store.services.len());
+        for ((ns, name), svc) in store.services.iter() {
+            let slices = groups
+                .get(&(&**ns, &**name))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            services.insert(
+                service_key(ns, name),
+                Arc::new(ServiceEntry::build(svc.clone(), slices)),
+            );
+        }
+        Self::finish(store, services)
+    }
+
+    /// Rebuilds only the entries of services whose Service or slices changed since
+    /// `prev_store`; None when a full build is as good (many changes, v1 Endpoints).
+    fn update(prev: &ServiceIndex, prev_store: &Store, store: &Store) -> Option<ServiceIndex> {
+        if !Arc::ptr_eq(&prev_store.legacy_endpoints, &store.legacy_endpoints) {
+            return None;
+        }
+        let mut affected: HashSet<Key> = HashSet::new();
+        diff(&prev_store.services, &store.services, |k, _| {
+            affected.insert(k.clone());
+        });
+        diff(&prev_store.slices, &store.slices, |_, s| {
+            affected.insert((s.namespace.clone(), s.service.clone()));
+        });
+        if affected.len() > INCREMENTAL_LIMIT {
+            return None;
+        }
+        let groups = slices_by_service(store, Some(&affected));
+        let mut services = prev.services.clone();
+        for (ns, name) in &affected {
+            let key = service_key(ns, name);
+            services.remove(&*key);
+            if let Some(svc) = store.services.get(&(ns.clone(), name.clone())) {
+                let slices = groups
+                    .get(&(&**ns, &**name))
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                services.insert(key, Arc::new(ServiceEntry::build(svc.clone(), slices)));
+            }
+        }
+        Some(Self::finish(store, services))
+    }
+
+    /// Namespaces and reverse entries over the final service entries.
+    fn finish(store: &Store, services: HashMap<Box<str>, Arc<ServiceEntry>>) -> ServiceIndex {
+        let mut namespaces: HashSet<Box<str>> = store.namespaces.keys().map(|n| lower(n)).collect();
+        for entry in services.values() {
+            namespaces.insert(lower(&entry.service.namespace));
+        }
         let mut ptr: HashMap<IpAddr, Vec<PtrTarget>> = HashMap::new();
         let mut keys: Vec<&Box<str>> = services.keys().collect();
         keys.sort();
@@ -504,7 +592,6 @@ impl ServiceIndex {
                 });
             }
         }
-
         ServiceIndex {
             namespaces,
             services,
@@ -529,11 +616,11 @@ impl Snapshot {
 
     /// `key` is `<name>.<namespace>`, lowercase.
     pub fn service(&self, key: &str) -> Option<&ServiceEntry> {
-        self.index.services.get(key)
+        self.index.services.get(key).map(|e| &**e)
     }
 
     pub fn services(&self) -> impl Iterator<Item = &ServiceEntry> {
-        self.index.services.values()
+        self.index.services.values().map(|e| &**e)
     }
 
     /// Every reverse entry (for zone export).
@@ -607,6 +694,63 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
         set.add_text(TWO_SERVICES_ONE_POD, Path::new("t.yaml"))
             .unwrap();
         Snapshot::build(Arc::new(Store::from_objects(&set)), 1, true)
+    }
+
+    /// Everything a query can see, in a comparable form.
+    fn dump(snap: &Snapshot) -> Vec<String> {
+        let mut out: Vec<String> = snap
+            .services()
+            .map(|e| {
+                let eps: Vec<String> = e
+                    .endpoints
+                    .iter()
+                    .map(|x| format!("{}:{}:{}", x.address, x.ready, x.label(false)))
+                    .collect();
+                format!(
+                    "{}/{} {:?} {:?}",
+                    e.service.namespace, e.service.name, e.service.cluster_ips, eps
+                )
+            })
+            .collect();
+        let mut ptrs: Vec<String> = snap
+            .ptr_entries()
+            .map(|(ip, t)| format!("{ip} {t:?}"))
+            .collect();
+        out.append(&mut ptrs);
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn an_incremental_rebuild_equals_a_full_one() {
+        let mut set = ObjectSet::default();
+        set.add_text(TWO_SERVICES_ONE_POD, Path::new("t.yaml"))
+            .unwrap();
+        let store = Store::from_objects(&set);
+        let first = Snapshot::build(Arc::new(store.clone()), 1, true);
+        // Change one slice, delete one service, add one: as the API source does.
+        let mut next = store.clone();
+        let key: Key = ("x".into(), "b-2".into());
+        let mut slice = (*next.slices[&key]).clone();
+        slice.endpoints[0].ready = true;
+        slice.endpoints[0].addresses = vec!["10.1.0.9".parse().unwrap()];
+        Arc::make_mut(&mut next.slices).insert(key, Arc::new(slice));
+        Arc::make_mut(&mut next.services).remove(&("x".into(), "a".into()) as &Key);
+        let mut c2 = (*next.services[&("x".into(), "c".into()) as &Key]).clone();
+        c2.name = "c2".into();
+        c2.cluster_ips = vec!["10.0.0.10".parse().unwrap()];
+        Arc::make_mut(&mut next.services).insert(("x".into(), "c2".into()), Arc::new(c2));
+        let next = Arc::new(next);
+        let incremental = Snapshot::rebuild(&first, next.clone(), 2, true);
+        let full = Snapshot::build(next, 2, true);
+        assert_eq!(dump(&incremental), dump(&full));
+        assert!(incremental.service("a.x").is_none());
+        assert!(incremental.service("c2.x").is_some());
+        // Unchanged services share their entries with the previous snapshot.
+        assert!(std::ptr::eq(
+            first.service("c.x").unwrap(),
+            incremental.service("c.x").unwrap()
+        ));
     }
 
     #[test]
