@@ -725,7 +725,7 @@ impl Publisher {
                     Some(Object::Slice(s)) => s.service.clone(),
                     _ => self.store.slices.get(key)?.service.clone(),
                 };
-                let svc = self.store.services.get(&(key.0.clone(), service))?;
+                let svc = self.store.services.get(&(key.0.clone(), service.into()))?;
                 ServiceKindLabel::of(svc)
             }
             _ => None,

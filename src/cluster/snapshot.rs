@@ -11,7 +11,7 @@ use super::model::{EndpointSlice, Namespace, Node, Pod, Port, Service, ServiceKi
 use super::objects::ObjectSet;
 
 /// (namespace, name)
-pub type Key = (Box<str>, Box<str>);
+pub type Key = (Arc<str>, Arc<str>);
 
 /// The DNS service whose addresses answer `ns.dns.<zone>` and the apex NS glue.
 pub const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
@@ -20,7 +20,7 @@ pub const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
 /// that build a new snapshot while the old one serves.
 #[derive(Debug, Default, Clone)]
 pub struct Store {
-    pub namespaces: Arc<HashMap<Box<str>, Arc<Namespace>>>,
+    pub namespaces: Arc<HashMap<Arc<str>, Arc<Namespace>>>,
     pub services: Arc<HashMap<Key, Arc<Service>>>,
     pub slices: Arc<HashMap<Key, Arc<EndpointSlice>>>,
     /// v1 Endpoints converted to slices, keyed by service; used only for a service that has
@@ -30,7 +30,7 @@ pub struct Store {
     /// a change copies only its kind's table (`Arc::make_mut`), and a snapshot rebuilds only
     /// the indexes whose tables changed (compared by pointer).
     pub pods: Arc<HashMap<Key, Arc<Pod>>>,
-    pub nodes: Arc<HashMap<Box<str>, Arc<Node>>>,
+    pub nodes: Arc<HashMap<Arc<str>, Arc<Node>>>,
 }
 
 fn key(ns: &str, name: &str) -> Key {
@@ -43,7 +43,7 @@ impl Store {
             .namespaces
             .iter()
             .filter_map(Namespace::from_api)
-            .map(|ns| (ns.name.clone(), Arc::new(ns)))
+            .map(|ns| (Arc::from(&*ns.name), Arc::new(ns)))
             .collect();
         let services = objects
             .services
@@ -75,7 +75,7 @@ impl Store {
             .nodes
             .iter()
             .filter_map(Node::from_api)
-            .map(|node| (node.name.clone(), Arc::new(node)))
+            .map(|node| (Arc::from(&*node.name), Arc::new(node)))
             .collect();
         Store {
             namespaces: Arc::new(namespaces),
@@ -119,12 +119,12 @@ impl Store {
 /// A [`Sink`](super::objects::Sink) that strips every object as it is parsed.
 #[derive(Default)]
 pub struct StoreBuilder {
-    namespaces: HashMap<Box<str>, Arc<Namespace>>,
+    namespaces: HashMap<Arc<str>, Arc<Namespace>>,
     services: HashMap<Key, Arc<Service>>,
     slices: HashMap<Key, Arc<EndpointSlice>>,
     legacy: HashMap<Key, Vec<Arc<EndpointSlice>>>,
     pods: HashMap<Key, Arc<Pod>>,
-    nodes: HashMap<Box<str>, Arc<Node>>,
+    nodes: HashMap<Arc<str>, Arc<Node>>,
     /// Objects of kinds DNS does not use.
     pub skipped: usize,
     pub drop_pods: bool,
@@ -146,7 +146,7 @@ impl StoreBuilder {
 impl super::objects::Sink for StoreBuilder {
     fn namespace(&mut self, o: k8s_openapi::api::core::v1::Namespace) {
         if let Some(ns) = Namespace::from_api(&o) {
-            self.namespaces.insert(ns.name.clone(), Arc::new(ns));
+            self.namespaces.insert(Arc::from(&*ns.name), Arc::new(ns));
         }
     }
     fn service(&mut self, o: k8s_openapi::api::core::v1::Service) {
@@ -180,7 +180,7 @@ impl super::objects::Sink for StoreBuilder {
     }
     fn node(&mut self, o: k8s_openapi::api::core::v1::Node) {
         if let Some(node) = Node::from_api(&o) {
-            self.nodes.insert(node.name.clone(), Arc::new(node));
+            self.nodes.insert(Arc::from(&*node.name), Arc::new(node));
         }
     }
     fn skip(&mut self) {
@@ -285,14 +285,16 @@ impl ServiceEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PtrTarget {
     /// A service cluster IP: `<svc>.<ns>`.
+    /// Names are shared (`Arc`) by every entry of a service: rebuilding the reverse map
+    /// after a change allocates nothing per endpoint.
     Service {
-        service: Box<str>,
-        namespace: Box<str>,
+        service: Arc<str>,
+        namespace: Arc<str>,
     },
     /// An endpoint address: `<hostname>.<svc>.<ns>`, one per service selecting it.
     Endpoint {
-        service: Box<str>,
-        namespace: Box<str>,
+        service: Arc<str>,
+        namespace: Arc<str>,
         /// Index into the service's endpoints.
         index: usize,
     },
@@ -458,7 +460,7 @@ fn slices_by_service<'a>(
     only: Option<&HashSet<Key>>,
 ) -> HashMap<(&'a str, &'a str), Vec<&'a Arc<EndpointSlice>>> {
     let wanted = |ns: &str, svc: &str| {
-        only.is_none_or(|set| set.contains(&(Box::<str>::from(ns), Box::<str>::from(svc))))
+        only.is_none_or(|set| set.contains(&(Arc::<str>::from(ns), Arc::<str>::from(svc))))
     };
     let mut groups: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
     for slice in store.slices.values() {
@@ -528,7 +530,7 @@ impl ServiceIndex {
             affected.insert(k.clone());
         });
         diff(&prev_store.slices, &store.slices, |_, s| {
-            affected.insert((s.namespace.clone(), s.service.clone()));
+            affected.insert((Arc::from(&*s.namespace), Arc::from(&*s.service)));
         });
         if affected.len() > INCREMENTAL_LIMIT {
             return None;
@@ -555,19 +557,29 @@ impl ServiceIndex {
         for entry in services.values() {
             namespaces.insert(lower(&entry.service.namespace));
         }
-        let mut ptr: HashMap<IpAddr, Vec<PtrTarget>> = HashMap::new();
+        let mut ptr: HashMap<IpAddr, Vec<PtrTarget>> = HashMap::with_capacity(services.len() * 4);
         let mut keys: Vec<&Box<str>> = services.keys().collect();
         keys.sort();
-        for k in &keys {
+        let names: Vec<(Arc<str>, Arc<str>)> = keys
+            .iter()
+            .map(|k| {
+                let svc = &services[*k].service;
+                (
+                    Arc::from(svc.name.to_ascii_lowercase()),
+                    Arc::from(svc.namespace.to_ascii_lowercase()),
+                )
+            })
+            .collect();
+        for (k, (name, ns)) in keys.iter().zip(&names) {
             let entry = &services[*k];
             for ip in &entry.service.cluster_ips {
                 ptr.entry(*ip).or_default().push(PtrTarget::Service {
-                    service: lower(&entry.service.name),
-                    namespace: lower(&entry.service.namespace),
+                    service: name.clone(),
+                    namespace: ns.clone(),
                 });
             }
         }
-        for k in &keys {
+        for (k, (name, ns)) in keys.iter().zip(&names) {
             let entry = &services[*k];
             if entry.service.kind == ServiceKind::ExternalName {
                 continue;
@@ -586,8 +598,8 @@ impl ServiceIndex {
                     continue;
                 }
                 targets.push(PtrTarget::Endpoint {
-                    service: lower(&entry.service.name),
-                    namespace: lower(&entry.service.namespace),
+                    service: name.clone(),
+                    namespace: ns.clone(),
                     index,
                 });
             }
