@@ -33,49 +33,9 @@ fn kinds(b: &ServerBlock) -> Vec<&'static str> {
     b.plugins.iter().map(|p| p.kind().name()).collect()
 }
 
-const EKS: &str = r#".:53 {
-    errors
-    health {
-        lameduck 5s
-      }
-    ready
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-      pods insecure
-      fallthrough in-addr.arpa ip6.arpa
-    }
-    prometheus :9153
-    forward . /etc/resolv.conf
-    cache 30
-    loop
-    reload
-    loadbalance
-}
-"#;
+const EKS: &str = include_str!("fixtures/corefiles/eks.Corefile");
 
-const KUBEADM: &str = r#".:53 {
-    errors
-    health {
-       lameduck 5s
-    }
-    ready
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ttl 30
-    }
-    prometheus :9153
-    forward . /etc/resolv.conf {
-       max_concurrent 1000
-    }
-    cache 30 {
-       disable success cluster.local
-       disable denial cluster.local
-    }
-    loop
-    reload
-    loadbalance
-}
-"#;
+const KUBEADM: &str = include_str!("fixtures/corefiles/kubeadm.Corefile");
 
 /// The k8s.io NodeLocal DNSCache Corefile with its placeholders filled in.
 const NODELOCAL: &str = r#"cluster.local:53 {

@@ -106,49 +106,9 @@ fn localize(corefile: &str) -> String {
         .replace("prometheus :9153", "prometheus 127.0.0.1:0")
 }
 
-const EKS: &str = r#".:53 {
-    errors
-    health {
-        lameduck 5s
-      }
-    ready
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-      pods insecure
-      fallthrough in-addr.arpa ip6.arpa
-    }
-    prometheus :9153
-    forward . /etc/resolv.conf
-    cache 30
-    loop
-    reload
-    loadbalance
-}
-"#;
+const EKS: &str = include_str!("fixtures/corefiles/eks.Corefile");
 
-const KUBEADM: &str = r#".:53 {
-    errors
-    health {
-       lameduck 5s
-    }
-    ready
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ttl 30
-    }
-    prometheus :9153
-    forward . /etc/resolv.conf {
-       max_concurrent 1000
-    }
-    cache 30 {
-       disable success cluster.local
-       disable denial cluster.local
-    }
-    loop
-    reload
-    loadbalance
-}
-"#;
+const KUBEADM: &str = include_str!("fixtures/corefiles/kubeadm.Corefile");
 
 async fn stock_corefile_answers(corefile: &str, ttl: u32) {
     // The stock file unchanged, but for the ports (localize) and the resolv.conf it forwards
