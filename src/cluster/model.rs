@@ -57,6 +57,18 @@ pub struct Port {
     pub port: u16,
 }
 
+impl Port {
+    /// From any of the API's port shapes (Service, EndpointSlice, v1 Endpoints); None for a
+    /// missing or out-of-range number.
+    fn new(name: Option<&str>, protocol: Option<&str>, port: Option<i32>) -> Option<Port> {
+        Some(Port {
+            name: boxed(name.unwrap_or("")),
+            protocol: Protocol::parse(protocol),
+            port: u16::try_from(port?).ok()?,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     pub namespace: Box<str>,
@@ -175,13 +187,7 @@ impl Service {
             .ports
             .iter()
             .flatten()
-            .filter_map(|p| {
-                Some(Port {
-                    name: boxed(p.name.as_deref().unwrap_or("")),
-                    protocol: Protocol::parse(p.protocol.as_deref()),
-                    port: u16::try_from(p.port).ok()?,
-                })
-            })
+            .filter_map(|p| Port::new(p.name.as_deref(), p.protocol.as_deref(), Some(p.port)))
             .collect();
         Some(Service {
             namespace: boxed(namespace),
@@ -236,13 +242,7 @@ impl EndpointSlice {
             .ports
             .iter()
             .flatten()
-            .filter_map(|p| {
-                Some(Port {
-                    name: boxed(p.name.as_deref().unwrap_or("")),
-                    protocol: Protocol::parse(p.protocol.as_deref()),
-                    port: u16::try_from(p.port?).ok()?,
-                })
-            })
+            .filter_map(|p| Port::new(p.name.as_deref(), p.protocol.as_deref(), p.port))
             .collect();
         Some(EndpointSlice {
             namespace: boxed(namespace),
@@ -294,13 +294,7 @@ impl EndpointSlice {
                 .ports
                 .iter()
                 .flatten()
-                .filter_map(|p| {
-                    Some(Port {
-                        name: boxed(p.name.as_deref().unwrap_or("")),
-                        protocol: Protocol::parse(p.protocol.as_deref()),
-                        port: u16::try_from(p.port).ok()?,
-                    })
-                })
+                .filter_map(|p| Port::new(p.name.as_deref(), p.protocol.as_deref(), Some(p.port)))
                 .collect();
             out.push(EndpointSlice {
                 namespace: boxed(namespace),
