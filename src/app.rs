@@ -59,6 +59,8 @@ pub struct ServeOptions {
     /// cluster zones only, other names REFUSED (the tests' default: they send nothing off
     /// this machine).
     pub upstreams: Vec<String>,
+    /// Sidecar mode: serve this generated Corefile (no cluster data) and probe its upstreams.
+    pub sidecar: Option<crate::sidecar::SidecarOptions>,
 }
 
 impl Default for ServeOptions {
@@ -77,6 +79,7 @@ impl Default for ServeOptions {
             ttl: 5,
             pods: PodMode::Insecure,
             upstreams: Vec::new(),
+            sidecar: None,
         }
     }
 }
@@ -252,14 +255,17 @@ async fn start_source(
         return Ok(None);
     }
     let k8s = config.servers.iter().find_map(|b| b.kubernetes());
+    if k8s.is_none() {
+        // No kubernetes plugin (a forward-only Corefile, the sidecar): no cluster data to
+        // wait for, so the view is complete (and /ready true) from the start.
+        view.publish(Arc::new(Store::default()), true);
+        return Ok(None);
+    }
     let from_corefile = k8s.is_some_and(|k| k.kubeconfig.is_some() || k.endpoint.is_some());
     if opts.kubeconfig.is_none() && !from_corefile && opts.corefile.is_none() {
         let set = file_source::embedded_objects().context("embedded demo cluster")?;
         view.publish(Arc::new(Store::from_objects(&set)), true);
         return Ok(None);
-    }
-    if k8s.is_none() {
-        return Ok(None); // no kubernetes plugin: nothing to watch
     }
     let kube_config = match (
         &opts.kubeconfig,
@@ -469,13 +475,17 @@ async fn loop_probe(l: Arc<LoopDetect>, target: SocketAddr, cancel: Cancellation
 }
 
 pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
-    let (text, path) = match &opts.corefile {
-        Some(p) => (
+    let (text, path) = match (&opts.sidecar, &opts.corefile) {
+        (Some(s), _) => (
+            crate::sidecar::corefile(s)?,
+            PathBuf::from("<sidecar Corefile>"),
+        ),
+        (None, Some(p)) => (
             std::fs::read_to_string(p)
                 .with_context(|| format!("cannot read the Corefile {}", p.display()))?,
             p.clone(),
         ),
-        None => (
+        (None, None) => (
             default_corefile(&opts)?,
             PathBuf::from("<built-in Corefile>"),
         ),
@@ -497,6 +507,19 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     metrics.set_legacy(opts.legacy_metrics);
     watch_source_metrics(&metrics, &view, status.clone());
     let debug = start_insight(&opts, &view, &metrics, &cancel)?;
+    if let Some(s) = opts
+        .sidecar
+        .as_ref()
+        .filter(|s| !s.probe_interval.is_zero())
+    {
+        tokio::spawn(crate::sidecar::probe_loop(
+            crate::sidecar::probe_targets(&s.upstreams),
+            s.probe_name.clone(),
+            s.probe_interval,
+            metrics.clone(),
+            cancel.clone(),
+        ));
+    }
     let mut tasks = JoinSet::new();
     let mut routers: BTreeMap<ListenKey, Arc<Router>> = BTreeMap::new();
     let mut dns_addrs = Vec::new();
@@ -771,6 +794,10 @@ async fn probe_loop(
                     .probe_latency
                     .with_label_values(&[&target, proto])
                     .set(r.latency.as_secs_f64());
+                metrics
+                    .probe_results
+                    .with_label_values(&[&target, proto, r.outcome.as_str()])
+                    .inc();
             }
         }
     }

@@ -11,3 +11,4 @@ pub mod fargate;
 pub mod gen;
 pub mod metrics;
 pub mod prober;
+pub mod sidecar;

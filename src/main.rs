@@ -36,6 +36,10 @@ enum Command {
     /// Print the cluster zone (or a reverse zone) as an RFC 1035 zone file, e.g. to serve the
     /// same records from NSD or Knot.
     ExportZone(ExportArgs),
+    /// Run as a per-pod DNS cache (for micro-VM pods, which run no node-local DaemonSet):
+    /// a caching forwarder on 127.0.0.1:53 that sends the pod's queries to the cluster DNS
+    /// over persistent TCP, serves stale answers while it is unreachable, and probes it.
+    Sidecar(SidecarArgs),
     /// Print a synthetic cluster (namespaces, services, endpoint slices, pods, nodes) as
     /// `kubectl get -A -o yaml` does, for benchmarks; deterministic for a seed.
     GenCluster(clusterdns::gen::GenArgs),
@@ -116,6 +120,54 @@ struct ProbeArgs {
     /// Send every probe from this local address.
     #[arg(long, value_name = "IP")]
     source: Option<std::net::IpAddr>,
+}
+
+#[derive(clap::Args)]
+struct SidecarArgs {
+    /// The cluster DNS to forward to: the kube-dns service IP (`IP`, `IP:PORT`,
+    /// `tls://IP[:PORT]`); repeatable or comma-separated.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "CLUSTERDNS_UPSTREAM",
+        value_delimiter = ',',
+        required = true
+    )]
+    upstream: Vec<String>,
+    /// Where the pod's resolver sends queries (UDP and TCP).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:53")]
+    listen: SocketAddr,
+    /// Forward over UDP (TCP on truncation) instead of persistent TCP connections.
+    #[arg(long)]
+    udp_upstream: bool,
+    /// Longest time, in seconds, an answer is cached.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    cache_ttl: u32,
+    /// How long, in seconds, expired answers may be served while no upstream answers (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    serve_stale: u64,
+    /// HTTP liveness endpoint, `[HOST]:PORT` (empty host: every interface, for kubelet).
+    #[arg(long, value_name = "[HOST]:PORT", default_value = ":8054")]
+    health: String,
+    /// HTTP readiness endpoint.
+    #[arg(long, value_name = "[HOST]:PORT", default_value = ":8055")]
+    ready: String,
+    /// Prometheus metrics endpoint (CoreDNS names, plus clusterdns_probe_*).
+    #[arg(long, value_name = "[HOST]:PORT", default_value = ":9153")]
+    metrics: String,
+    /// Seconds between probes of every upstream over UDP and TCP (0: no probes).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    probe_interval: u64,
+    /// The name the probes ask for.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "kubernetes.default.svc.cluster.local."
+    )]
+    probe_name: String,
+    /// Log filter (tracing's EnvFilter syntax).
+    #[arg(long, env = "CLUSTERDNS_LOG", default_value = "info")]
+    log: String,
 }
 
 #[derive(clap::Parser)]
@@ -236,7 +288,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         }
     }
     let defaults = ServeOptions::default();
-    let running = app::start(ServeOptions {
+    let opts = ServeOptions {
         corefile: args.corefile,
         manifests: args.manifests,
         kubeconfig: args.kubeconfig,
@@ -254,8 +306,40 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
             [none] if none == "none" => Vec::new(),
             list => list.to_vec(),
         },
+        sidecar: None,
+    };
+    run(opts).await
+}
+
+async fn sidecar(args: SidecarArgs) -> anyhow::Result<u8> {
+    init_tracing(&args.log);
+    let upstreams: Vec<String> = args
+        .upstream
+        .iter()
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    run(ServeOptions {
+        sidecar: Some(clusterdns::sidecar::SidecarOptions {
+            listen: args.listen,
+            upstreams,
+            udp_upstream: args.udp_upstream,
+            cache_ttl: args.cache_ttl,
+            serve_stale: std::time::Duration::from_secs(args.serve_stale),
+            health: args.health,
+            ready: args.ready,
+            metrics: args.metrics,
+            probe_interval: std::time::Duration::from_secs(args.probe_interval),
+            probe_name: args.probe_name,
+        }),
+        ..ServeOptions::default()
     })
-    .await?;
+    .await
+}
+
+/// Starts the server, prints where it listens, and serves until a signal or a fatal error.
+async fn run(opts: ServeOptions) -> anyhow::Result<u8> {
+    let running = app::start(opts).await?;
     // Tests and scripts read these lines to find the ports chosen for port 0. One write, and
     // errors ignored: a reader that closes the pipe after the first line must not kill us.
     let mut banner = String::new();
@@ -414,6 +498,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Serve(args) => serve(args).await,
+            Command::Sidecar(args) => sidecar(args).await,
             Command::Placement(args) => placement(args).await,
             Command::Probe(args) => probe(args).await,
             Command::ExportZone(args) => export_zone(args).await,

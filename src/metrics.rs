@@ -132,6 +132,9 @@ pub struct Metrics {
     pub probe_paths: IntGaugeVec,
     pub probe_up: IntGaugeVec,
     pub probe_latency: prometheus::GaugeVec,
+    /// Every live DNS probe by outcome (ok, timeout, refused, error): failures between scrapes
+    /// are counted even when the latest probe answered.
+    pub probe_results: IntCounterVec,
 }
 
 /// One answered query, as the server saw it.
@@ -285,6 +288,16 @@ impl Metrics {
         .expect("valid metric");
         reg.register(Box::new(probe_latency.clone()))
             .expect("registered once");
+        let probe_results = IntCounterVec::new(
+            Opts::new(
+                "clusterdns_probe_results_total",
+                "Live DNS probes of the target by result (ok, timeout, refused, error).",
+            ),
+            &["target", "protocol", "result"],
+        )
+        .expect("valid metric");
+        reg.register(Box::new(probe_results.clone()))
+            .expect("registered once");
         let process = prometheus::process_collector::ProcessCollector::for_self();
         let _ = reg.register(Box::new(process));
 
@@ -365,6 +378,7 @@ impl Metrics {
             probe_paths,
             probe_up,
             probe_latency,
+            probe_results,
             registry: reg,
             blocks: ArcSwap::from_pointee(Vec::new()),
             refreshers: Mutex::new(Vec::new()),

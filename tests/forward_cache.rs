@@ -1,5 +1,6 @@
 //! `forward` against real DNS servers started here on 127.0.0.1 (never anything else), and
-//! `cache` in front of it or of a stub handler (paused tokio time for TTLs).
+//! `cache` in front of it or of a stub handler (paused tokio time for TTLs), and the sidecar
+//! mode that puts the two in each pod.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -8,11 +9,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod dnsclient;
+
+use clusterdns::app::{self, ServeOptions};
 use clusterdns::corefile::{parse_str, CacheConfig, ForwardConfig, PluginConfig};
 use clusterdns::dns::cache::Kind;
 use clusterdns::dns::forward::ForwardTimeouts;
 use clusterdns::dns::pipeline::Proto;
 use clusterdns::dns::{server, Answer, Cache, Flow, Forward, Handler, Pipeline, Request};
+use clusterdns::sidecar::SidecarOptions;
+use dnsclient::Transport;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -51,6 +57,8 @@ struct State {
     tcp_conns: AtomicUsize,
     /// Queries per lowercase name, health checks (`.`) excluded.
     per_name: Mutex<HashMap<String, usize>>,
+    /// Names asked over UDP at least once.
+    udp_names: Mutex<HashSet<String>>,
 }
 
 struct Responder {
@@ -69,6 +77,7 @@ impl Responder {
             tcp: AtomicUsize::new(0),
             tcp_conns: AtomicUsize::new(0),
             per_name: Mutex::new(HashMap::new()),
+            udp_names: Mutex::new(HashSet::new()),
         });
         for _ in 0..20 {
             let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -139,6 +148,9 @@ fn replies(state: &State, query: &[u8], udp: bool) -> Vec<Vec<u8>> {
             .unwrap()
             .entry(lname.clone())
             .or_default() += 1;
+        if udp {
+            state.udp_names.lock().unwrap().insert(lname.clone());
+        }
     }
     let mode = *state.mode.lock().unwrap();
     if mode == Mode::Drop {
@@ -905,4 +917,118 @@ async fn cache_in_front_of_forward_and_serve_stale_when_upstreams_are_dead() {
         ask(&p, "a.example.org.").await.rcode,
         ResponseCode::ServFail
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sidecar mode: the whole binary path (generated Corefile, listeners, metrics endpoint).
+
+async fn scrape(addr: SocketAddr) -> String {
+    dnsclient::http_get(addr, "/metrics").await.1
+}
+
+/// The value of the first sample line that starts with `prefix` (name and labels).
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn sidecar_forwards_over_tcp_caches_probes_and_serves_stale() {
+    let mut up = Responder::start().await;
+    up.set("a.example.org.", Rec::A(ip("10.0.0.1"), 300));
+    let server = app::start(ServeOptions {
+        sidecar: Some(SidecarOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstreams: vec![up.addr.to_string()],
+            // Entries expire after a second, so the stale path is reached quickly.
+            cache_ttl: 1,
+            health: "127.0.0.1:0".into(),
+            ready: "127.0.0.1:0".into(),
+            metrics: "127.0.0.1:0".into(),
+            probe_interval: Duration::from_millis(200),
+            probe_name: "probe.example.org.".into(),
+            ..SidecarOptions::default()
+        }),
+        ..ServeOptions::default()
+    })
+    .await
+    .expect("sidecar starts");
+    let dns = server.dns_addr;
+    let metrics = server.http_addr("prometheus").expect("metrics endpoint");
+    let ready = server.http_addr("ready").expect("ready endpoint");
+    assert_eq!(dnsclient::http_get(ready, "/ready").await.0, 200);
+
+    // The pod asks over UDP; the sidecar asks upstream over TCP only.
+    let m = dnsclient::query(dns, Transport::Udp, "a.example.org.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(a_ips(&m), vec![ip("10.0.0.1")]);
+    assert_eq!(up.count("a.example.org."), 1);
+    assert!(!up
+        .state
+        .udp_names
+        .lock()
+        .unwrap()
+        .contains("a.example.org."));
+    assert!(up.state.tcp.load(Ordering::SeqCst) >= 1);
+    // A second ask is a cache hit.
+    dnsclient::query(dns, Transport::Udp, "a.example.org.", RecordType::A).await;
+    assert_eq!(up.count("a.example.org."), 1);
+
+    // The probes reach the upstream over both transports and say so.
+    let target = up.addr.to_string();
+    let up_line =
+        |proto: &str| format!("clusterdns_probe_up{{protocol=\"{proto}\",target=\"{target}\"}}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(metrics).await;
+        if sample(&text, &up_line("udp")) == Some(1.0)
+            && sample(&text, &up_line("tcp")) == Some(1.0)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "probes never answered:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up.count("probe.example.org.") >= 2);
+
+    // The upstream dies: the probes see it, and the expired entry is served stale, never
+    // SERVFAIL.
+    up.kill().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = dnsclient::query(dns, Transport::Udp, "a.example.org.", RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{m:?}");
+        assert_eq!(a_ips(&m), vec![ip("10.0.0.1")]);
+        let text = scrape(metrics).await;
+        let stale = sample(&text, "coredns_cache_served_stale_total").unwrap_or(0.0);
+        let down = sample(&text, &up_line("tcp")) == Some(0.0);
+        let failures = sample(
+            &text,
+            &format!("clusterdns_probe_results_total{{protocol=\"tcp\",result=\"refused\",target=\"{target}\"}}"),
+        );
+        if stale >= 1.0 && down && failures.is_some_and(|f| f >= 1.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never served stale:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.shutdown().await;
+}
+
+fn a_ips(m: &Message) -> Vec<Ipv4Addr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(A(ip)) => Some(*ip),
+            _ => None,
+        })
+        .collect()
 }
