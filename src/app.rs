@@ -751,7 +751,7 @@ async fn probe_loop(
     active: bool,
     cancel: CancellationToken,
 ) {
-    use crate::prober::active::{self, ActiveOptions, Outcome, ProbeKind};
+    use crate::prober::active::{self, ActiveOptions, ProbeKind};
     let mut ticker = tokio::time::interval(interval);
     loop {
         tokio::select! {
@@ -785,19 +785,12 @@ async fn probe_loop(
             metrics.probe_latency.reset();
             for r in &results {
                 let target = format!("{}:{}", r.target.ip, r.target.port);
-                let proto = r.target.protocol.as_str();
-                metrics
-                    .probe_up
-                    .with_label_values(&[&target, proto])
-                    .set(i64::from(r.outcome == Outcome::Ok));
-                metrics
-                    .probe_latency
-                    .with_label_values(&[&target, proto])
-                    .set(r.latency.as_secs_f64());
-                metrics
-                    .probe_results
-                    .with_label_values(&[&target, proto, r.outcome.as_str()])
-                    .inc();
+                metrics.record_probe(
+                    &target,
+                    r.target.protocol.as_str(),
+                    r.outcome.as_str(),
+                    r.latency,
+                );
             }
         }
     }

@@ -172,6 +172,27 @@ fn histogram(
 }
 
 impl Metrics {
+    /// One live DNS probe of `target` (`ip:port`) over `protocol`: the latest state in
+    /// `clusterdns_probe_up` / `_latency_seconds`, and the count by result.
+    pub fn record_probe(
+        &self,
+        target: &str,
+        protocol: &str,
+        result: &str,
+        latency: std::time::Duration,
+    ) {
+        let labels = [target, protocol];
+        self.probe_up
+            .with_label_values(&labels)
+            .set(i64::from(result == "ok"));
+        self.probe_latency
+            .with_label_values(&labels)
+            .set(latency.as_secs_f64());
+        self.probe_results
+            .with_label_values(&[target, protocol, result])
+            .inc();
+    }
+
     /// Builds every metric into a new registry. Names and labels are constants: the
     /// `expect`s can only fail on a programming error, caught by the tests.
     pub fn new() -> Metrics {

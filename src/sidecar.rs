@@ -206,18 +206,7 @@ pub async fn probe_loop(
             let target = SocketAddr::new(r.target.ip, r.target.port).to_string();
             let proto = r.target.protocol.as_str();
             let ok = r.outcome == Outcome::Ok;
-            metrics
-                .probe_up
-                .with_label_values(&[&target, proto])
-                .set(i64::from(ok));
-            metrics
-                .probe_latency
-                .with_label_values(&[&target, proto])
-                .set(r.latency.as_secs_f64());
-            metrics
-                .probe_results
-                .with_label_values(&[&target, proto, r.outcome.as_str()])
-                .inc();
+            metrics.record_probe(&target, proto, r.outcome.as_str(), r.latency);
             let key = (
                 SocketAddr::new(r.target.ip, r.target.port),
                 r.target.protocol,
