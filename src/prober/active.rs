@@ -43,7 +43,6 @@ pub const DEFAULT_CONCURRENCY: usize = 32;
 pub const DEFAULT_QUERY: &str = "kubernetes.default.svc.cluster.local.";
 /// An HTTP status line is short; a server sending more before a line break is not HTTP.
 const MAX_STATUS_LINE: usize = 1024;
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -172,85 +171,23 @@ fn endpoints(
     namespace: &str,
     service: &str,
 ) -> Vec<(IpAddr, Option<String>, Vec<Port>)> {
-    let proto = |p: Option<&str>| match p.unwrap_or("TCP") {
-        "TCP" => Some(Protocol::Tcp),
-        "UDP" => Some(Protocol::Udp),
+    let proto = |n: u8| match n {
+        TCP => Some(Protocol::Tcp),
+        UDP => Some(Protocol::Udp),
         _ => None, // SCTP: no probe for it
     };
-    let mut out = Vec::new();
-    for slice in &objects.endpoint_slices {
-        let owner = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL));
-        if slice.metadata.namespace.as_deref() != Some(namespace)
-            || owner.map(String::as_str) != Some(service)
-        {
-            continue;
-        }
-        let ports: Vec<Port> = slice
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                let port = u16::try_from(p.port?).ok()?;
-                Some((proto(p.protocol.as_deref()), port, p.name.clone()))
-            })
-            .collect();
-        for ep in slice.endpoints.iter().flatten() {
-            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                continue;
-            }
-            let pod = ep.target_ref.as_ref().and_then(|r| {
-                Some(format!(
-                    "{}/{}",
-                    r.namespace.as_deref().unwrap_or(namespace),
-                    r.name.as_ref()?
-                ))
-            });
-            for a in &ep.addresses {
-                if let Ok(ip) = a.parse::<IpAddr>() {
-                    out.push((ip, pod.clone(), ports.clone()));
-                }
-            }
-        }
-    }
-    if !out.is_empty() {
-        return out;
-    }
-    // Old dumps carry only v1 Endpoints.
-    for eps in &objects.endpoints {
-        if eps.metadata.namespace.as_deref() != Some(namespace)
-            || eps.metadata.name.as_deref() != Some(service)
-        {
-            continue;
-        }
-        for subset in eps.subsets.iter().flatten() {
-            let ports: Vec<Port> = subset
+    crate::prober::paths::service_endpoints(objects, namespace, service)
+        .into_iter()
+        .map(|e| {
+            let pod = e.target_ref.map(|(ns, name)| format!("{ns}/{name}"));
+            let ports = e
                 .ports
-                .iter()
-                .flatten()
-                .filter_map(|p| {
-                    let port = u16::try_from(p.port).ok()?;
-                    Some((proto(p.protocol.as_deref()), port, p.name.clone()))
-                })
+                .into_iter()
+                .map(|(n, port, name)| (proto(n), port, name))
                 .collect();
-            for a in subset.addresses.iter().flatten() {
-                let pod = a.target_ref.as_ref().and_then(|r| {
-                    Some(format!(
-                        "{}/{}",
-                        r.namespace.as_deref().unwrap_or(namespace),
-                        r.name.as_ref()?
-                    ))
-                });
-                if let Ok(ip) = a.ip.parse::<IpAddr>() {
-                    out.push((ip, pod, ports.clone()));
-                }
-            }
-        }
-    }
-    out
+            (e.ip, pod, ports)
+        })
+        .collect()
 }
 
 fn is_http(port: u16, name: Option<&str>) -> bool {

@@ -86,11 +86,9 @@ struct PodInfo<'a> {
     pod: Option<&'a Pod>,
 }
 
-/// An endpoint address as a slice lists it: IP, node name, target pod, (protocol, port) list.
-type RawEndpoint = (IpAddr, Option<String>, Option<(String, String)>, Vec<Port>);
 
 /// Protocol number, port, and the port's name in the slice.
-type Port = (u8, u16, Option<String>);
+pub(crate) type Port = (u8, u16, Option<String>);
 
 /// A target address with the service port(s) to try on it.
 struct Target {
@@ -138,6 +136,103 @@ fn protocol_number(text: Option<&str>) -> Option<u8> {
         "SCTP" => Some(SCTP),
         _ => None,
     }
+}
+
+/// A ready address behind a Service, as its EndpointSlices (else its v1 Endpoints) list it.
+pub(crate) struct ServiceEndpoint {
+    pub ip: IpAddr,
+    pub node_name: Option<String>,
+    /// The pod (namespace, name); a targetRef without a namespace is in the service's.
+    pub target_ref: Option<(String, String)>,
+    /// (IP protocol number, port, port name); ports of unknown protocols are left out.
+    pub ports: Vec<Port>,
+}
+
+/// The ready addresses behind `namespace/service`: its EndpointSlices, else (old dumps) its
+/// v1 Endpoints. Shared by the static judgement and the live probe targets.
+pub(crate) fn service_endpoints(
+    objects: &ObjectSet,
+    namespace: &str,
+    service: &str,
+) -> Vec<ServiceEndpoint> {
+    let target = |r: &k8s_openapi::api::core::v1::ObjectReference| {
+        Some((
+            r.namespace.clone().unwrap_or_else(|| namespace.to_owned()),
+            r.name.clone()?,
+        ))
+    };
+    let mut out = Vec::new();
+    for slice in &objects.endpoint_slices {
+        let ns = slice.metadata.namespace.as_deref().unwrap_or("");
+        let owner = labels_of(&slice.metadata).get(SERVICE_NAME_LABEL).cloned();
+        if ns != namespace || owner.as_deref() != Some(service) {
+            continue;
+        }
+        let ports: Vec<Port> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let port = u16::try_from(p.port?).ok()?;
+                Some((
+                    protocol_number(p.protocol.as_deref())?,
+                    port,
+                    p.name.clone(),
+                ))
+            })
+            .collect();
+        for ep in slice.endpoints.iter().flatten() {
+            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            for a in &ep.addresses {
+                if let Ok(ip) = a.parse::<IpAddr>() {
+                    out.push(ServiceEndpoint {
+                        ip,
+                        node_name: ep.node_name.clone(),
+                        target_ref: ep.target_ref.as_ref().and_then(target),
+                        ports: ports.clone(),
+                    });
+                }
+            }
+        }
+    }
+    if !out.is_empty() {
+        return out;
+    }
+    for eps in &objects.endpoints {
+        if eps.metadata.namespace.as_deref() != Some(namespace)
+            || eps.metadata.name.as_deref() != Some(service)
+        {
+            continue;
+        }
+        for subset in eps.subsets.iter().flatten() {
+            let ports: Vec<Port> = subset
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| {
+                    let port = u16::try_from(p.port).ok()?;
+                    Some((
+                        protocol_number(p.protocol.as_deref())?,
+                        port,
+                        p.name.clone(),
+                    ))
+                })
+                .collect();
+            for a in subset.addresses.iter().flatten() {
+                if let Ok(ip) = a.ip.parse::<IpAddr>() {
+                    out.push(ServiceEndpoint {
+                        ip,
+                        node_name: a.node_name.clone(),
+                        target_ref: a.target_ref.as_ref().and_then(target),
+                        ports: ports.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 impl<'a> View<'a> {
@@ -537,76 +632,16 @@ impl<'a> View<'a> {
     /// The addresses behind a service, with their ports: EndpointSlices, else v1 Endpoints.
     fn service_targets(&mut self, namespace: &str, service: &str) -> Vec<Target> {
         let objects = self.objects;
-        let mut raw: Vec<RawEndpoint> = Vec::new();
-        for slice in &objects.endpoint_slices {
-            let ns = slice.metadata.namespace.as_deref().unwrap_or("");
-            let owner = labels_of(&slice.metadata).get(SERVICE_NAME_LABEL).cloned();
-            if ns != namespace || owner.as_deref() != Some(service) {
-                continue;
-            }
-            let ports: Vec<Port> = slice
-                .ports
-                .iter()
-                .flatten()
-                .filter_map(|p| {
-                    let port = u16::try_from(p.port?).ok()?;
-                    Some((
-                        protocol_number(p.protocol.as_deref())?,
-                        port,
-                        p.name.clone(),
-                    ))
-                })
-                .collect();
-            for ep in slice.endpoints.iter().flatten() {
-                if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                    continue;
-                }
-                let target_ref = ep
-                    .target_ref
-                    .as_ref()
-                    .and_then(|r| Some((r.namespace.clone().unwrap_or_default(), r.name.clone()?)));
-                for a in &ep.addresses {
-                    if let Ok(ip) = a.parse::<IpAddr>() {
-                        raw.push((ip, ep.node_name.clone(), target_ref.clone(), ports.clone()));
-                    }
-                }
-            }
-        }
-        if raw.is_empty() {
-            for eps in &objects.endpoints {
-                if eps.metadata.namespace.as_deref() != Some(namespace)
-                    || eps.metadata.name.as_deref() != Some(service)
-                {
-                    continue;
-                }
-                for subset in eps.subsets.iter().flatten() {
-                    let ports: Vec<Port> = subset
-                        .ports
-                        .iter()
-                        .flatten()
-                        .filter_map(|p| {
-                            let port = u16::try_from(p.port).ok()?;
-                            Some((
-                                protocol_number(p.protocol.as_deref())?,
-                                port,
-                                p.name.clone(),
-                            ))
-                        })
-                        .collect();
-                    for a in subset.addresses.iter().flatten() {
-                        let target_ref = a.target_ref.as_ref().and_then(|r| {
-                            Some((r.namespace.clone().unwrap_or_default(), r.name.clone()?))
-                        });
-                        if let Ok(ip) = a.ip.parse::<IpAddr>() {
-                            raw.push((ip, a.node_name.clone(), target_ref, ports.clone()));
-                        }
-                    }
-                }
-            }
-        }
+        let raw = service_endpoints(objects, namespace, service);
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
-        for (ip, node_name, target_ref, ports) in raw {
+        for ServiceEndpoint {
+            ip,
+            node_name,
+            target_ref,
+            ports,
+        } in raw
+        {
             if !seen.insert(ip) {
                 continue;
             }
