@@ -41,7 +41,9 @@ impl Labels {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         let mut parts = self.0.split('\0');
         std::iter::from_fn(move || {
-            let k = parts.next().filter(|k| !k.is_empty() || parts.clone().next().is_some())?;
+            let k = parts
+                .next()
+                .filter(|k| !k.is_empty() || parts.clone().next().is_some())?;
             let v = parts.next()?;
             Some((k, v))
         })
@@ -244,8 +246,7 @@ fn check_name(s: &str) -> Result<(), String> {
     }
     let ok = s.starts_with(alnum)
         && s.ends_with(alnum)
-        && s.chars()
-            .all(|c| alnum(c) || matches!(c, '-' | '_' | '.'));
+        && s.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -324,7 +325,10 @@ impl Parser<'_> {
     }
 
     fn found(&self, (tok, col): &(Tok, usize), expected: &str) -> SelectorError {
-        self.err(*col, format!("found '{}', expected: {expected}", tok.text()))
+        self.err(
+            *col,
+            format!("found '{}', expected: {expected}", tok.text()),
+        )
     }
 
     fn requirement(&mut self) -> Result<Requirement, SelectorError> {
@@ -359,10 +363,7 @@ impl Parser<'_> {
             Tok::Gt | Tok::Lt => {
                 return Err(self.err(
                     op_tok.1,
-                    format!(
-                        "'{}' isn't supported in label selectors",
-                        op_tok.0.text()
-                    ),
+                    format!("'{}' isn't supported in label selectors", op_tok.0.text()),
                 ))
             }
             _ => return Err(self.found(&op_tok, "=, ==, !=, in, notin, ',' or end of string")),
@@ -542,13 +543,29 @@ mod tests {
         // (selector, column, part of the message)
         let table: &[(&str, usize, &str)] = &[
             ("", 1, "empty"),
-            ("app=web,", 9, "found 'end of string', expected: a requirement after ','"),
+            (
+                "app=web,",
+                9,
+                "found 'end of string', expected: a requirement after ','",
+            ),
             (",app", 1, "found ',', expected: a label key"),
-            ("app=web,,x", 9, "found ',', expected: a requirement after ','"),
+            (
+                "app=web,,x",
+                9,
+                "found ',', expected: a requirement after ','",
+            ),
             ("app in web", 8, "found 'web', expected: '('"),
-            ("app in (web", 12, "found 'end of string', expected: ',', ')' or a label value"),
+            (
+                "app in (web",
+                12,
+                "found 'end of string', expected: ',', ')' or a label value",
+            ),
             ("app in (a b)", 11, "found 'b', expected: ',' or ')'"),
-            ("app in (a,=)", 11, "found '=', expected: ',', ')' or a label value"),
+            (
+                "app in (a,=)",
+                11,
+                "found '=', expected: ',', ')' or a label value",
+            ),
             ("app=web=x", 8, "found '=', expected: ',' or end of string"),
             ("app web", 5, "found 'web', expected: =, ==, !=, in, notin"),
             ("!app=web", 5, "found '=', expected: ',' or end of string"),
