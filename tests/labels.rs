@@ -291,6 +291,23 @@ async fn namespace_labels_expose_only_matching_namespaces() {
     s.stop().await;
 }
 
+#[tokio::test]
+async fn namespaces_also_hide_reverse_entries() {
+    // CoreDNS's reverse.go skips services and endpoints outside `namespaces NS...`.
+    let s = Server::files("namespaces shop").await;
+    let a = s.addr();
+    assert_answers(
+        a,
+        "10.0.96.10.in-addr.arpa",
+        RecordType::PTR,
+        &["10.0.96.10.in-addr.arpa. 5 IN PTR web.shop.svc.cluster.local."],
+    )
+    .await;
+    assert_nxdomain(a, "13.0.96.10.in-addr.arpa", RecordType::PTR, REVERSE_SOA).await;
+    assert_nxdomain(a, "api.lab.svc.cluster.local", RecordType::A, SOA).await;
+    s.stop().await;
+}
+
 /// Polls `f` until it holds, failing after [`WAIT`].
 async fn until<F, Fut>(what: &str, mut f: F)
 where
