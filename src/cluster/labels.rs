@@ -539,6 +539,24 @@ mod tests {
     }
 
     #[test]
+    fn any_short_input_parses_or_errors_without_panicking() {
+        let alphabet: Vec<char> = "a=!(),<> né/".chars().collect();
+        let n = alphabet.len();
+        for len in 0..=4u32 {
+            for mut i in 0..n.pow(len) {
+                let mut text = String::new();
+                for _ in 0..len {
+                    text.push(alphabet[i % n]);
+                    i /= n;
+                }
+                if let Err(e) = Selector::parse(&text) {
+                    assert!(e.column >= 1 && e.column <= text.chars().count() + 1, "{e}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn invalid_selectors_say_where_and_what() {
         // (selector, column, part of the message)
         let table: &[(&str, usize, &str)] = &[
