@@ -421,6 +421,21 @@ fn broken_corefiles_name_file_line_and_column() {
         (
             ".:53 {\n    import a b\n}\n",
             "Corefile:2:14: unexpected 'b': import takes exactly one argument (a snippet name, a file or a glob)",
+        ),        (
+            ".:53 {\n    kubernetes {\n        labels app in (a, b\n    }\n}\n",
+            "Corefile:3:28: kubernetes: labels: invalid label selector \"app in (a, b\": at character 13: found 'end of string', expected: ',', ')' or a label value",
+        ),
+        (
+            ".:53 {\n    kubernetes {\n        namespace_labels team=a,  env>1\n    }\n}\n",
+            "Corefile:3:38: kubernetes: namespace_labels: invalid label selector \"team=a, env>1\": at character 12: '>' isn't supported in label selectors",
+        ),
+        (
+            ".:53 {\n    kubernetes {\n        labels Tier/app=web\n    }\n}\n",
+            "Corefile:3:16: kubernetes: labels: invalid label selector \"Tier/app=web\": at character 1: invalid label key \"Tier/app\": a key's prefix must be a lowercase DNS subdomain (e.g. example.com)",
+        ),
+        (
+            ".:53 {\n    kubernetes {\n        labels\n    }\n}\n",
+            "Corefile:3:9: kubernetes: labels: missing SELECTOR (usage: labels SELECTOR)",
         ),
     ];
     assert!(cases.len() >= 15);

@@ -8,6 +8,7 @@
 
 pub mod file_source;
 pub mod kube_source;
+pub mod labels;
 pub mod model;
 pub mod objects;
 pub mod rebuild;

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 
+use super::labels::Labels;
+
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Security groups for pods on micro-VMs.
@@ -80,6 +82,8 @@ pub struct Service {
     pub ports: Vec<Port>,
     pub publish_not_ready: bool,
     pub has_selector: bool,
+    /// For the `kubernetes` plugin's `labels SELECTOR`.
+    pub labels: Labels,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +206,7 @@ impl Service {
             ports,
             publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
             has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
+            labels: Labels::from_map(svc.metadata.labels.as_ref()),
         })
     }
 }

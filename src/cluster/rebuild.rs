@@ -53,7 +53,7 @@ impl Store {
                 ServiceKind::ExternalName => ("ExternalName", None, None),
             };
             set.services.push(core::Service {
-                metadata: meta(Some(&svc.namespace), &svc.name, BTreeMap::new()),
+                metadata: meta(Some(&svc.namespace), &svc.name, svc.labels.to_map()),
                 spec: Some(core::ServiceSpec {
                     type_: Some(type_.to_string()),
                     cluster_ip,

@@ -1110,22 +1110,12 @@ fn kubernetes(d: &Directive, block_zones: &[String]) -> Result<KubernetesConfig>
             }
             "namespace_labels" => {
                 let oa = Args::opt(o, p, "namespace_labels SELECTOR");
-                let sel: Vec<&str> = oa
-                    .rest1("SELECTOR")?
-                    .iter()
-                    .map(|w| w.text.as_str())
-                    .collect();
-                k.namespace_labels = Some(sel.join(" "));
+                k.namespace_labels = Some(selector(o, oa.rest1("SELECTOR")?)?);
                 labels_at = Some(&o.name);
             }
             "labels" => {
                 let oa = Args::opt(o, p, "labels SELECTOR");
-                let sel: Vec<&str> = oa
-                    .rest1("SELECTOR")?
-                    .iter()
-                    .map(|w| w.text.as_str())
-                    .collect();
-                k.labels = Some(sel.join(" "));
+                k.labels = Some(selector(o, oa.rest1("SELECTOR")?)?);
             }
             "pods" => {
                 let oa = Args::opt(o, p, "pods disabled|insecure|verified");
@@ -1171,6 +1161,33 @@ fn kubernetes(d: &Directive, block_zones: &[String]) -> Result<KubernetesConfig>
         ));
     }
     Ok(k)
+}
+
+/// A `labels`/`namespace_labels` selector: the arguments joined with spaces (as CoreDNS
+/// does), checked here so that a bad one is an error at the word and column where it goes
+/// wrong.
+fn selector(o: &Directive, words: &[Word]) -> Result<String> {
+    let parts: Vec<&str> = words.iter().map(|w| w.text.as_str()).collect();
+    let text = parts.join(" ");
+    let Err(e) = crate::cluster::labels::Selector::parse(&text) else {
+        return Ok(text);
+    };
+    // The error's character column in the joined text -> the word holding it.
+    let mut pos = o.name.pos.clone();
+    let mut start = 1;
+    for w in words {
+        let len = w.text.chars().count();
+        pos = w.pos.clone();
+        pos.col += (e.column.saturating_sub(start)).min(len) as u32;
+        if e.column <= start + len {
+            break;
+        }
+        start += len + 1;
+    }
+    Err(CorefileError::at(
+        &pos,
+        format!("kubernetes: {}: {e}", o.name.text),
+    ))
 }
 
 fn upstream(a: &Args, w: &Word) -> Result<Upstream> {

@@ -27,6 +27,7 @@ use super::pipeline::{FastCache, FastLookup, Handler, Pipeline, Request, Respond
 use super::plugins::autopath::Autopath;
 use super::plugins::loop_detect::{Fatal, LoopDetect};
 use super::plugins::{acl, errors, hosts, loadbalance, log, rewrite, template};
+use crate::cluster::labels::Selector;
 use crate::cluster::ClusterView;
 use crate::corefile::{
     self, BindAddr, Config, Fallthrough, PluginConfig, PodsMode, ServerBlock, Transport, Upstream,
@@ -89,11 +90,14 @@ pub fn kubernetes_config(c: &corefile::KubernetesConfig) -> Result<KubernetesCon
             "kubernetes: API server options are kept for the API source; answers come from the current cluster view"
         );
     }
-    if namespace_labels.is_some() || labels.is_some() {
-        return Err(
-            "kubernetes: 'labels' and 'namespace_labels' are not supported yet".to_string(),
-        );
-    }
+    // The parser has checked both selectors; a Config built by hand gets the same message.
+    let selector = |option: &str, text: &Option<String>| {
+        text.as_deref()
+            .map(|t| Selector::parse(t).map_err(|e| format!("kubernetes: {option}: {e}")))
+            .transpose()
+    };
+    let labels = selector("labels", labels)?;
+    let namespace_labels = selector("namespace_labels", namespace_labels)?;
     let zones = zones
         .iter()
         .map(|z| parse_zone(z))
@@ -119,6 +123,8 @@ pub fn kubernetes_config(c: &corefile::KubernetesConfig) -> Result<KubernetesCon
         ignore_empty_service: *ignore_empty_service,
         noendpoints: *noendpoints,
         namespaces: namespaces.clone(),
+        labels,
+        namespace_labels,
     })
 }
 

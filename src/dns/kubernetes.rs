@@ -11,7 +11,8 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use super::answer::Answer;
 use super::pipeline::{Flow, Handler, Request};
-use crate::cluster::model::{Port, ServiceKind};
+use crate::cluster::labels::Selector;
+use crate::cluster::model::{Port, Service, ServiceKind};
 use crate::cluster::snapshot::{EndpointEntry, PtrTarget, ServiceEntry, Snapshot};
 use crate::cluster::ClusterView;
 
@@ -59,6 +60,10 @@ pub struct KubernetesConfig {
     pub noendpoints: bool,
     /// `namespaces NS...`: when non-empty only these are exposed.
     pub namespaces: Vec<String>,
+    /// `labels SELECTOR`: only Services whose labels match are exposed.
+    pub labels: Option<Selector>,
+    /// `namespace_labels SELECTOR`: only Namespaces whose labels match are exposed.
+    pub namespace_labels: Option<Selector>,
 }
 
 impl KubernetesConfig {
@@ -77,6 +82,8 @@ impl KubernetesConfig {
             ignore_empty_service: false,
             noendpoints: false,
             namespaces: Vec::new(),
+            labels: None,
+            namespace_labels: None,
         })
     }
 }
@@ -301,6 +308,42 @@ impl Kubernetes {
                 .iter()
                 .any(|n| n.eq_ignore_ascii_case(ns)))
             && snap.namespace_exists(ns)
+            && self.namespace_labels_match(snap, ns)
+    }
+
+    /// With `namespace_labels`, only a Namespace object whose labels match exists for
+    /// CoreDNS (it lists Namespaces with that selector); one merely implied by its
+    /// services does not.
+    fn namespace_labels_match(&self, snap: &Snapshot, ns: &str) -> bool {
+        let Some(sel) = &self.cfg.namespace_labels else {
+            return true;
+        };
+        snap.store
+            .namespaces
+            .get(ns)
+            .is_some_and(|n| sel.matches(&n.labels))
+    }
+
+    /// With `labels`, a Service whose labels do not match does not exist (CoreDNS lists
+    /// Services and their EndpointSlices with that selector).
+    fn service_exposed(&self, service: &Service) -> bool {
+        self.cfg
+            .labels
+            .as_ref()
+            .is_none_or(|sel| sel.matches(&service.labels))
+    }
+
+    /// Whether a reverse entry of `namespace`/`service` may be answered. As in CoreDNS's
+    /// reverse.go, the namespace is checked only when `namespaces` is set: `namespace_labels`
+    /// alone does not hide reverse entries (CoreDNS behaviour, kept on purpose).
+    fn ptr_exposed(&self, snap: &Snapshot, namespace: &str, service: &str) -> bool {
+        if !self.cfg.namespaces.is_empty() && !self.namespace_exposed(snap, namespace) {
+            return false;
+        }
+        self.cfg.labels.is_none()
+            || snap
+                .service(&format!("{service}.{namespace}"))
+                .is_some_and(|e| self.service_exposed(&e.service))
     }
 
     fn forward(&self, ctx: &Ctx) -> Outcome {
@@ -377,7 +420,10 @@ impl Kubernetes {
                     return Outcome::NxDomain;
                 }
                 let key = format!("{svc}.{ns}");
-                let Some(entry) = snap.service(&key) else {
+                let Some(entry) = snap
+                    .service(&key)
+                    .filter(|e| self.service_exposed(&e.service))
+                else {
                     return Outcome::NxDomain;
                 };
                 match rest {
@@ -629,7 +675,17 @@ impl Kubernetes {
             Ok(net) if net.prefix_len() == net.max_prefix_len() => net.addr(),
             _ => return Outcome::NxDomain,
         };
-        let targets = ctx.snap.ptr(&ip);
+        let targets: Vec<&PtrTarget> = ctx
+            .snap
+            .ptr(&ip)
+            .iter()
+            .filter(|t| match t {
+                PtrTarget::Service { service, namespace }
+                | PtrTarget::Endpoint {
+                    service, namespace, ..
+                } => self.ptr_exposed(ctx.snap, namespace, service),
+            })
+            .collect();
         if targets.is_empty() {
             return Outcome::NxDomain;
         }
