@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use clusterdns::app::{self, ServeOptions};
-use dnsclient::{http_get, query_message, rcode_name, section, upstream};
+use dnsclient::{http_get, query_message, rcode_name, section, upstream, Transport};
 use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;
 
@@ -544,4 +544,30 @@ async fn lameduck_drops_readiness_first_and_keeps_health_and_answers() {
     assert_eq!(section(&r.answers).len(), 1);
     assert!(!shutdown.is_finished(), "lameduck lasts 2 s");
     shutdown.await.unwrap();
+}
+
+/// A block without `bind` (`.:53` in both stock Corefiles) listens on every address, IPv4 and
+/// IPv6, UDP and TCP, like CoreDNS: the v4 and v6 wildcard sockets must not collide.
+#[tokio::test]
+async fn a_block_without_bind_listens_on_all_addresses() {
+    let s = serve(
+        ".:0 {\n    template IN A example.org {\n        answer \"{{ .Name }} 60 IN A 192.0.2.7\"\n    }\n}\n",
+    )
+    .await;
+    let addrs = &s.running.dns_addrs;
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    assert!(addrs.iter().all(|a| a.ip().is_unspecified()), "{addrs:?}");
+    let port = addrs[0].port();
+    for ip in ["127.0.0.1", "::1"] {
+        let addr = SocketAddr::new(ip.parse().unwrap(), port);
+        for t in [Transport::Udp, Transport::Tcp] {
+            let m = dnsclient::query(addr, t, "www.example.org.", RecordType::A).await;
+            assert_eq!(
+                dnsclient::section(&m.answers),
+                vec!["www.example.org. 60 IN A 192.0.2.7"],
+                "{ip} {t:?}"
+            );
+        }
+    }
+    s.running.shutdown().await;
 }

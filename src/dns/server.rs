@@ -57,6 +57,21 @@ fn udp_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::U
     Ok(sock.into())
 }
 
+/// A TCP listener on `addr`; on IPv6, v6-only, so `[::]` and `0.0.0.0` (both bound for a
+/// block without `bind`) do not collide as tokio's dual-stack default would.
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    TcpListener::from_std(sock.into())
+}
+
 impl Bound {
     /// Binds UDP (one SO_REUSEPORT socket per core) and TCP on `addr`. Port 0 picks a port
     /// free for both protocols, with a single plain UDP socket: Linux may give a reuseport
@@ -85,7 +100,7 @@ impl Bound {
                 addr,
                 source,
             })?;
-            let tcp = match TcpListener::bind(local).await {
+            let tcp = match tcp_listener(local) {
                 Ok(t) => t,
                 Err(source) => {
                     last_err = Some(ServerError::Bind {

@@ -86,7 +86,6 @@ struct PodInfo<'a> {
     pod: Option<&'a Pod>,
 }
 
-
 /// Protocol number, port, and the port's name in the slice.
 pub(crate) type Port = (u8, u16, Option<String>);
 
