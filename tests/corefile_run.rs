@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use clusterdns::app::{self, ServeOptions};
-use dnsclient::{http_get, query_message, rcode_name, section, upstream};
+use dnsclient::{dot_upstream, http_get, pki, query_message, rcode_name, section, upstream};
 use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;
 
@@ -492,6 +492,31 @@ fn conf_flag_runs_a_corefile_like_coredns() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--zone applies to the built-in"));
+}
+
+/// `forward` over DNS over TLS, end to end: the Corefile's `tls://`, `tls CA` and
+/// `tls_servername`, and the `tcp-tls` connection metric.
+#[tokio::test]
+async fn forward_over_tls_end_to_end() {
+    let pki = pki(&["dot.test"]);
+    let up = dot_upstream(&pki).await;
+    let s = serve(&format!(
+        "{BASE}    prometheus 127.0.0.1:0\n    forward . tls://{} {{\n        tls_servername dot.test\n        tls {}\n    }}\n}}\n",
+        up.addr,
+        pki.ca.display()
+    ))
+    .await;
+    let r = ask(s.running.dns_addr, "example.com", RecordType::A).await;
+    assert_eq!(section(&r.answers), vec!["example.com. 300 IN A 192.0.2.1"]);
+    let r = ask(s.running.dns_addr, "missing.example.com", RecordType::A).await;
+    assert_eq!(rcode_name(&r), "NXDOMAIN");
+    assert_eq!(up.queries.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let (_, metrics) = http_get(s.running.http_addr("prometheus").unwrap(), "/metrics").await;
+    let hits = format!(
+        "coredns_proxy_conn_cache_hits_total{{proto=\"tcp-tls\",proxy_name=\"forward\",to=\"{}\"}} 1",
+        up.addr
+    );
+    assert!(metrics.contains(&hits), "{hits} not in\n{metrics}");
 }
 
 #[tokio::test]

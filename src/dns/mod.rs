@@ -10,6 +10,7 @@
 pub mod answer;
 pub mod build;
 pub mod cache;
+pub mod dot;
 pub mod fastpath;
 pub mod forward;
 pub mod kubernetes;
