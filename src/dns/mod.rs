@@ -13,6 +13,7 @@ pub mod cache;
 pub mod dot;
 pub mod fastpath;
 pub mod forward;
+pub mod interfaces;
 pub mod kubernetes;
 pub mod pipeline;
 pub mod plugins;
