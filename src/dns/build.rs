@@ -25,7 +25,7 @@ use super::forward::Forward;
 use super::interfaces;
 use super::kubernetes::{parse_zone, Kubernetes, KubernetesConfig, PodMode};
 use super::pipeline::{FastCache, FastLookup, Handler, Pipeline, Request, Responder, Stamp};
-use super::plugins::autopath::Autopath;
+use super::plugins::autopath::{self, Autopath};
 use super::plugins::loop_detect::{Fatal, LoopDetect};
 use super::plugins::{acl, errors, hosts, loadbalance, log, rewrite, template};
 use crate::cluster::ClusterView;
@@ -154,16 +154,11 @@ fn describe_upstreams(block: &ServerBlock) -> String {
 }
 
 /// `autopath @kubernetes` needs the pods' namespaces by IP: a `kubernetes` plugin in the
-/// same block with `pods verified` (CoreDNS silently does nothing otherwise).
+/// same block with `pods verified` (CoreDNS silently does nothing otherwise). A resolv.conf
+/// search path needs nothing else.
 fn check_autopath(block: &ServerBlock, ap: &corefile::AutopathConfig) -> Result<(), BuildError> {
-    if let corefile::AutopathSource::ResolvConf(p) = &ap.source {
-        return Err(block_err(
-            block,
-            format!(
-                "autopath: a resolv.conf search path ({}) is not supported yet; use autopath @kubernetes",
-                p.display()
-            ),
-        ));
+    if let corefile::AutopathSource::ResolvConf(_) = &ap.source {
+        return Ok(());
     }
     match block.kubernetes() {
         None => Err(block_err(
@@ -189,6 +184,12 @@ fn autopath_handler(
         .map(|z| parse_zone(z))
         .collect::<Result<Vec<Name>, _>>()
         .map_err(|m| block_err(block, format!("autopath: {m}")))?;
+    if let corefile::AutopathSource::ResolvConf(path) = &c.source {
+        // Read when the Corefile is loaded (and reloaded), as CoreDNS does.
+        let search = autopath::resolv_conf_search(path)
+            .map_err(|m| block_err(block, format!("autopath: {m}")))?;
+        return Ok(Autopath::with_search(zones, search));
+    }
     let k = block
         .kubernetes()
         .ok_or_else(|| block_err(block, "autopath @kubernetes needs a kubernetes plugin"))?;
