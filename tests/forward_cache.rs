@@ -715,6 +715,18 @@ async fn forwards_over_tls_and_reuses_the_connection() {
     assert_eq!(s.conn_cache_misses_tcp.load(Ordering::Relaxed), 1);
     assert_eq!(s.conn_cache_hits_tcp.load(Ordering::Relaxed), 3);
     assert_eq!(s.conn_cache_misses_udp.load(Ordering::Relaxed), 0);
+
+    // `expire` applies to pooled TLS connections too: with 0 none is ever reused.
+    let fwd = forward(&format!(
+        "forward . tls://{} {{\ntls_servername dot.test\ntls {}\nexpire 0s\n}}",
+        up.addr,
+        pki.ca.display()
+    ));
+    let p = Pipeline::new(vec![fwd]);
+    for _ in 0..2 {
+        assert_eq!(ask(&p, "a.example.org.").await.rcode, ResponseCode::NoError);
+    }
+    assert_eq!(up.state.tcp_conns.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]
