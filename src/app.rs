@@ -322,7 +322,7 @@ async fn bind_all(keys: &[ListenKey]) -> anyhow::Result<BTreeMap<ListenKey, Boun
     let mut chosen: HashMap<u16, u16> = HashMap::new();
     for key in keys {
         let port = chosen.get(&key.port).copied().unwrap_or(key.port);
-        let bound = Bound::bind(SocketAddr::new(key.ip, port)).await?;
+        let bound = Bound::bind(key.socket_addr(port)).await?;
         chosen.insert(key.port, bound.local_addr().port());
         out.insert(*key, bound);
     }

@@ -576,7 +576,7 @@ impl Metrics {
                     );
                     for (proto_name, hits, misses) in [
                         (
-                            "tcp",
+                            if up.tls { "tcp-tls" } else { "tcp" },
                             get(&up.conn_cache_hits_tcp),
                             get(&up.conn_cache_misses_tcp),
                         ),

@@ -176,3 +176,94 @@ async fn needs_pods_verified() {
     let err = start(dir.path(), corefile).await.err().expect("refused");
     assert!(format!("{err:#}").contains("pods verified"), "{err:#}");
 }
+
+/// `autopath RESOLV-CONF`: the search path is the file's, the same for every client (here
+/// 127.0.0.1, which is no pod), and needs no `pods verified`.
+#[tokio::test]
+async fn walks_the_search_path_of_a_resolv_conf() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    // The last search/domain line wins, as in CoreDNS (miekg/dns).
+    std::fs::write(
+        &resolv,
+        "domain ignored.example\nsearch Default.svc.cluster.local svc.cluster.local com\nnameserver 192.0.2.53\noptions ndots:5\n",
+    )
+    .unwrap();
+    let corefile = format!(
+        ".:0 {{\n    bind 127.0.0.1\n    autopath {}\n    kubernetes cluster.local\n    forward . {}\n}}\n",
+        resolv.display(),
+        up.ip
+    );
+    let s = start(dir.path(), &corefile)
+        .await
+        .unwrap_or_else(|e| panic!("server starts: {e:#}\n{corefile}"));
+    let dns = s.dns_addr;
+    let client: IpAddr = "127.0.0.1".parse().unwrap();
+
+    // Found at the second search domain.
+    let r = ask_from(client, dns, "nginx.demo.default.svc.cluster.local").await;
+    assert_eq!(
+        section(&r.answers),
+        vec![
+            "nginx.demo.default.svc.cluster.local. 5 IN CNAME nginx.demo.svc.cluster.local.",
+            "nginx.demo.svc.cluster.local. 5 IN A 10.100.12.34",
+        ]
+    );
+    // Found at the third, a domain outside the cluster, through forward.
+    let r = ask_from(client, dns, "example.default.svc.cluster.local").await;
+    assert_eq!(
+        section(&r.answers),
+        vec![
+            "example.default.svc.cluster.local. 300 IN CNAME example.com.",
+            "example.com. 300 IN A 192.0.2.1",
+        ]
+    );
+    assert_eq!(success_count(&s), 2);
+    // Found nowhere: NXDOMAIN for the name as asked.
+    let r = ask_from(client, dns, "nope.default.svc.cluster.local").await;
+    assert_eq!(rcode_name(&r), "NXDOMAIN");
+    assert!(r.answers.is_empty());
+    // Not under the first search domain: untouched.
+    let r = ask_from(client, dns, "example.com").await;
+    assert_eq!(section(&r.answers), vec!["example.com. 300 IN A 192.0.2.1"]);
+    assert_eq!(success_count(&s), 2);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn unreadable_or_searchless_resolv_conf_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let corefile = |path: &Path| {
+        format!(
+            ".:0 {{\n    bind 127.0.0.1\n    autopath {}\n}}\n",
+            path.display()
+        )
+    };
+    let missing = dir.path().join("missing.conf");
+    let err = format!(
+        "{:#}",
+        start(dir.path(), &corefile(&missing))
+            .await
+            .err()
+            .expect("refused")
+    );
+    assert!(
+        err.contains("autopath: cannot read") && err.contains("missing.conf"),
+        "{err}"
+    );
+
+    let bare = dir.path().join("bare.conf");
+    std::fs::write(&bare, "nameserver 192.0.2.53\n").unwrap();
+    let err = format!(
+        "{:#}",
+        start(dir.path(), &corefile(&bare))
+            .await
+            .err()
+            .expect("refused")
+    );
+    assert!(
+        err.contains("bare.conf: no 'search' or 'domain' line"),
+        "{err}"
+    );
+}

@@ -802,6 +802,32 @@ fn every_plugin_and_option() {
     assert_eq!(f.tls_servername.as_deref(), Some("cloudflare-dns.com"));
 }
 
+/// `forward`'s `tls` arguments are read by count, as CoreDNS does: one is the CA.
+#[test]
+fn forward_tls_arguments_by_count() {
+    let tls = |args: &str| {
+        let c = parse(&format!(
+            ".:53 {{\n forward . tls://10.0.0.1 {{\n tls{args}\n }}\n}}\n"
+        ));
+        match &c.servers[0].plugins[0] {
+            PluginConfig::Forward(f) => f.tls.clone().expect("tls set"),
+            p => panic!("not forward: {p:?}"),
+        }
+    };
+    let t = |cert: Option<&str>, key: Option<&str>, ca: Option<&str>| UpstreamTls {
+        cert: cert.map(PathBuf::from),
+        key: key.map(PathBuf::from),
+        ca: ca.map(PathBuf::from),
+    };
+    assert_eq!(tls(""), t(None, None, None));
+    assert_eq!(tls(" /ca"), t(None, None, Some("/ca")));
+    assert_eq!(tls(" /c /k"), t(Some("/c"), Some("/k"), None));
+    assert_eq!(tls(" /c /k /ca"), t(Some("/c"), Some("/k"), Some("/ca")));
+    let e = parse_err(".:53 {\n forward . tls://10.0.0.1 {\n tls /c /k /ca /x\n }\n}\n");
+    assert!(e.starts_with("Corefile:3:"), "{e}");
+    assert!(e.contains("'/x'") || e.contains("too many"), "{e}");
+}
+
 #[test]
 fn snippets_and_env() {
     let env = |k: &str| match k {

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use clusterdns::app::{self, ServeOptions};
-use dnsclient::{http_get, query_message, rcode_name, section, upstream, Transport};
+use dnsclient::{
+    dot_upstream, http_get, pki, query_message, rcode_name, section, upstream, Transport,
+};
 use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;
 
@@ -80,7 +82,12 @@ async fn serve(corefile: &str) -> Server {
 
 /// One UDP exchange; None when nothing comes back within `wait`.
 async fn ask_raw(addr: SocketAddr, msg: &Message, wait: Duration) -> Option<Message> {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = if addr.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    let sock = tokio::net::UdpSocket::bind(local).await.unwrap();
     sock.send_to(&msg.to_vec().unwrap(), addr).await.unwrap();
     let mut buf = vec![0u8; 65535];
     let n = tokio::time::timeout(wait, sock.recv(&mut buf))
@@ -492,6 +499,91 @@ fn conf_flag_runs_a_corefile_like_coredns() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--zone applies to the built-in"));
+}
+
+/// `bind IFACE` listens on every address of the interface (CoreDNS), `except` takes some
+/// away, and a name that is neither an address nor an interface is an error naming it.
+#[tokio::test]
+async fn bind_interface_listens_on_each_of_its_addresses() {
+    let template =
+        "    template IN A {\n        answer \"{{ .Name }} 60 IN A 10.0.0.1\"\n    }\n}\n";
+    let s = serve(&format!(".:0 {{\n    bind lo\n{template}")).await;
+    let mut addrs = s.running.dns_addrs.clone();
+    addrs.sort();
+    let port = s.running.dns_addr.port();
+    assert_eq!(
+        addrs,
+        vec![
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+        ]
+    );
+    for a in addrs {
+        let r = ask(a, "x.example", RecordType::A).await;
+        assert_eq!(
+            section(&r.answers),
+            vec!["x.example. 60 IN A 10.0.0.1"],
+            "{a}"
+        );
+    }
+
+    let s = serve(&format!(
+        ".:0 {{\n    bind lo {{\n        except ::1\n    }}\n{template}"
+    ))
+    .await;
+    assert_eq!(s.running.dns_addrs.len(), 1);
+    assert!(s.running.dns_addr.ip().is_loopback() && s.running.dns_addr.is_ipv4());
+
+    for (corefile, want) in [
+        (
+            format!(".:0 {{\n    bind nosuch0\n{template}"),
+            "bind: 'nosuch0' is not an IP address nor a network interface of this host (interfaces: ",
+        ),
+        (
+            format!(".:0 {{\n    bind lo {{\n        except lo\n    }}\n{template}"),
+            "bind: no address left to listen on",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Corefile");
+        std::fs::write(&path, &corefile).unwrap();
+        let err = match app::start(ServeOptions {
+            corefile: Some(path),
+            manifests: Some(demo()),
+            ..ServeOptions::default()
+        })
+        .await
+        {
+            Ok(_) => panic!("started with\n{corefile}"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(want) && err.contains("Corefile:1:1"), "{err}");
+    }
+}
+
+/// `forward` over DNS over TLS, end to end: the Corefile's `tls://`, `tls CA` and
+/// `tls_servername`, and the `tcp-tls` connection metric.
+#[tokio::test]
+async fn forward_over_tls_end_to_end() {
+    let pki = pki(&["dot.test"]);
+    let up = dot_upstream(&pki).await;
+    let s = serve(&format!(
+        "{BASE}    prometheus 127.0.0.1:0\n    forward . tls://{} {{\n        tls_servername dot.test\n        tls {}\n    }}\n}}\n",
+        up.addr,
+        pki.ca.display()
+    ))
+    .await;
+    let r = ask(s.running.dns_addr, "example.com", RecordType::A).await;
+    assert_eq!(section(&r.answers), vec!["example.com. 300 IN A 192.0.2.1"]);
+    let r = ask(s.running.dns_addr, "missing.example.com", RecordType::A).await;
+    assert_eq!(rcode_name(&r), "NXDOMAIN");
+    assert_eq!(up.queries.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let (_, metrics) = http_get(s.running.http_addr("prometheus").unwrap(), "/metrics").await;
+    let hits = format!(
+        "coredns_proxy_conn_cache_hits_total{{proto=\"tcp-tls\",proxy_name=\"forward\",to=\"{}\"}} 1",
+        up.addr
+    );
+    assert!(metrics.contains(&hits), "{hits} not in\n{metrics}");
 }
 
 #[tokio::test]

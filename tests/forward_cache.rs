@@ -1,6 +1,7 @@
-//! `forward` against real DNS servers started here on 127.0.0.1 (never anything else), and
-//! `cache` in front of it or of a stub handler (paused tokio time for TTLs), and the sidecar
-//! mode that puts the two in each pod.
+//! `forward` against real DNS servers started here on 127.0.0.1 (never anything else), over
+//! UDP, TCP and TLS (with a CA and certificates made here), `cache` in front of it or of a
+//! stub handler (paused tokio time for TTLs), and the sidecar mode that puts the two in each
+//! pod.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -18,16 +19,17 @@ use clusterdns::dns::forward::ForwardTimeouts;
 use clusterdns::dns::pipeline::Proto;
 use clusterdns::dns::{server, Answer, Cache, Flow, Forward, Handler, Pipeline, Request};
 use clusterdns::sidecar::SidecarOptions;
-use dnsclient::Transport;
+use dnsclient::{pki, Pki, Transport};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 
 // ---------------------------------------------------------------------------------------------
-// A tiny upstream: UDP + TCP on one loopback port, answering from a table.
+// A tiny upstream: UDP + TCP (or TLS) on one loopback port, answering from a table.
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Mode {
@@ -65,10 +67,21 @@ struct Responder {
     addr: SocketAddr,
     state: Arc<State>,
     tasks: Vec<JoinHandle<()>>,
+    /// Set for a DNS-over-TLS upstream: the stream port speaks TLS instead of plain TCP.
+    tls: Option<TlsAcceptor>,
 }
 
 impl Responder {
     async fn start() -> Responder {
+        Responder::start_with(None).await
+    }
+
+    /// UDP as usual, and DNS over TLS (instead of plain TCP) on the same port number.
+    async fn start_tls(tls: &Pki) -> Responder {
+        Responder::start_with(Some(TlsAcceptor::from(tls.server.clone()))).await
+    }
+
+    async fn start_with(tls: Option<TlsAcceptor>) -> Responder {
         let state = Arc::new(State {
             mode: Mutex::new(Mode::Normal),
             table: Mutex::new(HashMap::new()),
@@ -83,18 +96,29 @@ impl Responder {
             let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let addr = udp.local_addr().unwrap();
             if let Ok(tcp) = TcpListener::bind(addr).await {
-                return Responder::serve(addr, udp, tcp, state);
+                return Responder::serve(addr, udp, tcp, state, tls);
             }
         }
         panic!("no free loopback port for UDP and TCP");
     }
 
-    fn serve(addr: SocketAddr, udp: UdpSocket, tcp: TcpListener, state: Arc<State>) -> Responder {
+    fn serve(
+        addr: SocketAddr,
+        udp: UdpSocket,
+        tcp: TcpListener,
+        state: Arc<State>,
+        tls: Option<TlsAcceptor>,
+    ) -> Responder {
         let tasks = vec![
             tokio::spawn(udp_loop(udp, state.clone())),
-            tokio::spawn(tcp_loop(tcp, state.clone())),
+            tokio::spawn(tcp_loop(tcp, state.clone(), tls.clone())),
         ];
-        Responder { addr, state, tasks }
+        Responder {
+            addr,
+            state,
+            tasks,
+            tls,
+        }
     }
 
     /// Closes both sockets and every TCP connection.
@@ -109,7 +133,7 @@ impl Responder {
     async fn restart(&mut self) {
         let udp = UdpSocket::bind(self.addr).await.unwrap();
         let tcp = TcpListener::bind(self.addr).await.unwrap();
-        *self = Responder::serve(self.addr, udp, tcp, self.state.clone());
+        *self = Responder::serve(self.addr, udp, tcp, self.state.clone(), self.tls.clone());
     }
 
     fn set(&self, name: &str, rec: Rec) {
@@ -229,38 +253,80 @@ async fn udp_loop(sock: UdpSocket, state: Arc<State>) {
     }
 }
 
-async fn tcp_loop(listener: TcpListener, state: Arc<State>) {
+async fn tcp_loop(listener: TcpListener, state: Arc<State>, tls: Option<TlsAcceptor>) {
     // Owned here, so aborting this task closes every connection too.
     let mut conns = JoinSet::new();
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         state.tcp_conns.fetch_add(1, Ordering::SeqCst);
         let state = state.clone();
+        let tls = tls.clone();
         conns.spawn(async move {
-            loop {
-                let mut len = [0u8; 2];
-                if stream.read_exact(&mut len).await.is_err() {
-                    return;
-                }
-                let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
-                if stream.read_exact(&mut buf).await.is_err() {
-                    return;
-                }
-                state.tcp.fetch_add(1, Ordering::SeqCst);
-                let out = replies(&state, &buf, false);
-                delay(&state).await;
-                for r in out {
-                    let mut framed = (r.len() as u16).to_be_bytes().to_vec();
-                    framed.extend_from_slice(&r);
-                    if stream.write_all(&framed).await.is_err() {
-                        return;
+            match tls {
+                None => serve_stream(stream, &state).await,
+                // A failed handshake (the client rejected our certificate) just closes.
+                Some(tls) => {
+                    if let Ok(stream) = tls.accept(stream).await {
+                        serve_stream(stream, &state).await
                     }
                 }
             }
         });
     }
+}
+
+/// Length-prefixed queries and replies on one connection until it closes.
+async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: &State) {
+    loop {
+        let mut len = [0u8; 2];
+        if stream.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+        if stream.read_exact(&mut buf).await.is_err() {
+            return;
+        }
+        state.tcp.fetch_add(1, Ordering::SeqCst);
+        let out = replies(state, &buf, false);
+        delay(state).await;
+        for r in out {
+            let mut framed = (r.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&r);
+            if stream.write_all(&framed).await.is_err() || stream.flush().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Log lines of this thread's tracing events (the tests run on a current-thread runtime, so
+/// the forwarder's tasks log here too) while the guard lives.
+fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+    #[derive(Clone)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let w = Buf(buf.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || w.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    (buf, tracing::subscriber::set_default(subscriber))
+}
+
+fn logged(buf: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -621,6 +687,222 @@ async fn dropped_queries_time_out_to_servfail() {
         ResponseCode::ServFail,
         "an upstream SERVFAIL is passed on"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// forward over TLS
+
+#[tokio::test]
+async fn forwards_over_tls_and_reuses_the_connection() {
+    let pki = pki(&["dot.test"]);
+    let up = Responder::start_tls(&pki).await;
+    up.set("a.example.org.", Rec::A(ip("10.0.0.1"), 60));
+    let fwd = forward(&format!(
+        "forward . tls://{} {{\ntls_servername dot.test\ntls {}\n}}",
+        up.addr,
+        pki.ca.display()
+    ));
+    let stats = fwd.stats();
+    let p = Pipeline::new(vec![fwd]);
+    // Asked over UDP by the client; a tls:// upstream is still asked over TLS.
+    for _ in 0..3 {
+        let a = ask(&p, "a.example.org.").await;
+        assert_eq!(a.rcode, ResponseCode::NoError);
+        assert_eq!(first_ip(&a), Some(ip("10.0.0.1")));
+    }
+    let nx = ask(&p, "missing.example.org.").await;
+    assert_eq!(nx.rcode, ResponseCode::NXDomain);
+    assert_eq!(up.state.udp.load(Ordering::SeqCst), 0);
+    assert_eq!(up.state.tcp.load(Ordering::SeqCst), 4);
+    assert_eq!(
+        up.state.tcp_conns.load(Ordering::SeqCst),
+        1,
+        "one TLS connection, reused"
+    );
+    let s = &stats.upstreams[0];
+    assert!(s.tls);
+    assert_eq!(s.conn_cache_misses_tcp.load(Ordering::Relaxed), 1);
+    assert_eq!(s.conn_cache_hits_tcp.load(Ordering::Relaxed), 3);
+    assert_eq!(s.conn_cache_misses_udp.load(Ordering::Relaxed), 0);
+
+    // `expire` applies to pooled TLS connections too: with 0 none is ever reused.
+    let fwd = forward(&format!(
+        "forward . tls://{} {{\ntls_servername dot.test\ntls {}\nexpire 0s\n}}",
+        up.addr,
+        pki.ca.display()
+    ));
+    let p = Pipeline::new(vec![fwd]);
+    for _ in 0..2 {
+        assert_eq!(ask(&p, "a.example.org.").await.rcode, ResponseCode::NoError);
+    }
+    assert_eq!(up.state.tcp_conns.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn tls_without_servername_verifies_the_upstream_ip() {
+    let pki = pki(&["127.0.0.1"]);
+    let up = Responder::start_tls(&pki).await;
+    up.set("a.example.org.", Rec::A(ip("10.0.0.1"), 60));
+    // One argument is the CA (CoreDNS reads `tls` arguments by count).
+    let p = Pipeline::new(vec![forward(&format!(
+        "forward . tls://{} {{\ntls {}\n}}",
+        up.addr,
+        pki.ca.display()
+    ))]);
+    assert_eq!(
+        first_ip(&ask(&p, "a.example.org.").await),
+        Some(ip("10.0.0.1"))
+    );
+}
+
+#[tokio::test]
+async fn tls_wrong_server_name_or_unknown_ca_fails_verification() {
+    let (logs, _guard) = capture_logs();
+    let pki = pki(&["dot.test"]);
+    let up = Responder::start_tls(&pki).await;
+    up.set("a.example.org.", Rec::A(ip("10.0.0.1"), 60));
+
+    let fwd = forward(&format!(
+        "forward . tls://{} {{\ntls_servername other.test\ntls {}\nhealth_check 1h\n}}",
+        up.addr,
+        pki.ca.display()
+    ));
+    let stats = fwd.stats();
+    let p = Pipeline::new(vec![fwd]);
+    for _ in 0..2 {
+        let a = ask(&p, "a.example.org.").await;
+        assert_eq!(a.rcode, ResponseCode::ServFail);
+        assert_eq!(a.plugin, "forward");
+    }
+    assert_eq!(up.count("a.example.org."), 0, "no query sent over TLS");
+    assert!(stats.upstreams[0].errors.load(Ordering::Relaxed) >= 2);
+    let log = logged(&logs);
+    assert!(
+        log.contains("TLS handshake with upstream failed")
+            && log.contains(&up.addr.to_string())
+            && log.contains("other.test")
+            && log.contains("not valid for name"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("TLS handshake with upstream failed").count(),
+        1,
+        "warned once, not per query: {log}"
+    );
+
+    // Without tls_servername the IP is verified, and this certificate names none.
+    let p = Pipeline::new(vec![forward(&format!(
+        "forward . tls://{} {{\ntls {}\n}}",
+        up.addr,
+        pki.ca.display()
+    ))]);
+    assert_eq!(
+        ask(&p, "a.example.org.").await.rcode,
+        ResponseCode::ServFail
+    );
+
+    // Without a CA file the system roots are used, which do not know the test CA.
+    match Forward::with_timeouts(
+        &forward_cfg(&format!(
+            "forward . tls://{} {{\ntls_servername dot.test\n}}",
+            up.addr
+        )),
+        fast(),
+    ) {
+        Ok(fwd) => {
+            let p = Pipeline::new(vec![Arc::new(fwd)]);
+            assert_eq!(
+                ask(&p, "a.example.org.").await.rcode,
+                ResponseCode::ServFail
+            );
+            assert!(logged(&logs).contains("UnknownIssuer"), "{}", logged(&logs));
+        }
+        // A machine without a CA bundle: then that is the error.
+        Err(e) => assert!(e.to_string().contains("no system root certificates"), "{e}"),
+    }
+    assert_eq!(up.count("a.example.org."), 0);
+}
+
+#[tokio::test]
+async fn bad_tls_files_are_configuration_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.pem");
+    let err = |opts: &str| match Forward::new(&forward_cfg(&format!(
+        "forward . tls://127.0.0.1:853 {{\n{opts}\n}}"
+    ))) {
+        Ok(_) => panic!("accepted: {opts}"),
+        Err(e) => e.to_string(),
+    };
+    let e = err(&format!("tls {}", missing.display()));
+    assert!(
+        e.starts_with("forward: tls: cannot read") && e.contains("nope.pem"),
+        "{e}"
+    );
+    let e = err(&format!("tls {} {}", missing.display(), missing.display()));
+    assert!(e.contains("cannot read") && e.contains("nope.pem"), "{e}");
+    let e = err("tls_servername under_score!");
+    assert!(e.contains("tls_servername 'under_score!'"), "{e}");
+    // A plain dns:// upstream does not read the TLS files (CoreDNS ignores them there).
+    assert!(Forward::new(&forward_cfg(&format!(
+        "forward . 127.0.0.1:53 {{\ntls {}\n}}",
+        missing.display()
+    )))
+    .is_ok());
+}
+
+#[tokio::test]
+async fn mixed_dns_and_tls_upstreams_fail_over_and_tls_health_checks_recover() {
+    let pki = pki(&["dot.test"]);
+    let mut dot = Responder::start_tls(&pki).await;
+    let mut plain = Responder::start().await;
+    for r in [&dot, &plain] {
+        r.set("a.example.org.", Rec::A(ip("10.0.0.1"), 60));
+    }
+    let opts = format!(
+        "policy sequential\nmax_fails 2\nhealth_check 50ms\ntls_servername dot.test\ntls {}",
+        pki.ca.display()
+    );
+    let fwd = forward(&format!(
+        "forward . tls://{} dns://{} {{\n{opts}\n}}",
+        dot.addr, plain.addr
+    ));
+    let stats = fwd.stats();
+    assert!(stats.upstreams[0].tls && !stats.upstreams[1].tls);
+    let p = Pipeline::new(vec![fwd.clone()]);
+    ask(&p, "a.example.org.").await;
+    assert_eq!(
+        (dot.count("a.example.org."), plain.count("a.example.org.")),
+        (1, 0)
+    );
+
+    dot.kill().await;
+    let a = ask(&p, "a.example.org.").await;
+    assert_eq!(a.rcode, ResponseCode::NoError, "answered by the dns:// one");
+    assert_eq!(plain.count("a.example.org."), 1);
+    assert_eq!(plain.state.udp.load(Ordering::SeqCst), 1, "plain over UDP");
+    eventually("tls upstream marked down", || fwd.is_down(dot.addr)).await;
+    assert!(
+        stats.upstreams[0]
+            .healthcheck_failures
+            .load(Ordering::Relaxed)
+            >= 1
+    );
+
+    // Health probes go over TLS too: they bring it back once it serves again.
+    dot.restart().await;
+    eventually("tls upstream healthy again", || !fwd.is_down(dot.addr)).await;
+    ask(&p, "a.example.org.").await;
+    assert_eq!(dot.count("a.example.org."), 2, "used again");
+
+    // The other way round: the dns:// one first and dead, the tls:// one answers.
+    plain.kill().await;
+    let p = Pipeline::new(vec![forward(&format!(
+        "forward . dns://{} tls://{} {{\n{opts}\n}}",
+        plain.addr, dot.addr
+    ))]);
+    let a = ask(&p, "a.example.org.").await;
+    assert_eq!(first_ip(&a), Some(ip("10.0.0.1")));
+    assert_eq!(dot.count("a.example.org."), 3);
 }
 
 // ---------------------------------------------------------------------------------------------

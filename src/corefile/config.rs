@@ -818,7 +818,8 @@ pub enum ForwardPolicy {
     Sequential,
 }
 
-/// `tls [CERT] [KEY] [CA]` for upstream connections.
+/// `tls [CERT KEY] [CA]` for `tls://` upstreams, read as CoreDNS does: no argument = verify
+/// with the system roots; `CA`; `CERT KEY` (a client certificate, system roots); `CERT KEY CA`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UpstreamTls {
     pub cert: Option<PathBuf>,

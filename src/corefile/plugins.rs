@@ -1305,14 +1305,25 @@ fn forward(d: &Directive) -> Result<ForwardConfig> {
                 oa.done()?;
             }
             "tls" => {
-                let oa = Args::opt(o, p, "tls [CERT] [KEY] [CA]");
-                let next = || oa.next().map(|w| PathBuf::from(&w.text));
-                f.tls = Some(UpstreamTls {
-                    cert: next(),
-                    key: next(),
-                    ca: next(),
+                // CoreDNS reads the arguments by count: none = system roots; one = a CA file;
+                // two = a client certificate and key; three = certificate, key and CA.
+                let oa = Args::opt(o, p, "tls [CERT KEY] [CA]");
+                let mut args: Vec<PathBuf> = Vec::new();
+                while let Some(w) = oa.next() {
+                    if args.len() == 3 {
+                        return Err(oa.err(w, "too many arguments: at most CERT KEY CA"));
+                    }
+                    args.push(PathBuf::from(&w.text));
+                }
+                let mut args = args.into_iter();
+                f.tls = Some(match (args.next(), args.next(), args.next()) {
+                    (ca @ Some(_), None, None) => UpstreamTls {
+                        cert: None,
+                        key: None,
+                        ca,
+                    },
+                    (cert, key, ca) => UpstreamTls { cert, key, ca },
                 });
-                oa.done()?;
             }
             "tls_servername" => {
                 let oa = Args::opt(o, p, "tls_servername NAME");

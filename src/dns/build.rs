@@ -10,7 +10,7 @@
 //! queries keep flowing.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -22,9 +22,10 @@ use super::answer::Answer;
 use super::cache::Cache;
 use super::fastpath::{Meta, Peek};
 use super::forward::Forward;
+use super::interfaces;
 use super::kubernetes::{parse_zone, Kubernetes, KubernetesConfig, PodMode};
 use super::pipeline::{FastCache, FastLookup, Handler, Pipeline, Request, Responder, Stamp};
-use super::plugins::autopath::Autopath;
+use super::plugins::autopath::{self, Autopath};
 use super::plugins::loop_detect::{Fatal, LoopDetect};
 use super::plugins::{acl, errors, hosts, loadbalance, log, rewrite, template};
 use crate::cluster::labels::Selector;
@@ -159,16 +160,11 @@ fn describe_upstreams(block: &ServerBlock) -> String {
 }
 
 /// `autopath @kubernetes` needs the pods' namespaces by IP: a `kubernetes` plugin in the
-/// same block with `pods verified` (CoreDNS silently does nothing otherwise).
+/// same block with `pods verified` (CoreDNS silently does nothing otherwise). A resolv.conf
+/// search path needs nothing else.
 fn check_autopath(block: &ServerBlock, ap: &corefile::AutopathConfig) -> Result<(), BuildError> {
-    if let corefile::AutopathSource::ResolvConf(p) = &ap.source {
-        return Err(block_err(
-            block,
-            format!(
-                "autopath: a resolv.conf search path ({}) is not supported yet; use autopath @kubernetes",
-                p.display()
-            ),
-        ));
+    if let corefile::AutopathSource::ResolvConf(_) = &ap.source {
+        return Ok(());
     }
     match block.kubernetes() {
         None => Err(block_err(
@@ -194,6 +190,12 @@ fn autopath_handler(
         .map(|z| parse_zone(z))
         .collect::<Result<Vec<Name>, _>>()
         .map_err(|m| block_err(block, format!("autopath: {m}")))?;
+    if let corefile::AutopathSource::ResolvConf(path) = &c.source {
+        // Read when the Corefile is loaded (and reloaded), as CoreDNS does.
+        let search = autopath::resolv_conf_search(path)
+            .map_err(|m| block_err(block, format!("autopath: {m}")))?;
+        return Ok(Autopath::with_search(zones, search));
+    }
     let k = block
         .kubernetes()
         .ok_or_else(|| block_err(block, "autopath @kubernetes needs a kubernetes plugin"))?;
@@ -283,37 +285,92 @@ pub fn build_block(block: &ServerBlock, env: &BuildEnv) -> Result<BuiltBlock, Bu
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ListenKey {
     pub ip: IpAddr,
+    /// The interface index of a link-local IPv6 address from `bind IFACE`; 0 otherwise.
+    pub scope: u32,
     pub port: u16,
+}
+
+impl ListenKey {
+    pub fn socket_addr(&self, port: u16) -> SocketAddr {
+        match self.ip {
+            IpAddr::V6(ip) => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, self.scope)),
+            ip => SocketAddr::new(ip, port),
+        }
+    }
 }
 
 impl std::fmt::Display for ListenKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", std::net::SocketAddr::new(self.ip, self.port))
+        write!(f, "{}", self.socket_addr(self.port))
     }
 }
 
-fn bind_ips(block: &ServerBlock) -> Result<Vec<IpAddr>, BuildError> {
+/// The addresses (with their IPv6 scope) a block listens on: `bind`'s addresses and every
+/// address of its interfaces, minus `except` (addresses or interfaces too), as CoreDNS does.
+fn bind_ips(block: &ServerBlock) -> Result<Vec<(IpAddr, u32)>, BuildError> {
     let Some(bind) = block.bind() else {
         // CoreDNS's default: every interface, both families.
         return Ok(vec![
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
         ]);
     };
-    let ip = |a: &BindAddr| match a {
-        BindAddr::Ip(ip) => Ok(*ip),
-        BindAddr::Interface(name) => Err(block_err(
-            block,
-            format!("bind: interface names ({name}) are not supported yet; use addresses"),
-        )),
+    let by_name = bind
+        .addrs
+        .iter()
+        .chain(&bind.except)
+        .any(|a| matches!(a, BindAddr::Interface(_)));
+    let ifaces = if by_name {
+        interfaces::list().map_err(|e| {
+            block_err(
+                block,
+                format!("bind: cannot list the network interfaces: {e}"),
+            )
+        })?
+    } else {
+        Vec::new()
     };
-    let except = bind.except.iter().map(ip).collect::<Result<Vec<_>, _>>()?;
+    let expand = |a: &BindAddr| -> Result<Vec<(IpAddr, u32)>, BuildError> {
+        let name = match a {
+            BindAddr::Ip(ip) => return Ok(vec![(*ip, 0)]),
+            BindAddr::Interface(name) => name,
+        };
+        let found: Vec<&interfaces::IfAddr> =
+            ifaces.iter().filter(|i| &i.interface == name).collect();
+        if found.is_empty() {
+            let mut known: Vec<&str> = ifaces.iter().map(|i| i.interface.as_str()).collect();
+            known.sort_unstable();
+            known.dedup();
+            return Err(block_err(
+                block,
+                format!(
+                    "bind: '{name}' is not an IP address nor a network interface of this host (interfaces: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+        Ok(found
+            .iter()
+            .filter_map(|i| i.ip.map(|ip| (ip, i.scope)))
+            .collect())
+    };
+    let mut except = Vec::new();
+    for a in &bind.except {
+        except.extend(expand(a)?.into_iter().map(|(ip, _)| ip));
+    }
     let mut ips = Vec::new();
     for a in &bind.addrs {
-        let a = ip(a)?;
-        if !except.contains(&a) && !ips.contains(&a) {
-            ips.push(a);
+        for (ip, scope) in expand(a)? {
+            if !except.contains(&ip) && !ips.iter().any(|(i, _)| *i == ip) {
+                ips.push((ip, scope));
+            }
         }
+    }
+    if ips.is_empty() {
+        return Err(block_err(
+            block,
+            "bind: no address left to listen on (the interfaces named have no IP address, or 'except' removes them all)",
+        ));
     }
     Ok(ips)
 }
@@ -333,10 +390,11 @@ pub fn listeners(config: &Config) -> Result<BTreeMap<ListenKey, Vec<usize>>, Bui
         }
         let ips = bind_ips(block)?;
         for z in &block.zones {
-            for ip in &ips {
+            for &(ip, scope) in &ips {
                 let blocks = out
                     .entry(ListenKey {
-                        ip: *ip,
+                        ip,
+                        scope,
                         port: z.port,
                     })
                     .or_default();

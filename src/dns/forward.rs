@@ -4,7 +4,8 @@
 //! ```text
 //!  handle ─> in zone? ─> max_concurrent? ─> order upstreams (policy, healthy first)
 //!              │ no            │ over: REFUSED      │
-//!              Next                                 for each: exchange (UDP, TC -> TCP; or TCP)
+//!              Next                                 for each: exchange (UDP, TC -> TCP; or TCP;
+//!                                                     tls:// upstreams: always TCP over TLS)
 //!                                                     ok: the upstream's answer
 //!                                                     error: count a fail, start health probes
 //!                                                   all failed: SERVFAIL
@@ -13,7 +14,8 @@
 //! TCP connections are used one query at a time and kept idle per upstream for `expire`:
 //! no demultiplexing task is needed, a connection in use is out of the pool so a slow answer
 //! never blocks another query, and concurrent queries simply open more connections (CoreDNS's
-//! connection cache works the same way).
+//! connection cache works the same way). `tls://` upstreams use the same pool, holding
+//! connections after the TLS handshake (see [`super::dot`]).
 //!
 //! UDP uses a fresh connected socket per attempt: the kernel drops datagrams from other
 //! sources, the source port is random, and replies are still checked for id and question.
@@ -27,19 +29,22 @@ use std::time::Duration;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RecordType};
 use rand::seq::SliceRandom;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::{timeout, Instant};
+use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::answer::Answer;
+use super::dot::DotClient;
 use super::pipeline::{Flow, Handler, Proto, Request};
 use super::zone;
 use crate::corefile::{ForwardConfig, ForwardPolicy, Transport, Upstream as UpstreamConfig};
 
 const PLUGIN: &str = "forward";
-/// Idle TCP connections kept per upstream; more concurrent queries open (and close) more.
+/// Idle TCP (or TLS) connections kept per upstream; more concurrent queries open (and close)
+/// more.
 const MAX_IDLE_TCP: usize = 16;
 /// The EDNS payload we offer upstream when the client sent no OPT record, so that answers up
 /// to this size need no TCP retry (the server truncates again for the client if needed).
@@ -60,6 +65,8 @@ pub enum ForwardError {
     TooMany,
     #[error("forward: {0}:// upstreams are not supported yet")]
     Transport(&'static str),
+    #[error("forward: tls: {0}")]
+    Tls(String),
 }
 
 /// Timing knobs CoreDNS hard-codes; here they can be set in code (tests use short ones).
@@ -67,7 +74,7 @@ pub enum ForwardError {
 pub struct ForwardTimeouts {
     /// Waiting for one reply from one upstream (CoreDNS: 2s).
     pub read: Duration,
-    /// Establishing a TCP connection.
+    /// Establishing a TCP connection (and the TLS handshake, for `tls://`).
     pub connect: Duration,
     /// The whole query, across upstreams (CoreDNS: 5s).
     pub total: Duration,
@@ -125,6 +132,8 @@ fn rcode_slot(rcode: ResponseCode) -> usize {
 #[derive(Debug)]
 pub struct UpstreamStats {
     pub addr: SocketAddr,
+    /// A `tls://` upstream: its connections are `tcp-tls` in the metrics, as in CoreDNS.
+    pub tls: bool,
     /// Queries sent (each attempt, including retries over TCP).
     pub requests: AtomicU64,
     /// Replies per rcode (index = rcode, 16 = extended rcodes).
@@ -135,15 +144,17 @@ pub struct UpstreamStats {
     pub errors: AtomicU64,
     pub healthcheck_failures: AtomicU64,
     /// Connection cache per proto: UDP sockets are never reused, so UDP counts only misses.
+    /// For a `tls://` upstream the TCP counters count its TLS connections.
     pub conn_cache_hits_tcp: AtomicU64,
     pub conn_cache_misses_tcp: AtomicU64,
     pub conn_cache_misses_udp: AtomicU64,
 }
 
 impl UpstreamStats {
-    fn new(addr: SocketAddr) -> Self {
+    fn new(addr: SocketAddr, tls: bool) -> Self {
         UpstreamStats {
             addr,
+            tls,
             requests: AtomicU64::new(0),
             rcodes: Default::default(),
             durations: Default::default(),
@@ -173,11 +184,22 @@ pub struct ForwardStats {
 
 struct Upstream {
     addr: SocketAddr,
+    /// Set for `tls://` upstreams: every query goes over TLS.
+    tls: Option<DotClient>,
+    /// A failed TLS handshake was logged; cleared by a good one (one warning per outage, not
+    /// one per query and probe).
+    tls_warned: AtomicBool,
     /// Consecutive failures (queries and health probes); reset by any reply.
     fails: AtomicU32,
     probing: AtomicBool,
-    idle_tcp: Mutex<Vec<(TcpStream, Instant)>>,
+    idle: Mutex<Vec<(Conn, Instant)>>,
     stats: Arc<UpstreamStats>,
+}
+
+/// A pooled stream connection.
+enum Conn {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 struct Inner {
@@ -255,16 +277,41 @@ impl Forward {
             health_check_domain,
             policy,
             max_concurrent,
-            tls: _,
-            tls_servername: _,
+            tls,
+            tls_servername,
         } = cfg;
-        let mut addrs = Vec::new();
+        let any_tls = to.iter().any(|u| {
+            matches!(
+                u,
+                UpstreamConfig::Addr {
+                    transport: Transport::Tls,
+                    ..
+                }
+            )
+        });
+        let dot = if any_tls {
+            Some(
+                DotClient::new(tls.as_ref(), tls_servername.as_deref())
+                    .map_err(ForwardError::Tls)?,
+            )
+        } else {
+            // CoreDNS ignores them too; say so, since it is likely a mistake.
+            if tls.is_some() || tls_servername.is_some() {
+                warn!("forward: 'tls' and 'tls_servername' apply only to tls:// upstreams, and there are none");
+            }
+            None
+        };
+        let mut addrs: Vec<(SocketAddr, Option<DotClient>)> = Vec::new();
         for up in to {
             match up {
                 UpstreamConfig::Addr {
                     transport: Transport::Dns,
                     addr,
-                } => addrs.push(*addr),
+                } => addrs.push((*addr, None)),
+                UpstreamConfig::Addr {
+                    transport: Transport::Tls,
+                    addr,
+                } => addrs.push((*addr, dot.clone())),
                 UpstreamConfig::Addr { transport, .. } => {
                     return Err(ForwardError::Transport(match transport {
                         Transport::Tls => "tls",
@@ -274,7 +321,9 @@ impl Forward {
                         Transport::Dns => "dns",
                     }))
                 }
-                UpstreamConfig::ResolvConf(path) => addrs.extend(read_resolv_conf(path)?),
+                UpstreamConfig::ResolvConf(path) => {
+                    addrs.extend(read_resolv_conf(path)?.into_iter().map(|a| (a, None)))
+                }
             }
         }
         if addrs.is_empty() {
@@ -292,13 +341,15 @@ impl Forward {
             .remove(0);
         let upstreams: Vec<Arc<Upstream>> = addrs
             .into_iter()
-            .map(|addr| {
+            .map(|(addr, tls)| {
                 Arc::new(Upstream {
                     addr,
+                    stats: Arc::new(UpstreamStats::new(addr, tls.is_some())),
+                    tls,
+                    tls_warned: AtomicBool::new(false),
                     fails: AtomicU32::new(0),
                     probing: AtomicBool::new(false),
-                    idle_tcp: Mutex::new(Vec::new()),
-                    stats: Arc::new(UpstreamStats::new(addr)),
+                    idle: Mutex::new(Vec::new()),
                 })
             })
             .collect();
@@ -425,6 +476,8 @@ enum ExchangeError {
     Io(#[from] std::io::Error),
     #[error("timed out")]
     Timeout,
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
     #[error("{0}")]
     Bad(&'static str),
 }
@@ -499,7 +552,8 @@ impl Inner {
         None
     }
 
-    /// One attempt against one upstream; a truncated UDP reply is retried over TCP.
+    /// One attempt against one upstream; a truncated UDP reply is retried over TCP. A
+    /// `tls://` upstream is always asked over TLS, whatever `proto` (as in CoreDNS).
     async fn exchange(
         &self,
         up: &Upstream,
@@ -509,14 +563,14 @@ impl Inner {
         let mut q = query.clone();
         // A fresh random id per attempt: one of the two things a spoofer must guess.
         q.metadata.id = rand::random();
-        if proto == Proto::Udp {
+        if proto == Proto::Udp && up.tls.is_none() {
             let reply = self.exchange_udp(up, &q).await?;
             if !reply.metadata.truncation {
                 return Ok(reply);
             }
             q.metadata.id = rand::random();
         }
-        let reply = self.exchange_tcp(up, &q).await?;
+        let reply = self.exchange_stream(up, &q).await?;
         if reply.metadata.truncation {
             // Never hand on a partial answer: the cache would keep it.
             return Err(ExchangeError::Bad("truncated over TCP"));
@@ -556,7 +610,8 @@ impl Inner {
         }
     }
 
-    async fn exchange_tcp(&self, up: &Upstream, q: &Message) -> Result<Message, ExchangeError> {
+    /// Over TCP, or TLS for a `tls://` upstream.
+    async fn exchange_stream(&self, up: &Upstream, q: &Message) -> Result<Message, ExchangeError> {
         up.stats.requests.fetch_add(1, Ordering::Relaxed);
         let bytes = q
             .to_vec()
@@ -566,10 +621,10 @@ impl Inner {
         framed.extend_from_slice(&bytes);
         // A pooled connection the upstream has closed meanwhile fails on first use; then one
         // fresh connection is tried before this counts as the upstream's failure.
-        if let Some(mut stream) = self.take_idle(up) {
+        if let Some(mut conn) = self.take_idle(up) {
             up.stats.conn_cache_hits_tcp.fetch_add(1, Ordering::Relaxed);
-            if let Ok(reply) = self.tcp_roundtrip(&mut stream, &framed, q).await {
-                self.put_idle(up, stream);
+            if let Ok(reply) = self.roundtrip(&mut conn, &framed, q).await {
+                self.put_idle(up, conn);
                 return Ok(reply);
             }
         } else {
@@ -577,24 +632,66 @@ impl Inner {
                 .conn_cache_misses_tcp
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let mut stream = match timeout(self.timeouts.connect, TcpStream::connect(up.addr)).await {
-            Ok(s) => s?,
-            Err(_) => return Err(ExchangeError::Timeout),
-        };
-        let _ = stream.set_nodelay(true);
-        let reply = self.tcp_roundtrip(&mut stream, &framed, q).await?;
-        self.put_idle(up, stream);
+        let mut conn = self.connect(up).await?;
+        let reply = self.roundtrip(&mut conn, &framed, q).await?;
+        self.put_idle(up, conn);
         Ok(reply)
     }
 
-    async fn tcp_roundtrip(
+    /// A new connection, with the TLS handshake done for a `tls://` upstream.
+    async fn connect(&self, up: &Upstream) -> Result<Conn, ExchangeError> {
+        let work = async {
+            let tcp = TcpStream::connect(up.addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let Some(tls) = &up.tls else {
+                return Ok(Conn::Tcp(tcp));
+            };
+            match tls.handshake(tcp, up.addr).await {
+                Ok(s) => {
+                    up.tls_warned.store(false, Ordering::Relaxed);
+                    Ok(Conn::Tls(Box::new(s)))
+                }
+                Err(e) => {
+                    // Usually configuration (wrong CA or server name): worth a warning, once.
+                    if !up.tls_warned.swap(true, Ordering::Relaxed) {
+                        warn!(
+                            upstream = %up.addr,
+                            server_name = ?tls.server_name(up.addr),
+                            "forward: TLS handshake with upstream failed: {e}"
+                        );
+                    }
+                    Err(ExchangeError::Tls(e))
+                }
+            }
+        };
+        match timeout(self.timeouts.connect, work).await {
+            Ok(r) => r,
+            Err(_) => Err(ExchangeError::Timeout),
+        }
+    }
+
+    async fn roundtrip(
         &self,
-        stream: &mut TcpStream,
+        conn: &mut Conn,
+        framed: &[u8],
+        q: &Message,
+    ) -> Result<Message, ExchangeError> {
+        match conn {
+            Conn::Tcp(s) => self.stream_roundtrip(s, framed, q).await,
+            Conn::Tls(s) => self.stream_roundtrip(s.as_mut(), framed, q).await,
+        }
+    }
+
+    async fn stream_roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
         framed: &[u8],
         q: &Message,
     ) -> Result<Message, ExchangeError> {
         let work = async {
             stream.write_all(framed).await?;
+            // TLS buffers records; a no-op for TCP.
+            stream.flush().await?;
             loop {
                 let mut len = [0u8; 2];
                 stream.read_exact(&mut len).await?;
@@ -612,17 +709,17 @@ impl Inner {
         }
     }
 
-    fn take_idle(&self, up: &Upstream) -> Option<TcpStream> {
-        let mut idle = up.idle_tcp.lock().unwrap_or_else(|e| e.into_inner());
+    fn take_idle(&self, up: &Upstream) -> Option<Conn> {
+        let mut idle = up.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         idle.retain(|(_, since)| now.duration_since(*since) < self.expire);
         idle.pop().map(|(s, _)| s)
     }
 
-    fn put_idle(&self, up: &Upstream, stream: TcpStream) {
-        let mut idle = up.idle_tcp.lock().unwrap_or_else(|e| e.into_inner());
+    fn put_idle(&self, up: &Upstream, conn: Conn) {
+        let mut idle = up.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE_TCP {
-            idle.push((stream, Instant::now()));
+            idle.push((conn, Instant::now()));
         }
     }
 

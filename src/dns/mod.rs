@@ -10,8 +10,10 @@
 pub mod answer;
 pub mod build;
 pub mod cache;
+pub mod dot;
 pub mod fastpath;
 pub mod forward;
+pub mod interfaces;
 pub mod kubernetes;
 pub mod pipeline;
 pub mod plugins;

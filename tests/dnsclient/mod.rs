@@ -145,8 +145,6 @@ impl Drop for Upstream {
 }
 
 pub async fn upstream() -> Upstream {
-    use hickory_proto::op::{MessageType, ResponseCode};
-    use hickory_proto::rr::{rdata::A, RData, Record};
     // A loopback address of our own per test run so parallel tests do not collide on :53.
     let mut sock = None;
     for i in 0..200u32 {
@@ -170,29 +168,100 @@ pub async fn upstream() -> Upstream {
                 continue;
             };
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let mut r = Message::new(q.metadata.id, MessageType::Response, q.metadata.op_code);
-            r.metadata.recursion_desired = q.metadata.recursion_desired;
-            r.metadata.recursion_available = true;
-            r.queries = q.queries.clone();
-            let question = &q.queries[0];
-            if question
-                .name()
-                .to_ascii()
-                .eq_ignore_ascii_case("example.com.")
-                && question.query_type() == RecordType::A
-            {
-                r.answers.push(Record::from_rdata(
-                    question.name().clone(),
-                    300,
-                    RData::A(A("192.0.2.1".parse().unwrap())),
-                ));
-            } else {
-                r.metadata.response_code = ResponseCode::NXDomain;
-            }
+            let r = example_reply(&q);
             let _ = sock.send_to(&r.to_vec().unwrap(), from).await;
         }
     });
     Upstream { ip, queries, task }
+}
+
+/// What [`upstream`] and [`dot_upstream`] answer to `q`.
+fn example_reply(q: &Message) -> Message {
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::{rdata::A, RData};
+    let mut r = Message::new(q.metadata.id, MessageType::Response, q.metadata.op_code);
+    r.metadata.recursion_desired = q.metadata.recursion_desired;
+    r.metadata.recursion_available = true;
+    r.queries = q.queries.clone();
+    let Some(question) = q.queries.first() else {
+        r.metadata.response_code = ResponseCode::FormErr;
+        return r;
+    };
+    if question
+        .name()
+        .to_ascii()
+        .eq_ignore_ascii_case("example.com.")
+        && question.query_type() == RecordType::A
+    {
+        r.answers.push(Record::from_rdata(
+            question.name().clone(),
+            300,
+            RData::A(A("192.0.2.1".parse().unwrap())),
+        ));
+    } else {
+        r.metadata.response_code = ResponseCode::NXDomain;
+    }
+    r
+}
+
+/// [`upstream`]'s answers over DNS over TLS, on 127.0.0.1 (a free port) with `pki`'s server
+/// certificate; counts queries answered.
+pub struct DotUpstream {
+    pub addr: SocketAddr,
+    pub queries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DotUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn dot_upstream(pki: &Pki) -> DotUpstream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server.clone());
+    let queries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = queries.clone();
+    let task = tokio::spawn(async move {
+        // Owned here, so aborting this task closes the connections too.
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, count) = (acceptor.clone(), count.clone());
+            conns.spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                loop {
+                    let mut len = [0u8; 2];
+                    if s.read_exact(&mut len).await.is_err() {
+                        return;
+                    }
+                    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    if s.read_exact(&mut buf).await.is_err() {
+                        return;
+                    }
+                    let Ok(q) = Message::from_vec(&buf) else {
+                        return;
+                    };
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let r = example_reply(&q).to_vec().unwrap();
+                    let mut framed = (r.len() as u16).to_be_bytes().to_vec();
+                    framed.extend_from_slice(&r);
+                    if s.write_all(&framed).await.is_err() || s.flush().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    DotUpstream {
+        addr,
+        queries,
+        task,
+    }
 }
 
 /// A plain HTTP/1.1 GET: (status, body).
@@ -211,4 +280,49 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or(0);
     let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (code, body)
+}
+
+/// A CA made for one test, a server certificate it issued, and the CA as a PEM file.
+pub struct Pki {
+    _dir: tempfile::TempDir,
+    /// The CA certificate (PEM), for `tls CA`.
+    pub ca: std::path::PathBuf,
+    pub server: std::sync::Arc<rustls::ServerConfig>,
+}
+
+/// A CA and a server certificate for `names` (DNS names or IP addresses).
+pub fn pki(names: &[&str]) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "clusterdns test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let server = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key_der)
+    .unwrap();
+    Pki {
+        _dir: dir,
+        ca,
+        server: std::sync::Arc::new(server),
+    }
 }

@@ -1,12 +1,18 @@
-//! `autopath @kubernetes`: walks a pod's DNS search path on the server, CoreDNS style
-//! (plugin/autopath). A query from a pod IP for a name under that pod's first search domain
-//! (`<base>.<pod-ns>.svc.<zone>`) is tried as `<base>.<ns>.svc.<zone>`, `<base>.svc.<zone>`,
-//! `<base>.<zone>` and `<base>` through the handlers after autopath; the first answer that
-//! is not NXDOMAIN (or a failure) is returned with a CNAME from the asked name to the found
-//! one. When every candidate fails, the reply for the asked name itself (the first
-//! candidate) is returned as is, and the client walks its search path as usual.
+//! `autopath`: walks a client's DNS search path on the server, CoreDNS style
+//! (plugin/autopath). A query for a name under the first search domain (`<base>.<first>`) is
+//! tried with each search domain in turn, then as `<base>`, through the handlers after
+//! autopath; the first answer that is not NXDOMAIN (or a failure) is returned with a CNAME
+//! from the asked name to the found one. When every candidate fails, the reply for the asked
+//! name itself (the first candidate) is returned as is, and the client walks its search path
+//! as usual.
+//!
+//! The search path comes from one of two places:
+//! - `@kubernetes`: the client pod's, by its IP: `<ns>.svc.<zone>`, `svc.<zone>`, `<zone>`;
+//! - a resolv.conf file: its `search` (or `domain`) list, read when the Corefile is loaded,
+//!   the same for every client.
 
 use std::net::IpAddr;
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use hickory_proto::op::ResponseCode;
@@ -22,19 +28,49 @@ pub const PLUGIN: &str = "autopath";
 pub struct Autopath {
     /// Names autopath acts on (lowercase FQDNs).
     zones: Vec<Name>,
-    /// The `kubernetes` zones: the search path is built from the one holding the name.
-    cluster_zones: Vec<Name>,
-    view: Arc<ClusterView>,
+    source: Source,
     /// The handlers after autopath, set once they are built.
     next: OnceLock<Pipeline>,
 }
 
+enum Source {
+    Kubernetes {
+        /// The `kubernetes` zones: the search path is built from the one holding the name.
+        cluster_zones: Vec<Name>,
+        view: Arc<ClusterView>,
+    },
+    /// A resolv.conf's search domains, then the root.
+    Fixed(Arc<[Name]>),
+}
+
 impl Autopath {
+    /// `autopath @kubernetes`.
     pub fn new(zones: Vec<Name>, cluster_zones: Vec<Name>, view: Arc<ClusterView>) -> Autopath {
         Autopath {
             zones,
-            cluster_zones,
-            view,
+            source: Source::Kubernetes {
+                cluster_zones,
+                view,
+            },
+            next: OnceLock::new(),
+        }
+    }
+
+    /// `autopath RESOLV-CONF`: `search` are its search domains (see [`resolv_conf_search`]).
+    pub fn with_search(zones: Vec<Name>, search: Vec<Name>) -> Autopath {
+        let mut path: Vec<Name> = search
+            .into_iter()
+            .map(|mut n| {
+                n.set_fqdn(true);
+                n.to_lowercase()
+            })
+            .collect();
+        // The bare name last (CoreDNS's "" sentinel).
+        path.push(Name::root());
+        path.dedup();
+        Autopath {
+            zones,
+            source: Source::Fixed(path.into()),
             next: OnceLock::new(),
         }
     }
@@ -43,32 +79,80 @@ impl Autopath {
         let _ = self.next.set(next);
     }
 
-    /// The search path of the pod at `ip` for `qname` (as CoreDNS's kubernetes AutoPath):
-    /// `<ns>.svc.<zone>`, `svc.<zone>`, `<zone>`, then the root (the bare name).
-    fn search_path(&self, qname: &Name, ip: IpAddr) -> Option<Vec<Name>> {
+    /// The search path for `qname` asked from `ip`, ending with the root (the bare name).
+    fn search_path(&self, qname: &Name, ip: IpAddr) -> Option<Arc<[Name]>> {
         if !self.zones.iter().any(|z| z.zone_of(qname)) {
             return None;
         }
-        let zone = self
-            .cluster_zones
-            .iter()
-            .filter(|z| z.zone_of(qname))
-            .max_by_key(|z| z.num_labels())?;
-        let snap = self.view.snapshot();
-        let ns = snap.namespace_of_pod_ip(&ip.to_canonical())?;
-        let svc = Name::from_labels([&b"svc"[..]])
-            .ok()?
-            .append_name(zone)
-            .ok()?;
-        let first = Name::from_labels([ns.as_bytes()])
-            .ok()?
-            .append_name(&svc)
-            .ok()?;
-        let mut search = vec![first, svc, zone.clone(), Name::root()];
-        // A root cluster zone would try the bare name twice.
-        search.dedup();
-        Some(search)
+        match &self.source {
+            Source::Fixed(path) => Some(path.clone()),
+            Source::Kubernetes {
+                cluster_zones,
+                view,
+            } => pod_search_path(cluster_zones, view, qname, ip).map(Into::into),
+        }
     }
+}
+
+/// The search path of the pod at `ip` for `qname` (as CoreDNS's kubernetes AutoPath):
+/// `<ns>.svc.<zone>`, `svc.<zone>`, `<zone>`, then the root.
+fn pod_search_path(
+    cluster_zones: &[Name],
+    view: &ClusterView,
+    qname: &Name,
+    ip: IpAddr,
+) -> Option<Vec<Name>> {
+    let zone = cluster_zones
+        .iter()
+        .filter(|z| z.zone_of(qname))
+        .max_by_key(|z| z.num_labels())?;
+    let snap = view.snapshot();
+    let ns = snap.namespace_of_pod_ip(&ip.to_canonical())?;
+    let svc = Name::from_labels([&b"svc"[..]])
+        .ok()?
+        .append_name(zone)
+        .ok()?;
+    let first = Name::from_labels([ns.as_bytes()])
+        .ok()?
+        .append_name(&svc)
+        .ok()?;
+    let mut search = vec![first, svc, zone.clone(), Name::root()];
+    // A root cluster zone would try the bare name twice.
+    search.dedup();
+    Some(search)
+}
+
+/// The search domains of a resolv.conf, as CoreDNS reads them (miekg/dns): the last `search`
+/// or `domain` line wins. Errors say which file and what is wrong.
+pub fn resolv_conf_search(path: &Path) -> Result<Vec<Name>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut search: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("search") => search = words.collect(),
+            Some("domain") => search = words.take(1).collect(),
+            _ => {}
+        }
+    }
+    if search.is_empty() {
+        return Err(format!(
+            "{}: no 'search' or 'domain' line, so no search path to walk",
+            path.display()
+        ));
+    }
+    search
+        .iter()
+        .map(|d| {
+            Name::from_ascii(d)
+                .map(|mut n| {
+                    n.set_fqdn(true);
+                    n
+                })
+                .map_err(|e| format!("{}: bad search domain '{d}': {e}", path.display()))
+        })
+        .collect()
 }
 
 /// Whether a candidate's answer ends the walk (CoreDNS: a written reply that is not NXDOMAIN).
@@ -133,7 +217,7 @@ impl Handler for Autopath {
         let req = req.clone();
         Flow::Pending(Box::pin(async move {
             let mut first = None;
-            for suffix in &search {
+            for suffix in search.iter() {
                 let Ok(mut candidate) = base.clone().append_name(suffix) else {
                     continue;
                 };
@@ -201,6 +285,34 @@ mod tests {
         let mut ans = Answer::default();
         cnamer(&mut ans, &name("x.default.svc.cluster.local."));
         assert!(ans.answers.is_empty());
+    }
+
+    #[test]
+    fn resolv_conf_search_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |text: &str| {
+            let p = dir.path().join("resolv.conf");
+            std::fs::write(&p, text).unwrap();
+            resolv_conf_search(&p)
+        };
+        let names = |v: Vec<Name>| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(read("search a.b c\nnameserver 10.0.0.1\n").unwrap()),
+            ["a.b.", "c."]
+        );
+        // The last of search/domain wins; domain takes one name.
+        assert_eq!(
+            names(read("search a.b c\ndomain d.e f\n").unwrap()),
+            ["d.e."]
+        );
+        assert!(read("nameserver 10.0.0.1\n")
+            .unwrap_err()
+            .contains("no 'search' or 'domain' line"));
+        let e = read("search ok.example bad..name\n").unwrap_err();
+        assert!(e.contains("bad search domain 'bad..name'"), "{e}");
+        let ap = Autopath::with_search(vec![Name::root()], vec![name("A.b")]);
+        let path = ap.search_path(&name("x.a.b."), "127.0.0.1".parse().unwrap());
+        assert_eq!(path.as_deref(), Some(&[name("a.b."), Name::root()][..]));
     }
 
     #[test]
