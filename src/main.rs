@@ -165,6 +165,11 @@ struct SidecarArgs {
         default_value = "kubernetes.default.svc.cluster.local."
     )]
     probe_name: String,
+    /// Walk this resolv.conf's search path inside the sidecar (CoreDNS `autopath`): the
+    /// pod's first search-path query is answered with a CNAME to the name that exists, so
+    /// ndots:5 costs one query instead of one per search domain. Usually /etc/resolv.conf.
+    #[arg(long, value_name = "RESOLV-CONF")]
+    autopath: Option<PathBuf>,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "CLUSTERDNS_LOG", default_value = "info")]
     log: String,
@@ -331,6 +336,7 @@ async fn sidecar(args: SidecarArgs) -> anyhow::Result<u8> {
             metrics: args.metrics,
             probe_interval: std::time::Duration::from_secs(args.probe_interval),
             probe_name: args.probe_name,
+            autopath: args.autopath,
         }),
         ..ServeOptions::default()
     })

@@ -46,6 +46,11 @@ pub struct SidecarOptions {
     pub probe_interval: Duration,
     /// The name the probes ask for (any answer, even NXDOMAIN, proves the path).
     pub probe_name: String,
+    /// Walk this resolv.conf's search path here (`autopath`): a name the pod's resolver
+    /// would try under each search domain in turn (ndots:5 sends `www.example.com` as
+    /// `www.example.com.<ns>.svc.cluster.local` first) is answered at the first try with a
+    /// CNAME to the name that exists, so the pod sends one query instead of one per domain.
+    pub autopath: Option<std::path::PathBuf>,
 }
 
 impl Default for SidecarOptions {
@@ -62,6 +67,7 @@ impl Default for SidecarOptions {
             metrics: ":9153".into(),
             probe_interval: Duration::from_secs(10),
             probe_name: active::DEFAULT_QUERY.into(),
+            autopath: None,
         }
     }
 }
@@ -109,6 +115,14 @@ pub fn corefile(opts: &SidecarOptions) -> anyhow::Result<String> {
             opts.serve_stale.as_secs().max(1)
         )
     };
+    let autopath = match &opts.autopath {
+        Some(p) => {
+            let p = p.to_string_lossy();
+            word("--autopath", &p)?;
+            format!("\n    autopath {p}")
+        }
+        None => String::new(),
+    };
     let transport = if opts.udp_upstream {
         "prefer_udp"
     } else {
@@ -120,7 +134,7 @@ pub fn corefile(opts: &SidecarOptions) -> anyhow::Result<String> {
     errors
     health {health}
     ready {ready}
-    prometheus {metrics}
+    prometheus {metrics}{autopath}
     cache {ttl} {{
         prefetch 10 1m 20%{stale}
     }}

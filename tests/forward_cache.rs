@@ -1314,3 +1314,57 @@ fn a_ips(m: &Message) -> Vec<Ipv4Addr> {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn sidecar_autopath_answers_the_first_search_name_with_a_cname() {
+    let up = Responder::start().await;
+    up.set("a.example.org.", Rec::A(ip("10.0.0.1"), 300));
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
+    )
+    .unwrap();
+    let server = app::start(ServeOptions {
+        sidecar: Some(SidecarOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstreams: vec![up.addr.to_string()],
+            health: "127.0.0.1:0".into(),
+            ready: "127.0.0.1:0".into(),
+            metrics: "127.0.0.1:0".into(),
+            probe_interval: Duration::ZERO,
+            autopath: Some(resolv),
+            ..SidecarOptions::default()
+        }),
+        ..ServeOptions::default()
+    })
+    .await
+    .expect("sidecar starts");
+    // What glibc sends first for `a.example.org` with ndots:5 (TTLs capped by --cache-ttl 30).
+    let m = dnsclient::query(
+        server.dns_addr,
+        Transport::Udp,
+        "a.example.org.default.svc.cluster.local.",
+        RecordType::A,
+    )
+    .await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        dnsclient::section(&m.answers),
+        vec![
+            "a.example.org.default.svc.cluster.local. 30 IN CNAME a.example.org.",
+            "a.example.org. 30 IN A 10.0.0.1",
+        ]
+    );
+    // The sidecar walked the search path upstream (over its TCP connection).
+    for n in [
+        "a.example.org.default.svc.cluster.local.",
+        "a.example.org.svc.cluster.local.",
+        "a.example.org.cluster.local.",
+        "a.example.org.",
+    ] {
+        assert_eq!(up.count(n), 1, "{n}");
+    }
+    server.shutdown().await;
+}
