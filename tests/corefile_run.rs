@@ -355,6 +355,24 @@ async fn template_answers_with_regex_groups() {
     );
 }
 
+/// The rest of CoreDNS's template data: the question as asked, the message id, `.Meta` (empty
+/// without a metadata plugin), comments and trim markers.
+#[tokio::test]
+async fn template_question_message_meta_and_trim() {
+    let s = serve(&format!(
+        "{BASE}    template IN TXT example {{\n        answer \"{{{{ .Name }}}} 30 IN TXT \\\"{{{{ .Question.Name }}}}|{{{{ .Question.Qtype }}}}|{{{{ .Question.Qclass }}}}|{{{{ .Message.Id }}}}|{{{{ .Meta \\\"kubernetes/client-namespace\\\" }}}}|{{{{/* note */}}}}| {{{{- .Type -}}}} |\\\"\"\n    }}\n}}\n"
+    ))
+    .await;
+    let r = ask(s.running.dns_addr, "Mixed.Example", RecordType::TXT).await;
+    let answers = section(&r.answers);
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    let id = r.metadata.id;
+    assert!(
+        answers[0].contains(&format!("Mixed.Example.|16|1|{id}|||TXT|")),
+        "{answers:?}"
+    );
+}
+
 #[tokio::test]
 async fn log_lines_use_the_coredns_format() {
     let s = serve(&format!(
