@@ -205,7 +205,18 @@ fn autopath_handler(
         .map(|z| parse_zone(z))
         .collect::<Result<Vec<Name>, _>>()
         .map_err(|m| block_err(block, format!("kubernetes: {m}")))?;
-    Ok(Autopath::new(zones, cluster_zones, env.view.clone()))
+    let labels = k
+        .labels
+        .as_deref()
+        .map(Selector::parse)
+        .transpose()
+        .map_err(|e| block_err(block, format!("kubernetes: labels: {e}")))?;
+    Ok(Autopath::new(
+        zones,
+        cluster_zones,
+        env.view.clone(),
+        labels,
+    ))
 }
 
 /// Builds one block's handlers in CoreDNS's order (the parser already sorted them).
