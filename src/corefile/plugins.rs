@@ -53,7 +53,7 @@ pub(crate) fn build(blocks: &[ServerBlockAst], path: &Path) -> Result<Config> {
             }
         }
         let block_zones = dedup(zones.iter().map(|z| z.zone.clone()).collect());
-        let plugins = build_plugins(&b.directives, &block_zones)?;
+        let (plugins, plugin_pos) = build_plugins(&b.directives, &block_zones)?;
         let pos = b
             .keys
             .first()
@@ -63,12 +63,15 @@ pub(crate) fn build(blocks: &[ServerBlockAst], path: &Path) -> Result<Config> {
             zones,
             plugins,
             pos,
+            plugin_pos,
         });
     }
     Ok(Config { servers })
 }
 
-fn build_plugins(directives: &[Directive], block_zones: &[String]) -> Result<Vec<PluginConfig>> {
+type Plugins = (Vec<PluginConfig>, HashMap<PluginKind, Pos>);
+
+fn build_plugins(directives: &[Directive], block_zones: &[String]) -> Result<Plugins> {
     let mut first_use: HashMap<PluginKind, Pos> = HashMap::new();
     let mut out: Vec<PluginConfig> = Vec::new();
     for d in directives {
@@ -151,7 +154,7 @@ fn build_plugins(directives: &[Directive], block_zones: &[String]) -> Result<Vec
     }
     // The execution order is fixed by the plugin, not by the line (PluginKind's Ord is ORDER).
     out.sort_by_key(|p| p.kind());
-    Ok(out)
+    Ok((out, first_use))
 }
 
 /// Walks the arguments of one directive line, naming it and its usage in errors.
