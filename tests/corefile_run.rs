@@ -355,6 +355,32 @@ async fn template_answers_with_regex_groups() {
     );
 }
 
+/// A name in a block's zones that every plugin passes on is SERVFAIL (CoreDNS's
+/// `plugin.NextOrFailure`: "no next plugin found"), logged by `errors`; a name in no block's
+/// zones is REFUSED.
+#[tokio::test]
+async fn no_next_plugin_is_servfail_no_block_is_refused() {
+    let s = serve(
+        ".:0 {\n    bind 127.0.0.1\n    errors\n    kubernetes cluster.local\n}\nexample.net:0 {\n    bind 127.0.0.1\n    kubernetes cluster.local\n}\n",
+    )
+    .await;
+    let a = s.running.dns_addr;
+    let r = ask(a, "nginx.demo.svc.cluster.local", RecordType::A).await;
+    assert_eq!(section(&r.answers).len(), 1);
+    let r = ask(a, "nowhere.example.com", RecordType::A).await;
+    assert_eq!(rcode_name(&r), "SERVFAIL");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while find_log(|l| l.contains("nowhere.example.com. A: no next plugin found")).is_none() {
+        assert!(Instant::now() < deadline, "errors logs the SERVFAIL");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s2 = serve("example.net:0 {\n    bind 127.0.0.1\n    kubernetes cluster.local\n}\n").await;
+    let r = ask(s2.running.dns_addr, "nowhere.example.com", RecordType::A).await;
+    assert_eq!(rcode_name(&r), "REFUSED");
+    let r = ask(s2.running.dns_addr, "x.example.net", RecordType::A).await;
+    assert_eq!(rcode_name(&r), "SERVFAIL");
+}
+
 /// The rest of CoreDNS's template data: the question as asked, the message id, `.Meta` (empty
 /// without a metadata plugin), comments and trim markers.
 #[tokio::test]
