@@ -250,6 +250,27 @@ async fn hosts_inline_file_reverse_and_fallthrough() {
     assert_eq!(section(&r.answers).len(), 1);
 }
 
+/// As CoreDNS's hosts: a PTR is answered by address whatever the hosts zones, and a PTR for
+/// an address not listed passes on even without `fallthrough`.
+#[tokio::test]
+async fn hosts_ptr_ignores_zones_and_passes_unknown_addresses_on() {
+    let s = serve(&format!(
+        "{BASE}    hosts /nonexistent/hosts example {{\n        10.0.0.7 inline.example\n    }}\n    kubernetes cluster.local in-addr.arpa\n}}\n"
+    ))
+    .await;
+    let a = s.running.dns_addr;
+    let r = ask(a, "7.0.0.10.in-addr.arpa", RecordType::PTR).await;
+    assert_eq!(
+        section(&r.answers),
+        vec!["7.0.0.10.in-addr.arpa. 3600 IN PTR inline.example."]
+    );
+    let r = ask(a, "34.12.100.10.in-addr.arpa", RecordType::PTR).await;
+    assert_eq!(
+        section(&r.answers),
+        vec!["34.12.100.10.in-addr.arpa. 5 IN PTR nginx.demo.svc.cluster.local."]
+    );
+}
+
 #[tokio::test]
 async fn hosts_without_fallthrough_denies() {
     let s = serve(&format!(
