@@ -374,6 +374,12 @@ async fn template_answers_with_regex_groups() {
         "{:?}",
         section(&r.answers)
     );
+    // A query of type ANY is taken by the first template whose zone and regex match (CoreDNS).
+    let r = ask(a, "ip-10-1-2-4.example", RecordType::ANY).await;
+    assert_eq!(
+        section(&r.answers),
+        vec!["ip-10-1-2-4.example. 60 IN A 10.1.2.4"]
+    );
 }
 
 /// A name in a block's zones that every plugin passes on is SERVFAIL (CoreDNS's

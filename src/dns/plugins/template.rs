@@ -167,8 +167,12 @@ impl Handler for Templates {
             else {
                 continue;
             };
-            if (t.class != DNSClass::ANY && t.class != class)
-                || (t.qtype != RecordType::ANY && t.qtype != req.qtype)
+            // As CoreDNS: a template of class/type ANY takes every query, and a query of class
+            // or type ANY is taken by every template.
+            if (t.class != DNSClass::ANY && class != DNSClass::ANY && t.class != class)
+                || (t.qtype != RecordType::ANY
+                    && req.qtype != RecordType::ANY
+                    && t.qtype != req.qtype)
             {
                 continue;
             }
