@@ -145,8 +145,15 @@ pub fn default_corefile(opts: &ServeOptions) -> anyhow::Result<String> {
             ),
         )
     };
+    // Without a forwarder the block serves only the cluster's zones, so other names match no
+    // block and are REFUSED (a `.` block would answer them SERVFAIL: no next plugin).
+    let keys = if upstreams.is_empty() {
+        format!("{zone}:{port} in-addr.arpa:{port} ip6.arpa:{port}")
+    } else {
+        format!(".:{port}")
+    };
     Ok(format!(
-        ".:{port} {{
+        "{keys} {{
     bind {ip}
     errors
     health {}

@@ -38,9 +38,13 @@ fn demo() -> PathBuf {
 }
 
 async fn start(dir: &Path, corefile: &str) -> anyhow::Result<app::Running> {
+    start_with(dir, corefile, LOOPBACK_POD).await
+}
+
+async fn start_with(dir: &Path, corefile: &str, pods: &str) -> anyhow::Result<app::Running> {
     let manifests = dir.join("cluster.yaml");
     let mut text = std::fs::read_to_string(demo()).unwrap();
-    text.push_str(LOOPBACK_POD);
+    text.push_str(pods);
     std::fs::write(&manifests, text).unwrap();
     let path = dir.join("Corefile");
     std::fs::write(&path, corefile).unwrap();
@@ -266,4 +270,45 @@ async fn unreadable_or_searchless_resolv_conf_is_an_error() {
         err.contains("bare.conf: no 'search' or 'domain' line"),
         "{err}"
     );
+}
+
+/// `kubernetes { labels SELECTOR }` filters Pods as well as Services (CoreDNS lists both with
+/// it): a pod whose labels do not match is neither a verified pod name nor an autopath client.
+#[tokio::test]
+async fn the_labels_selector_applies_to_pods() {
+    let labelled = LOOPBACK_POD.to_string()
+        + &LOOPBACK_POD
+            .replace("name: client", "name: labelled\n  labels:\n    app: nginx")
+            .replace("uid-default-client", "uid-default-labelled")
+            .replace("127.0.0.2", "127.0.0.3");
+    let dir = tempfile::tempdir().unwrap();
+    let corefile = ".:0 {\n    bind 127.0.0.1\n    autopath @kubernetes\n    kubernetes cluster.local {\n        pods verified\n        labels app=nginx\n    }\n}\n";
+    let s = start_with(dir.path(), corefile, &labelled)
+        .await
+        .unwrap_or_else(|e| panic!("server starts: {e:#}\n{corefile}"));
+    let dns = s.dns_addr;
+    let plain: IpAddr = "127.0.0.2".parse().unwrap();
+    let matching: IpAddr = "127.0.0.3".parse().unwrap();
+    let other: IpAddr = "127.0.0.1".parse().unwrap();
+
+    let r = ask_from(other, dns, "127-0-0-3.default.pod.cluster.local").await;
+    assert_eq!(
+        section(&r.answers),
+        vec!["127-0-0-3.default.pod.cluster.local. 5 IN A 127.0.0.3"]
+    );
+    let r = ask_from(other, dns, "127-0-0-2.default.pod.cluster.local").await;
+    assert_eq!(rcode_name(&r), "NXDOMAIN", "{:?}", section(&r.answers));
+
+    let r = ask_from(matching, dns, "nginx.demo.default.svc.cluster.local").await;
+    assert_eq!(
+        section(&r.answers),
+        vec![
+            "nginx.demo.default.svc.cluster.local. 5 IN CNAME nginx.demo.svc.cluster.local.",
+            "nginx.demo.svc.cluster.local. 5 IN A 10.100.12.34",
+        ]
+    );
+    let r = ask_from(plain, dns, "nginx.demo.default.svc.cluster.local").await;
+    assert_eq!(rcode_name(&r), "NXDOMAIN", "{:?}", section(&r.answers));
+    assert!(r.answers.is_empty());
+    s.shutdown().await;
 }

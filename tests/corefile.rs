@@ -437,6 +437,34 @@ fn broken_corefiles_name_file_line_and_column() {
             ".:53 {\n    kubernetes {\n        labels\n    }\n}\n",
             "Corefile:3:9: kubernetes: labels: missing SELECTOR (usage: labels SELECTOR)",
         ),
+        (
+            ".:53 {\n    template IN A example {\n        answer \"{{ .Name }} 60 IN A {{ .Foo }}\"\n    }\n}\n",
+            "Corefile:3:16: template: answer: unsupported template action '{{ .Foo }}' (supported: {{ .Name }}, {{ .Zone }}, {{ .Class }}, {{ .Type }}, {{ .Remote }}, {{ index .Match N }}, {{ .Group.NAME }}, {{ .Meta \"KEY\" }}, {{ .Question.Name }}, {{ .Question.Qtype }}, {{ .Question.Qclass }}, {{ .Message.Id }}, {{/* comment */}})",
+        ),
+        (
+            ".:53 {\n    template IN A example {\n        additional \"{{ .Name | printf \\\"%s\\\" }} 60 IN A 10.0.0.1\"\n    }\n}\n",
+            "Corefile:3:20: template: additional: unsupported template action '{{ .Name | printf \"%s\" }}' (supported: {{ .Name }}, {{ .Zone }}, {{ .Class }}, {{ .Type }}, {{ .Remote }}, {{ index .Match N }}, {{ .Group.NAME }}, {{ .Meta \"KEY\" }}, {{ .Question.Name }}, {{ .Question.Qtype }}, {{ .Question.Qclass }}, {{ .Message.Id }}, {{/* comment */}})",
+        ),
+        (
+            ".:53 {\n    template IN A example {\n        authority \"{{ .Name }} 60 IN SOA {{ .Zone\"\n    }\n}\n",
+            "Corefile:3:19: template: authority: unclosed action '{{ .Zone' (no '}}')",
+        ),
+        (
+            ".:53 {\n    template IN A example {\n        answer \"x.example. 60 IN A 10.0.0.300\"\n    }\n}\n",
+            "Corefile:3:16: template: answer: invalid record \"x.example. 60 IN A 10.0.0.300\": bad A data: network address parse error: invalid IPv4 address syntax",
+        ),
+        (
+            ".:53 {\n    template IN A example {\n        answer \"x.example. 60 IN AY 10.0.0.3\"\n    }\n}\n",
+            "Corefile:3:16: template: answer: invalid record \"x.example. 60 IN AY 10.0.0.3\": unknown record type \"AY\"",
+        ),
+        (
+            ".:53 {\n    template IN A example {\n        answer \"{{ .Name }} 60 IN A 10.0.0.{{ index .Match 2 }}\"\n        match ^(a)[.]example[.]$ ^b[.]example[.]$\n    }\n}\n",
+            "Corefile:3:16: template: answer: '{{ index .Match 2 }}' in \"{{ .Name }} 60 IN A 10.0.0.{{ index .Match 2 }}\": no match regex has group 2 (0 is the whole name)",
+        ),
+        (
+            ".:53 {\n    template IN A example {\n        match ^(?P<a>[0-9]+)[.]example[.]$\n        answer \"{{ .Name }} 60 IN A 10.0.0.{{ .Group.b }}\"\n    }\n}\n",
+            "Corefile:4:16: template: answer: '{{ .Group.b }}' in \"{{ .Name }} 60 IN A 10.0.0.{{ .Group.b }}\": no match regex has a group named 'b'",
+        ),
     ];
     assert!(cases.len() >= 15);
     for (text, want) in cases {

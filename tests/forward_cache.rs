@@ -559,9 +559,10 @@ async fn except_zones_and_zones_outside_from_pass_on() {
         "forward example.org {} {{\nexcept skip.example.org\n}}",
         up.addr
     ))]);
-    // Nothing else in the pipeline: a query forward does not take is REFUSED by default.
+    // Nothing after forward: a query it does not take is SERVFAIL, CoreDNS's "no next
+    // plugin found".
     let skipped = ask(&p, "x.skip.example.org.").await;
-    assert_eq!(skipped.rcode, ResponseCode::Refused);
+    assert_eq!(skipped.rcode, ResponseCode::ServFail);
     assert_eq!(skipped.plugin, "");
     let outside = ask(&p, "a.example.com.").await;
     assert_eq!(outside.plugin, "");
@@ -1060,7 +1061,8 @@ async fn full_cache_evicts() {
     }
     assert_eq!(cache.entries(Kind::Success), 2);
     assert_eq!(cache.stats().success_evictions.load(Ordering::Relaxed), 1);
-    // Probe with the cache alone: a miss is REFUSED and not stored, so probing evicts nothing.
+    // Probe with the cache alone: a miss is answered by no plugin and not stored, so probing
+    // evicts nothing.
     let probe = Pipeline::new(vec![cache.clone()]);
     let mut hits = 0;
     for n in ["a", "b", "c"] {

@@ -308,7 +308,7 @@ pub struct Snapshot {
     /// The first complete load has happened; until then NXDOMAIN becomes SERVFAIL.
     pub synced: bool,
     index: Arc<ServiceIndex>,
-    pods_by_ip: Arc<HashMap<IpAddr, Vec<Box<str>>>>,
+    pods_by_ip: Arc<HashMap<IpAddr, Vec<Arc<Pod>>>>,
     pub dns_service_ips: Vec<IpAddr>,
     /// The store the snapshot was built from, for placement and debugging views.
     pub store: Arc<Store>,
@@ -381,7 +381,7 @@ impl Snapshot {
     fn assemble(
         store: Arc<Store>,
         index: Arc<ServiceIndex>,
-        pods_by_ip: Arc<HashMap<IpAddr, Vec<Box<str>>>>,
+        pods_by_ip: Arc<HashMap<IpAddr, Vec<Arc<Pod>>>>,
         serial: u32,
         synced: bool,
     ) -> Snapshot {
@@ -401,15 +401,13 @@ impl Snapshot {
     }
 }
 
-fn pods_by_ip(store: &Store) -> HashMap<IpAddr, Vec<Box<str>>> {
-    let mut pods_by_ip: HashMap<IpAddr, Vec<Box<str>>> = HashMap::new();
+/// Every pod by each of its IPs (several share a host-network address). The pods
+/// themselves, not just their namespaces: the `labels` selector applies to them too.
+fn pods_by_ip(store: &Store) -> HashMap<IpAddr, Vec<Arc<Pod>>> {
+    let mut pods_by_ip: HashMap<IpAddr, Vec<Arc<Pod>>> = HashMap::new();
     for pod in store.pods.values() {
         for ip in &pod.ips {
-            let list = pods_by_ip.entry(*ip).or_default();
-            let ns = lower(&pod.namespace);
-            if !list.contains(&ns) {
-                list.push(ns);
-            }
+            pods_by_ip.entry(*ip).or_default().push(pod.clone());
         }
     }
     pods_by_ip
@@ -646,14 +644,19 @@ impl Snapshot {
 
     /// Whether a pod with this IP exists in this (lowercase) namespace.
     pub fn pod_ip_in_namespace(&self, ip: &IpAddr, namespace: &str) -> bool {
-        self.pods_by_ip
-            .get(ip)
-            .is_some_and(|list| list.iter().any(|n| &**n == namespace))
+        self.pods_at(ip)
+            .iter()
+            .any(|p| p.namespace.eq_ignore_ascii_case(namespace))
     }
 
     /// The namespace of a pod with this IP (the first, when several share it: host network).
     pub fn namespace_of_pod_ip(&self, ip: &IpAddr) -> Option<&str> {
-        self.pods_by_ip.get(ip)?.first().map(|n| &**n)
+        self.pods_at(ip).first().map(|p| &*p.namespace)
+    }
+
+    /// The pods with this IP.
+    pub fn pods_at(&self, ip: &IpAddr) -> &[Arc<Pod>] {
+        self.pods_by_ip.get(ip).map_or(&[], Vec::as_slice)
     }
 
     pub fn service_count(&self) -> usize {

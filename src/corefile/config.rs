@@ -3,6 +3,7 @@
 //! Zones are lowercase FQDNs with a trailing dot. Where a plugin's zones default to the
 //! server block's zones, they are filled in here, so consumers never look at the keys again.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -67,6 +68,8 @@ pub struct ServerBlock {
     pub plugins: Vec<PluginConfig>,
     /// Where the block's first key is.
     pub pos: Pos,
+    /// Where each plugin is first used, for errors found when the block is built.
+    pub plugin_pos: HashMap<PluginKind, Pos>,
 }
 
 /// A server block key.

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 pub mod ast;
 mod config;
+pub mod gotemplate;
 mod lexer;
 mod plugins;
 mod values;

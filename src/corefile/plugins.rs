@@ -15,7 +15,7 @@ use super::values::{
     looks_like_address, normalize_name, normalize_zones, parse_go_duration, parse_host_port,
     parse_int, parse_ip_port, parse_key, parse_net, split_upstream_transport,
 };
-use super::{CorefileError, Pos};
+use super::{gotemplate, CorefileError, Pos};
 
 type Result<T, E = CorefileError> = std::result::Result<T, E>;
 
@@ -53,7 +53,7 @@ pub(crate) fn build(blocks: &[ServerBlockAst], path: &Path) -> Result<Config> {
             }
         }
         let block_zones = dedup(zones.iter().map(|z| z.zone.clone()).collect());
-        let plugins = build_plugins(&b.directives, &block_zones)?;
+        let (plugins, plugin_pos) = build_plugins(&b.directives, &block_zones)?;
         let pos = b
             .keys
             .first()
@@ -63,12 +63,15 @@ pub(crate) fn build(blocks: &[ServerBlockAst], path: &Path) -> Result<Config> {
             zones,
             plugins,
             pos,
+            plugin_pos,
         });
     }
     Ok(Config { servers })
 }
 
-fn build_plugins(directives: &[Directive], block_zones: &[String]) -> Result<Vec<PluginConfig>> {
+type Plugins = (Vec<PluginConfig>, HashMap<PluginKind, Pos>);
+
+fn build_plugins(directives: &[Directive], block_zones: &[String]) -> Result<Plugins> {
     let mut first_use: HashMap<PluginKind, Pos> = HashMap::new();
     let mut out: Vec<PluginConfig> = Vec::new();
     for d in directives {
@@ -151,7 +154,7 @@ fn build_plugins(directives: &[Directive], block_zones: &[String]) -> Result<Vec
     }
     // The execution order is fixed by the plugin, not by the line (PluginKind's Ord is ORDER).
     out.sort_by_key(|p| p.kind());
-    Ok(out)
+    Ok((out, first_use))
 }
 
 /// Walks the arguments of one directive line, naming it and its usage in errors.
@@ -963,6 +966,8 @@ fn template(d: &Directive, block_zones: &[String]) -> Result<Template> {
         rcode: ResponseCode::NoError,
         fallthrough: Fallthrough::Off,
     };
+    // Checked once every `match` is known: groups refer to the regexes.
+    let mut records: Vec<(String, &Word, Vec<gotemplate::Piece>)> = Vec::new();
     for o in options(d, "template", SUPPORTED)? {
         let oa = Args::opt(o, "template", "match REGEX... | answer RR... | additional RR... | authority RR... | rcode CODE | fallthrough [ZONES...]");
         match o.name.text.as_str() {
@@ -971,15 +976,18 @@ fn template(d: &Directive, block_zones: &[String]) -> Result<Template> {
                     t.matches.push(oa.pattern(w)?);
                 }
             }
-            "answer" => t
-                .answers
-                .extend(oa.rest1("RR")?.iter().map(|w| w.text.clone())),
-            "additional" => t
-                .additional
-                .extend(oa.rest1("RR")?.iter().map(|w| w.text.clone())),
-            "authority" => t
-                .authority
-                .extend(oa.rest1("RR")?.iter().map(|w| w.text.clone())),
+            "answer" | "additional" | "authority" => {
+                for w in oa.rest1("RR")? {
+                    let pieces = gotemplate::parse(&w.text).map_err(|e| oa.err(w, e))?;
+                    records.push((oa.ctx.clone(), w, pieces));
+                    match o.name.text.as_str() {
+                        "answer" => &mut t.answers,
+                        "additional" => &mut t.additional,
+                        _ => &mut t.authority,
+                    }
+                    .push(w.text.clone());
+                }
+            }
             "rcode" => {
                 t.rcode = rcode_of(&oa, oa.req("CODE")?)?;
                 oa.done()?;
@@ -996,7 +1004,55 @@ fn template(d: &Directive, block_zones: &[String]) -> Result<Template> {
         t.matches
             .push(Pattern(compile(".*").map_err(|m| a.err(&d.name, m))?));
     }
+    for (ctx, w, pieces) in &records {
+        check_record(&t.matches, ctx, w, pieces)?;
+    }
     Ok(t)
+}
+
+/// What can be known of a record template before a query: each `index .Match N` and
+/// `.Group.NAME` must exist in some `match` regex (Go's template fails at query time
+/// otherwise), and a record without actions must parse.
+fn check_record(
+    matches: &[Pattern],
+    ctx: &str,
+    w: &Word,
+    pieces: &[gotemplate::Piece],
+) -> Result<()> {
+    use gotemplate::{Field, Piece};
+    let err = |m: String| CorefileError::at(&w.pos, format!("{ctx}: {m}"));
+    for p in pieces {
+        match p {
+            Piece::Field(Field::Match(n)) if !matches.iter().any(|p| *n < p.0.captures_len()) => {
+                return Err(err(format!(
+                    "'{{{{ index .Match {n} }}}}' in {:?}: no match regex has group {n} \
+                     (0 is the whole name)",
+                    w.text
+                )));
+            }
+            Piece::Field(Field::Group(g))
+                if !matches
+                    .iter()
+                    .any(|p| p.0.capture_names().any(|c| c == Some(g.as_str()))) =>
+            {
+                return Err(err(format!(
+                    "'{{{{ .Group.{g} }}}}' in {:?}: no match regex has a group named '{g}'",
+                    w.text
+                )));
+            }
+            _ => {}
+        }
+    }
+    let literal = match pieces {
+        [] => Some(""),
+        [Piece::Text(t)] => Some(t.as_str()),
+        _ => None,
+    };
+    if let Some(text) = literal {
+        crate::dns::plugins::template::parse_rr(text)
+            .map_err(|m| err(format!("invalid record {:?}: {m}", w.text)))?;
+    }
+    Ok(())
 }
 
 fn hosts(d: &Directive, block_zones: &[String]) -> Result<HostsConfig> {

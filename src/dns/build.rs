@@ -31,7 +31,8 @@ use super::plugins::{acl, errors, hosts, loadbalance, log, rewrite, template};
 use crate::cluster::labels::Selector;
 use crate::cluster::ClusterView;
 use crate::corefile::{
-    self, BindAddr, Config, Fallthrough, PluginConfig, PodsMode, ServerBlock, Transport, Upstream,
+    self, BindAddr, Config, Fallthrough, PluginConfig, PluginKind, PodsMode, ServerBlock,
+    Transport, Upstream,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,18 @@ pub enum BuildError {
 fn block_err(block: &ServerBlock, message: impl Into<String>) -> BuildError {
     BuildError::Block {
         pos: block.pos.to_string(),
+        message: message.into(),
+    }
+}
+
+/// An error of one plugin's configuration, at the line that uses it.
+fn plugin_err(block: &ServerBlock, kind: PluginKind, message: impl Into<String>) -> BuildError {
+    BuildError::Block {
+        pos: block
+            .plugin_pos
+            .get(&kind)
+            .unwrap_or(&block.pos)
+            .to_string(),
         message: message.into(),
     }
 }
@@ -167,12 +180,14 @@ fn check_autopath(block: &ServerBlock, ap: &corefile::AutopathConfig) -> Result<
         return Ok(());
     }
     match block.kubernetes() {
-        None => Err(block_err(
+        None => Err(plugin_err(
             block,
+            PluginKind::Autopath,
             "autopath @kubernetes needs a kubernetes plugin in the same server block",
         )),
-        Some(k) if k.pods != PodsMode::Verified => Err(block_err(
+        Some(k) if k.pods != PodsMode::Verified => Err(plugin_err(
             block,
+            PluginKind::Autopath,
             "autopath @kubernetes needs 'pods verified' in the kubernetes block (it finds the client's namespace by pod IP)",
         )),
         Some(_) => Ok(()),
@@ -189,23 +204,44 @@ fn autopath_handler(
         .iter()
         .map(|z| parse_zone(z))
         .collect::<Result<Vec<Name>, _>>()
-        .map_err(|m| block_err(block, format!("autopath: {m}")))?;
+        .map_err(|m| plugin_err(block, PluginKind::Autopath, format!("autopath: {m}")))?;
     if let corefile::AutopathSource::ResolvConf(path) = &c.source {
         // Read when the Corefile is loaded (and reloaded), as CoreDNS does.
         let search = autopath::resolv_conf_search(path)
-            .map_err(|m| block_err(block, format!("autopath: {m}")))?;
+            .map_err(|m| plugin_err(block, PluginKind::Autopath, format!("autopath: {m}")))?;
         return Ok(Autopath::with_search(zones, search));
     }
-    let k = block
-        .kubernetes()
-        .ok_or_else(|| block_err(block, "autopath @kubernetes needs a kubernetes plugin"))?;
+    let k = block.kubernetes().ok_or_else(|| {
+        plugin_err(
+            block,
+            PluginKind::Autopath,
+            "autopath @kubernetes needs a kubernetes plugin",
+        )
+    })?;
     let cluster_zones = k
         .zones
         .iter()
         .map(|z| parse_zone(z))
         .collect::<Result<Vec<Name>, _>>()
-        .map_err(|m| block_err(block, format!("kubernetes: {m}")))?;
-    Ok(Autopath::new(zones, cluster_zones, env.view.clone()))
+        .map_err(|m| plugin_err(block, PluginKind::Kubernetes, format!("kubernetes: {m}")))?;
+    let labels = k
+        .labels
+        .as_deref()
+        .map(Selector::parse)
+        .transpose()
+        .map_err(|e| {
+            plugin_err(
+                block,
+                PluginKind::Kubernetes,
+                format!("kubernetes: labels: {e}"),
+            )
+        })?;
+    Ok(Autopath::new(
+        zones,
+        cluster_zones,
+        env.view.clone(),
+        labels,
+    ))
 }
 
 /// Builds one block's handlers in CoreDNS's order (the parser already sorted them).
@@ -236,7 +272,8 @@ pub fn build_block(block: &ServerBlock, env: &BuildEnv) -> Result<BuiltBlock, Bu
             PluginConfig::Template(c) => handlers.push(Arc::new(template::Templates::new(c))),
             PluginConfig::Hosts(c) => handlers.push(Arc::new(hosts::Hosts::new(c.clone()))),
             PluginConfig::Kubernetes(c) => {
-                let cfg = kubernetes_config(c).map_err(|m| block_err(block, m))?;
+                let cfg = kubernetes_config(c)
+                    .map_err(|m| plugin_err(block, PluginKind::Kubernetes, m))?;
                 handlers.push(Arc::new(Kubernetes::new(cfg, env.view.clone())));
             }
             PluginConfig::Loop(_) => {
@@ -256,7 +293,10 @@ pub fn build_block(block: &ServerBlock, env: &BuildEnv) -> Result<BuiltBlock, Bu
                 cache = Some((c, handlers.len()));
             }
             PluginConfig::Forward(c) => {
-                let f = Arc::new(Forward::new(c).map_err(|e| block_err(block, e.to_string()))?);
+                let f = Arc::new(
+                    Forward::new(c)
+                        .map_err(|e| plugin_err(block, PluginKind::Forward, e.to_string()))?,
+                );
                 handlers.push(f.clone());
                 forward = Some(f);
             }
@@ -322,8 +362,9 @@ fn bind_ips(block: &ServerBlock) -> Result<Vec<(IpAddr, u32)>, BuildError> {
         .any(|a| matches!(a, BindAddr::Interface(_)));
     let ifaces = if by_name {
         interfaces::list().map_err(|e| {
-            block_err(
+            plugin_err(
                 block,
+                PluginKind::Bind,
                 format!("bind: cannot list the network interfaces: {e}"),
             )
         })?
@@ -341,8 +382,9 @@ fn bind_ips(block: &ServerBlock) -> Result<Vec<(IpAddr, u32)>, BuildError> {
             let mut known: Vec<&str> = ifaces.iter().map(|i| i.interface.as_str()).collect();
             known.sort_unstable();
             known.dedup();
-            return Err(block_err(
+            return Err(plugin_err(
                 block,
+                PluginKind::Bind,
                 format!(
                     "bind: '{name}' is not an IP address nor a network interface of this host (interfaces: {})",
                     known.join(", ")
@@ -367,8 +409,9 @@ fn bind_ips(block: &ServerBlock) -> Result<Vec<(IpAddr, u32)>, BuildError> {
         }
     }
     if ips.is_empty() {
-        return Err(block_err(
+        return Err(plugin_err(
             block,
+            PluginKind::Bind,
             "bind: no address left to listen on (the interfaces named have no IP address, or 'except' removes them all)",
         ));
     }

@@ -369,6 +369,11 @@ impl Inner {
         if answer.plugin == PLUGIN || answer.plugin == "kubernetes" {
             return None;
         }
+        // No plugin answered ("no next plugin found"): CoreDNS's server writes that reply
+        // after the chain, so its cache never sees it.
+        if answer.plugin.is_empty() {
+            return None;
+        }
         let (bucket, other, ttl) = match answer.rcode {
             ResponseCode::NoError if !answer.answers.is_empty() => {
                 if zone::in_any(&key.name, &self.disable_success) {

@@ -60,7 +60,8 @@ pub struct KubernetesConfig {
     pub noendpoints: bool,
     /// `namespaces NS...`: when non-empty only these are exposed.
     pub namespaces: Vec<String>,
-    /// `labels SELECTOR`: only Services whose labels match are exposed.
+    /// `labels SELECTOR`: only Services (and, for `pods verified`, Pods) whose labels match
+    /// are exposed.
     pub labels: Option<Selector>,
     /// `namespace_labels SELECTOR`: only Namespaces whose labels match are exposed.
     pub namespace_labels: Option<Selector>,
@@ -331,6 +332,19 @@ impl Kubernetes {
             .labels
             .as_ref()
             .is_none_or(|sel| sel.matches(&service.labels))
+    }
+
+    /// `pods verified`: a pod with this IP in this namespace whose labels match `labels`
+    /// (CoreDNS lists Pods with that selector too).
+    fn pod_verified(&self, snap: &Snapshot, ip: &IpAddr, ns: &str) -> bool {
+        snap.pods_at(ip).iter().any(|p| {
+            p.namespace.eq_ignore_ascii_case(ns)
+                && self
+                    .cfg
+                    .labels
+                    .as_ref()
+                    .is_none_or(|sel| sel.matches(&p.labels))
+        })
     }
 
     /// Whether a reverse entry of `namespace`/`service` may be answered. As in CoreDNS's
@@ -654,7 +668,7 @@ impl Kubernetes {
                 let Some(ip) = pod_label_ip(label) else {
                     return Outcome::NxDomain;
                 };
-                if self.cfg.pods == PodMode::Verified && !snap.pod_ip_in_namespace(&ip, ns) {
+                if self.cfg.pods == PodMode::Verified && !self.pod_verified(snap, &ip, ns) {
                     return Outcome::NxDomain;
                 }
                 if family_matches(ctx.qtype, &ip) {

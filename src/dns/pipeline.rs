@@ -140,8 +140,9 @@ impl Pipeline {
         self.handlers.iter().map(|h| h.name()).collect()
     }
 
-    /// Runs the handlers in order. A query no handler takes is REFUSED, as CoreDNS does for
-    /// names outside every zone it serves.
+    /// Runs the handlers in order. A query every handler passes on is SERVFAIL, as CoreDNS's
+    /// `plugin.NextOrFailure` ("no next plugin found"); only a block without plugins answers
+    /// REFUSED (CoreDNS's nil plugin chain).
     pub async fn resolve(&self, req: &Request) -> Answer {
         let mut hooks: Vec<AnswerHook> = Vec::new();
         let mut answer = None;
@@ -174,7 +175,14 @@ impl Pipeline {
                 }
             }
         }
-        let mut answer = answer.unwrap_or_else(|| Answer::rcode(ResponseCode::Refused, ""));
+        let mut answer = answer.unwrap_or_else(|| {
+            let rcode = if self.handlers.is_empty() {
+                ResponseCode::Refused
+            } else {
+                ResponseCode::ServFail
+            };
+            Answer::rcode(rcode, "")
+        });
         for hook in hooks.into_iter().rev() {
             answer = hook(answer);
         }

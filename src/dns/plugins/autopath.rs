@@ -19,6 +19,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::CNAME;
 use hickory_proto::rr::{Name, RData, Record};
 
+use crate::cluster::labels::Selector;
 use crate::cluster::ClusterView;
 use crate::dns::answer::Answer;
 use crate::dns::pipeline::{Flow, Handler, Pipeline, Request};
@@ -38,6 +39,9 @@ enum Source {
         /// The `kubernetes` zones: the search path is built from the one holding the name.
         cluster_zones: Vec<Name>,
         view: Arc<ClusterView>,
+        /// The `kubernetes` plugin's `labels`: CoreDNS finds the client among the pods it
+        /// lists, which that selector filters.
+        labels: Option<Selector>,
     },
     /// A resolv.conf's search domains, then the root.
     Fixed(Arc<[Name]>),
@@ -45,12 +49,18 @@ enum Source {
 
 impl Autopath {
     /// `autopath @kubernetes`.
-    pub fn new(zones: Vec<Name>, cluster_zones: Vec<Name>, view: Arc<ClusterView>) -> Autopath {
+    pub fn new(
+        zones: Vec<Name>,
+        cluster_zones: Vec<Name>,
+        view: Arc<ClusterView>,
+        labels: Option<Selector>,
+    ) -> Autopath {
         Autopath {
             zones,
             source: Source::Kubernetes {
                 cluster_zones,
                 view,
+                labels,
             },
             next: OnceLock::new(),
         }
@@ -89,7 +99,8 @@ impl Autopath {
             Source::Kubernetes {
                 cluster_zones,
                 view,
-            } => pod_search_path(cluster_zones, view, qname, ip).map(Into::into),
+                labels,
+            } => pod_search_path(cluster_zones, view, labels.as_ref(), qname, ip).map(Into::into),
         }
     }
 }
@@ -99,6 +110,7 @@ impl Autopath {
 fn pod_search_path(
     cluster_zones: &[Name],
     view: &ClusterView,
+    labels: Option<&Selector>,
     qname: &Name,
     ip: IpAddr,
 ) -> Option<Vec<Name>> {
@@ -107,7 +119,14 @@ fn pod_search_path(
         .filter(|z| z.zone_of(qname))
         .max_by_key(|z| z.num_labels())?;
     let snap = view.snapshot();
-    let ns = snap.namespace_of_pod_ip(&ip.to_canonical())?;
+    // The first pod with the address (several share a host-network one) that the selector
+    // lets through.
+    let ns = snap
+        .pods_at(&ip.to_canonical())
+        .iter()
+        .find(|p| labels.is_none_or(|s| s.matches(&p.labels)))?
+        .namespace
+        .to_ascii_lowercase();
     let svc = Name::from_labels([&b"svc"[..]])
         .ok()?
         .append_name(zone)

@@ -108,12 +108,11 @@ impl Handler for Errors {
         let rules = self.rules.clone();
         Flow::Then(Box::new(move |a: Answer| {
             if a.rcode == ResponseCode::ServFail {
-                let plugin = if a.plugin.is_empty() {
-                    "server"
+                let msg = if a.plugin.is_empty() {
+                    format!("{id} {name} {qtype}: no next plugin found")
                 } else {
-                    a.plugin
+                    format!("{id} {name} {qtype}: plugin/{} answered SERVFAIL", a.plugin)
                 };
-                let msg = format!("{id} {name} {qtype}: plugin/{plugin} answered SERVFAIL");
                 report(&rules, &msg, Instant::now());
             }
             a

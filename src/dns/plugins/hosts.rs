@@ -196,6 +196,15 @@ impl Handler for Hosts {
 
     fn handle(&self, req: &Request) -> Flow {
         let qname = lower_fqdn(&req.qname);
+        // As CoreDNS: a PTR is looked up by address whatever the zones, and one for an address
+        // not listed passes on even without `fallthrough` (so `kubernetes` or `forward` can
+        // answer it).
+        if req.qtype == RecordType::PTR {
+            return match self.records(req, &qname) {
+                Some(a) if !a.answers.is_empty() => Flow::Answer(a),
+                _ => Flow::Next,
+            };
+        }
         if !self.cfg.zones.iter().any(|z| name_in_zone(&qname, z)) {
             return Flow::Next;
         }
