@@ -834,7 +834,7 @@ fn watch_source_metrics(
         let (mut vm, mut ec2, mut unknown) = (0i64, 0i64, 0i64);
         for entry in snap.services() {
             for e in &entry.endpoints {
-                match e.node_name.as_deref().and_then(|n| store.nodes.get(n)) {
+                match e.node_name().and_then(|n| store.nodes.get(n)) {
                     Some(n) if n.micro_vm => vm += 1,
                     Some(_) => ec2 += 1,
                     None => unknown += 1,

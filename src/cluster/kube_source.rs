@@ -753,7 +753,14 @@ impl Publisher {
             Object::Service(o) => put(&mut s.services, key, o),
             Object::Slice(o) => put(&mut s.slices, key, o),
             Object::Pod(o) => put(&mut s.pods, key, o),
-            Object::Node(o) => put(&mut s.nodes, key.1, o),
+            Object::Node(mut o) => {
+                // Labels serve placement and the prober, which also watch pods; DNS needs
+                // only `micro_vm`.
+                if !self.opts.watch_pods {
+                    o.labels = Default::default();
+                }
+                put(&mut s.nodes, key.1, o)
+            }
         }
     }
 

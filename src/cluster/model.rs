@@ -96,8 +96,9 @@ pub struct Endpoint {
     pub hostname: Option<Box<str>>,
     /// `targetRef.name` when the target is a Pod.
     pub pod_name: Option<Box<str>>,
-    pub node_name: Option<Box<str>>,
-    pub zone: Option<Box<str>>,
+    /// Interned ([`intern`]): tens of endpoints share a node, thousands a zone.
+    pub node_name: Option<Arc<str>>,
+    pub zone: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,7 +160,29 @@ fn ips<'a>(values: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
             }
         }
     }
+    // Kept for the object's life: without this one address holds room for four.
+    out.shrink_to_fit();
     out
+}
+
+/// Names many objects repeat (node names, zones), shared: one allocation per distinct name.
+/// Names no object uses any more are dropped once the set has doubled since the last sweep.
+pub fn intern(s: &str) -> Arc<str> {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static NAMES: Mutex<Option<(HashSet<Arc<str>>, usize)>> = Mutex::new(None);
+    let mut guard = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    let (names, swept) = guard.get_or_insert_with(|| (HashSet::new(), 0));
+    if let Some(name) = names.get(s) {
+        return name.clone();
+    }
+    if names.len() >= 2 * *swept + 1024 {
+        names.retain(|n| Arc::strong_count(n) > 1);
+        *swept = names.len();
+    }
+    let name: Arc<str> = Arc::from(s);
+    names.insert(name.clone());
+    name
 }
 
 impl Service {
@@ -219,7 +242,7 @@ impl EndpointSlice {
         if slice.address_type == "FQDN" {
             return None; // deprecated, never served by CoreDNS either
         }
-        let endpoints = slice
+        let mut endpoints = slice
             .endpoints
             .iter()
             .flatten()
@@ -237,12 +260,14 @@ impl EndpointSlice {
                         .filter(|r| r.kind.as_deref().unwrap_or("Pod") == "Pod")
                         .and_then(|r| r.name.as_deref())
                         .map(boxed),
-                    node_name: e.node_name.as_deref().map(boxed),
-                    zone: e.zone.as_deref().map(boxed),
+                    node_name: e.node_name.as_deref().map(intern),
+                    zone: e.zone.as_deref().map(intern),
                 }
             })
             .filter(|e| !e.addresses.is_empty())
-            .collect();
+            .collect::<Vec<_>>();
+        // Kept as long as the slice: no room for endpoints that will never come.
+        endpoints.shrink_to_fit();
         let ports: Vec<Port> = slice
             .ports
             .iter()
@@ -278,10 +303,10 @@ impl EndpointSlice {
                     .filter(|r| r.kind.as_deref().unwrap_or("Pod") == "Pod")
                     .and_then(|r| r.name.as_deref())
                     .map(boxed),
-                node_name: a.node_name.as_deref().map(boxed),
+                node_name: a.node_name.as_deref().map(intern),
                 zone: None,
             };
-            let endpoints = subset
+            let mut endpoints = subset
                 .addresses
                 .iter()
                 .flatten()
@@ -294,7 +319,8 @@ impl EndpointSlice {
                         .map(|a| convert(a, false)),
                 )
                 .filter(|e| !e.addresses.is_empty())
-                .collect();
+                .collect::<Vec<_>>();
+            endpoints.shrink_to_fit();
             let ports: Vec<Port> = subset
                 .ports
                 .iter()

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::model::{EndpointSlice, Namespace, Node, Pod, Port, Service, ServiceKind};
+use super::model::{Endpoint, EndpointSlice, Namespace, Node, Pod, Port, Service, ServiceKind};
 use super::objects::ObjectSet;
 
 /// (namespace, name)
@@ -179,7 +179,11 @@ impl super::objects::Sink for StoreBuilder {
         }
     }
     fn node(&mut self, o: k8s_openapi::api::core::v1::Node) {
-        if let Some(node) = Node::from_api(&o) {
+        if let Some(mut node) = Node::from_api(&o) {
+            // Labels serve placement and the prober, the users of pods; DNS needs `micro_vm`.
+            if self.drop_pods {
+                node.labels = Default::default();
+            }
             self.nodes.insert(Arc::from(&*node.name), Arc::new(node));
         }
     }
@@ -188,35 +192,133 @@ impl super::objects::Sink for StoreBuilder {
     }
 }
 
-/// One endpoint address of a service, merged over all its slices.
+/// One endpoint address of a service, merged over all its slices. Its names are read from the
+/// slice it came from (shared with the store), not copied: a cluster has far more endpoints
+/// than anything else DNS keeps.
 #[derive(Debug, Clone)]
 pub struct EndpointEntry {
     pub address: IpAddr,
     /// Counts `publishNotReadyAddresses`: every endpoint of such a service is ready.
     pub ready: bool,
-    /// The endpoint's own `hostname`, lowercased.
-    pub hostname: Option<Box<str>>,
-    /// The target pod's name, lowercased (for `endpoint_pod_names`).
-    pub pod_name: Option<Box<str>>,
     /// The address with `.`/`:` replaced by `-` (`10-3-0-1`, `fd00--1` -> `fd00--1`).
-    pub dashed: Box<str>,
+    dashed: Dashed,
     pub ports: Arc<[Port]>,
-    pub node_name: Option<Box<str>>,
+    slice: Arc<EndpointSlice>,
+    /// Index into `slice.endpoints`.
+    endpoint: u32,
+    /// Lowercased names, only for the rare endpoint whose names are not lowercase already.
+    lowered: Option<Box<Lowered>>,
+}
+
+#[derive(Debug, Clone)]
+struct Lowered {
+    hostname: Option<Box<str>>,
+    pod_name: Option<Box<str>>,
+}
+
+/// A dashed address, inline when it fits (every IPv4 address): no allocation per endpoint.
+#[derive(Debug, Clone)]
+enum Dashed {
+    Inline { len: u8, bytes: [u8; 15] },
+    Heap(Box<str>),
+}
+
+impl Dashed {
+    fn new(ip: IpAddr) -> Dashed {
+        let s = dashed_ip(ip);
+        if s.len() <= 15 {
+            let mut bytes = [0u8; 15];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Dashed::Inline {
+                len: s.len() as u8,
+                bytes,
+            }
+        } else {
+            Dashed::Heap(s.into())
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Always a copy of a whole `str` (ASCII), so the slice is valid UTF-8.
+            Dashed::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..*len as usize]).unwrap_or_default()
+            }
+            Dashed::Heap(s) => s,
+        }
+    }
+}
+
+fn has_upper(s: Option<&str>) -> bool {
+    s.is_some_and(|s| s.bytes().any(|b| b.is_ascii_uppercase()))
 }
 
 impl EndpointEntry {
+    fn new(
+        address: IpAddr,
+        ready: bool,
+        slice: &Arc<EndpointSlice>,
+        endpoint: usize,
+    ) -> EndpointEntry {
+        let ep = &slice.endpoints[endpoint];
+        let lowered = (has_upper(ep.hostname.as_deref()) || has_upper(ep.pod_name.as_deref()))
+            .then(|| {
+                Box::new(Lowered {
+                    hostname: ep.hostname.as_deref().map(lower),
+                    pod_name: ep.pod_name.as_deref().map(lower),
+                })
+            });
+        EndpointEntry {
+            address,
+            ready,
+            dashed: Dashed::new(address),
+            ports: slice.ports.clone(),
+            slice: slice.clone(),
+            endpoint: endpoint as u32,
+            lowered,
+        }
+    }
+
+    fn source(&self) -> &Endpoint {
+        &self.slice.endpoints[self.endpoint as usize]
+    }
+
+    /// The endpoint's own `hostname`, lowercased.
+    pub fn hostname(&self) -> Option<&str> {
+        match &self.lowered {
+            Some(l) => l.hostname.as_deref(),
+            None => self.source().hostname.as_deref(),
+        }
+    }
+
+    /// The target pod's name, lowercased (for `endpoint_pod_names`).
+    pub fn pod_name(&self) -> Option<&str> {
+        match &self.lowered {
+            Some(l) => l.pod_name.as_deref(),
+            None => self.source().pod_name.as_deref(),
+        }
+    }
+
+    pub fn node_name(&self) -> Option<&str> {
+        self.source().node_name.as_deref()
+    }
+
+    pub fn dashed(&self) -> &str {
+        self.dashed.as_str()
+    }
+
     /// The name label of this endpoint: its hostname, else (with `endpoint_pod_names`) the pod
     /// name when shorter than 64 characters, else the dashed IP.
     pub fn label(&self, endpoint_pod_names: bool) -> &str {
-        if let Some(h) = &self.hostname {
+        if let Some(h) = self.hostname() {
             return h;
         }
         if endpoint_pod_names {
-            if let Some(p) = self.pod_name.as_deref().filter(|p| p.len() < 64) {
+            if let Some(p) = self.pod_name().filter(|p| p.len() < 64) {
                 return p;
             }
         }
-        &self.dashed
+        self.dashed()
     }
 }
 
@@ -225,39 +327,21 @@ pub struct ServiceEntry {
     pub service: Arc<Service>,
     /// De-duplicated by address, in slice-name order for stable answers.
     pub endpoints: Vec<EndpointEntry>,
-    /// Ready endpoints by name label (hostname or dashed IP), and by the label they get with
-    /// `endpoint_pod_names`: an endpoint-name query is one hash lookup even for services with
-    /// thousands of endpoints.
-    by_label: HashMap<Box<str>, Vec<u32>>,
-    by_pod_label: HashMap<Box<str>, Vec<u32>>,
+    /// The lowercased name and namespace, shared by every reverse entry of the service.
+    name: Arc<str>,
+    namespace: Arc<str>,
+    /// The slices (or converted v1 Endpoints) the entry was built from, in name order: what
+    /// an incremental update starts from.
+    slices: Box<[Arc<EndpointSlice>]>,
+    /// Ready endpoints (indexes) sorted by name label (hostname or dashed IP), and by the
+    /// label they get with `endpoint_pod_names` (None: the same order): an endpoint-name
+    /// query is a binary search even for services with thousands of endpoints, at 4 bytes
+    /// an endpoint.
+    by_label: Box<[u32]>,
+    by_pod_label: Option<Box<[u32]>>,
 }
 
 impl ServiceEntry {
-    fn new(service: Arc<Service>) -> ServiceEntry {
-        ServiceEntry {
-            service,
-            endpoints: Vec::new(),
-            by_label: HashMap::new(),
-            by_pod_label: HashMap::new(),
-        }
-    }
-
-    fn index(&mut self) {
-        for (i, e) in self.endpoints.iter().enumerate() {
-            if !e.ready {
-                continue;
-            }
-            self.by_label
-                .entry(e.label(false).into())
-                .or_default()
-                .push(i as u32);
-            self.by_pod_label
-                .entry(e.label(true).into())
-                .or_default()
-                .push(i as u32);
-        }
-    }
-
     pub fn ready_endpoints(&self) -> impl Iterator<Item = &EndpointEntry> {
         self.endpoints.iter().filter(|e| e.ready)
     }
@@ -268,16 +352,16 @@ impl ServiceEntry {
         label: &str,
         endpoint_pod_names: bool,
     ) -> impl Iterator<Item = &EndpointEntry> {
-        let index = if endpoint_pod_names {
-            &self.by_pod_label
-        } else {
-            &self.by_label
+        let index = match (&self.by_pod_label, endpoint_pod_names) {
+            (Some(pod), true) => pod,
+            _ => &self.by_label,
         };
-        index
-            .get(label)
-            .into_iter()
-            .flatten()
-            .filter_map(|&i| self.endpoints.get(i as usize))
+        let of = |i: &u32| self.endpoints[*i as usize].label(endpoint_pod_names);
+        let start = index.partition_point(|i| of(i) < label);
+        let len = index[start..].iter().take_while(|i| of(i) == label).count();
+        index[start..start + len]
+            .iter()
+            .map(|&i| &self.endpoints[i as usize])
     }
 }
 
@@ -300,6 +384,93 @@ pub enum PtrTarget {
     },
 }
 
+impl PtrTarget {
+    fn names(&self) -> (&str, &str) {
+        match self {
+            PtrTarget::Service { service, namespace }
+            | PtrTarget::Endpoint {
+                service, namespace, ..
+            } => (service, namespace),
+        }
+    }
+
+    /// Service targets first, then by `<name>.<namespace>`: the order answers list them in.
+    fn order(&self, other: &PtrTarget) -> std::cmp::Ordering {
+        let rank = |t: &PtrTarget| matches!(t, PtrTarget::Endpoint { .. });
+        let key = |t: &PtrTarget| {
+            let (s, n) = t.names();
+            let (s, n) = (s.as_bytes(), n.as_bytes());
+            s.iter().chain(b".").chain(n).copied().collect::<Vec<u8>>()
+        };
+        rank(self)
+            .cmp(&rank(other))
+            .then_with(|| key(self).cmp(&key(other)))
+    }
+}
+
+/// Every target of one IP, in [`PtrTarget::order`], the one target most IPs have inline.
+/// Endpoint targets are kept even when a service owns the IP (and hides them), so that
+/// deleting that service brings them back without a rebuild.
+#[derive(Debug, Clone)]
+enum PtrList {
+    One(PtrTarget),
+    Many(Vec<PtrTarget>),
+}
+
+impl PtrList {
+    fn all(&self) -> &[PtrTarget] {
+        match self {
+            PtrList::One(t) => std::slice::from_ref(t),
+            PtrList::Many(v) => v,
+        }
+    }
+
+    /// What a query sees: an IP that is a service cluster IP answers only as the service(s).
+    fn visible(&self) -> &[PtrTarget] {
+        let all = self.all();
+        let services = all
+            .iter()
+            .take_while(|t| matches!(t, PtrTarget::Service { .. }))
+            .count();
+        if services > 0 {
+            &all[..services]
+        } else {
+            all
+        }
+    }
+
+    fn push(&mut self, t: PtrTarget) {
+        match self {
+            PtrList::One(first) => {
+                let first = first.clone();
+                *self = PtrList::Many(vec![first, t]);
+            }
+            PtrList::Many(v) => v.push(t),
+        }
+    }
+}
+
+/// The reverse map in shards behind their own `Arc`s: a change copies only the shards of the
+/// addresses it touches, not one map of every address in the cluster.
+const PTR_SHARDS: usize = 256;
+
+type PtrShard = HashMap<IpAddr, PtrList>;
+
+fn ptr_shard(ip: &IpAddr) -> usize {
+    // The low bytes vary most between addresses of one cluster.
+    let low = match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            u16::from_be_bytes([o[2], o[3]])
+        }
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            u16::from_be_bytes([o[14], o[15]])
+        }
+    };
+    (low as usize) % PTR_SHARDS
+}
+
 /// The immutable view every query reads. All keys are lowercase.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -318,11 +489,16 @@ pub struct Snapshot {
 /// or nodes change.
 #[derive(Debug, Default)]
 struct ServiceIndex {
-    namespaces: HashSet<Box<str>>,
+    /// Namespace objects (lowercase), rebuilt only when they change.
+    object_namespaces: Arc<HashSet<Box<str>>>,
+    /// Services per (lowercase) namespace: a namespace with a service exists even without
+    /// a Namespace object.
+    service_namespaces: HashMap<Arc<str>, u32>,
     /// Keyed `<name>.<namespace>`, which is how the labels stand in a query name. Entries
     /// are shared with the previous snapshot unless their service changed.
-    services: HashMap<Box<str>, Arc<ServiceEntry>>,
-    ptr: HashMap<IpAddr, Vec<PtrTarget>>,
+    services: HashMap<Arc<str>, Arc<ServiceEntry>>,
+    /// `PTR_SHARDS` shards (empty in the default index).
+    ptr: Box<[Arc<PtrShard>]>,
 }
 
 pub fn now_serial() -> u32 {
@@ -424,189 +600,350 @@ const INCREMENTAL_LIMIT: usize = 256;
 impl ServiceEntry {
     /// The entry of `svc` from its slices (in name order): endpoints merged and de-duplicated
     /// by address, name labels indexed.
-    fn build(svc: Arc<Service>, slices: &[&Arc<EndpointSlice>]) -> ServiceEntry {
-        let mut entry = ServiceEntry::new(svc);
-        let publish = entry.service.publish_not_ready;
+    fn build(svc: Arc<Service>, slices: Vec<Arc<EndpointSlice>>) -> ServiceEntry {
+        let publish = svc.publish_not_ready;
+        let mut endpoints = Vec::new();
         let mut seen: HashSet<IpAddr> = HashSet::new();
-        for slice in slices {
-            for ep in &slice.endpoints {
+        for slice in &slices {
+            for (i, ep) in slice.endpoints.iter().enumerate() {
                 for &address in &ep.addresses {
-                    if !seen.insert(address) {
-                        continue;
+                    if seen.insert(address) {
+                        endpoints.push(EndpointEntry::new(address, ep.ready || publish, slice, i));
                     }
-                    entry.endpoints.push(EndpointEntry {
-                        address,
-                        ready: ep.ready || publish,
-                        hostname: ep.hostname.as_deref().map(lower),
-                        pod_name: ep.pod_name.as_deref().map(lower),
-                        dashed: dashed_ip(address).into(),
-                        ports: slice.ports.clone(),
-                        node_name: ep.node_name.clone(),
-                    });
                 }
             }
         }
-        entry.index();
-        entry
+        endpoints.shrink_to_fit();
+        let sorted_by = |pod_names: bool| -> Box<[u32]> {
+            let mut idx: Vec<u32> = (0..endpoints.len() as u32)
+                .filter(|&i| endpoints[i as usize].ready)
+                .collect();
+            // Stable: endpoints of one label stay in endpoint order.
+            idx.sort_by(|a, b| {
+                endpoints[*a as usize]
+                    .label(pod_names)
+                    .cmp(endpoints[*b as usize].label(pod_names))
+            });
+            idx.into_boxed_slice()
+        };
+        let by_label = sorted_by(false);
+        let differs = endpoints
+            .iter()
+            .any(|e| e.ready && e.label(false) != e.label(true));
+        let by_pod_label = differs.then(|| sorted_by(true));
+        ServiceEntry {
+            name: Arc::from(svc.name.to_ascii_lowercase()),
+            namespace: Arc::from(svc.namespace.to_ascii_lowercase()),
+            service: svc,
+            endpoints,
+            slices: slices.into_boxed_slice(),
+            by_label,
+            by_pod_label,
+        }
+    }
+
+    /// `<name>.<namespace>`, the entry's key.
+    fn key(&self) -> Arc<str> {
+        format!("{}.{}", self.name, self.namespace).into()
+    }
+
+    /// The reverse targets of this service: cluster IPs, then ready endpoints.
+    fn ptr_targets(&self) -> impl Iterator<Item = (IpAddr, PtrTarget)> + '_ {
+        let services = self.service.cluster_ips.iter().map(|ip| {
+            (
+                *ip,
+                PtrTarget::Service {
+                    service: self.name.clone(),
+                    namespace: self.namespace.clone(),
+                },
+            )
+        });
+        let endpoints = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.ready && self.service.kind != ServiceKind::ExternalName)
+            .map(|(index, e)| {
+                (
+                    e.address,
+                    PtrTarget::Endpoint {
+                        service: self.name.clone(),
+                        namespace: self.namespace.clone(),
+                        index,
+                    },
+                )
+            });
+        services.chain(endpoints)
     }
 }
 
 /// The slices of each service, in slice-name order (so answers come out the same on every
-/// rebuild); v1 Endpoints only for services without a slice. `only`: just these services.
-fn slices_by_service<'a>(
-    store: &'a Store,
-    only: Option<&HashSet<Key>>,
-) -> HashMap<(&'a str, &'a str), Vec<&'a Arc<EndpointSlice>>> {
-    let wanted = |ns: &str, svc: &str| {
-        only.is_none_or(|set| set.contains(&(Arc::<str>::from(ns), Arc::<str>::from(svc))))
-    };
-    let mut groups: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
+/// rebuild); v1 Endpoints only for services without a slice.
+fn slices_by_service(store: &Store) -> HashMap<(&str, &str), Vec<Arc<EndpointSlice>>> {
+    let mut groups: HashMap<(&str, &str), Vec<Arc<EndpointSlice>>> = HashMap::new();
     for slice in store.slices.values() {
-        if wanted(&slice.namespace, &slice.service) {
-            groups
-                .entry((&*slice.namespace, &*slice.service))
-                .or_default()
-                .push(slice);
-        }
+        groups
+            .entry((&*slice.namespace, &*slice.service))
+            .or_default()
+            .push(slice.clone());
     }
     for list in groups.values_mut() {
         list.sort_by(|a, b| a.name.cmp(&b.name));
     }
     for ((ns, svc), legacy) in store.legacy_endpoints.iter() {
-        if wanted(ns, svc) && !groups.contains_key(&(&**ns, &**svc)) {
-            groups.insert((&**ns, &**svc), legacy.iter().collect());
-        }
+        groups
+            .entry((&**ns, &**svc))
+            .or_insert_with(|| legacy.clone());
     }
     groups
 }
 
 /// Calls `f` for every key whose value differs (by pointer) between two tables, with the
-/// value on either side.
-fn diff<K: std::hash::Hash + Eq, V>(
-    old: &HashMap<K, Arc<V>>,
-    new: &HashMap<K, Arc<V>>,
-    mut f: impl FnMut(&K, &V),
+/// old and the new value (either absent when the key was added or removed).
+fn diff<'a, K: std::hash::Hash + Eq, V>(
+    old: &'a HashMap<K, Arc<V>>,
+    new: &'a HashMap<K, Arc<V>>,
+    mut f: impl FnMut(&'a K, Option<&'a V>, Option<&'a V>),
 ) {
+    if std::ptr::eq(old, new) {
+        return;
+    }
     for (k, v) in new {
-        if old.get(k).is_none_or(|o| !Arc::ptr_eq(o, v)) {
-            f(k, v);
+        match old.get(k) {
+            Some(o) if Arc::ptr_eq(o, v) => {}
+            o => f(k, o.map(|o| &**o), Some(v)),
         }
     }
     for (k, v) in old {
         if !new.contains_key(k) {
-            f(k, v);
+            f(k, Some(v), None);
         }
     }
 }
 
+fn namespace_set(store: &Store) -> HashSet<Box<str>> {
+    store.namespaces.keys().map(|n| lower(n)).collect()
+}
+
 impl ServiceIndex {
     fn build(store: &Store) -> ServiceIndex {
-        let groups = slices_by_service(store, None);
-        let mut services: HashMap<Box<str>, Arc<ServiceEntry>> =
+        let mut groups = slices_by_service(store);
+        let mut services: HashMap<Arc<str>, Arc<ServiceEntry>> =
             HashMap::with_capacity(store.services.len());
+        let mut service_namespaces: HashMap<Arc<str>, u32> = HashMap::new();
         for ((ns, name), svc) in store.services.iter() {
-            let slices = groups
-                .get(&(&**ns, &**name))
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
-            services.insert(
-                service_key(ns, name),
-                Arc::new(ServiceEntry::build(svc.clone(), slices)),
-            );
+            let slices = groups.remove(&(&**ns, &**name)).unwrap_or_default();
+            let entry = ServiceEntry::build(svc.clone(), slices);
+            *service_namespaces
+                .entry(entry.namespace.clone())
+                .or_default() += 1;
+            services.insert(entry.key(), Arc::new(entry));
         }
-        Self::finish(store, services)
+        // In key order, so each address's targets come out in `PtrTarget::order`.
+        let mut sorted: Vec<&Arc<ServiceEntry>> = services.values().collect();
+        sorted.sort_by_cached_key(|e| e.key());
+        let mut shards: Vec<PtrShard> = (0..PTR_SHARDS).map(|_| HashMap::new()).collect();
+        let mut add = |ip: IpAddr, t: PtrTarget| match shards[ptr_shard(&ip)].entry(ip) {
+            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().push(t),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(PtrList::One(t));
+            }
+        };
+        for e in &sorted {
+            for (ip, t) in e.ptr_targets() {
+                if matches!(t, PtrTarget::Service { .. }) {
+                    add(ip, t);
+                }
+            }
+        }
+        for e in &sorted {
+            for (ip, t) in e.ptr_targets() {
+                if matches!(t, PtrTarget::Endpoint { .. }) {
+                    add(ip, t);
+                }
+            }
+        }
+        ServiceIndex {
+            object_namespaces: Arc::new(namespace_set(store)),
+            service_namespaces,
+            services,
+            ptr: shards.into_iter().map(Arc::new).collect(),
+        }
     }
 
     /// Rebuilds only the entries of services whose Service or slices changed since
-    /// `prev_store`; None when a full build is as good (many changes, v1 Endpoints).
+    /// `prev_store`, and the reverse entries of their addresses; None when a full build is
+    /// as good (many changes, v1 Endpoints).
     fn update(prev: &ServiceIndex, prev_store: &Store, store: &Store) -> Option<ServiceIndex> {
-        if !Arc::ptr_eq(&prev_store.legacy_endpoints, &store.legacy_endpoints) {
+        if !Arc::ptr_eq(&prev_store.legacy_endpoints, &store.legacy_endpoints)
+            || prev.ptr.len() != PTR_SHARDS
+        {
             return None;
         }
-        let mut affected: HashSet<Key> = HashSet::new();
-        diff(&prev_store.services, &store.services, |k, _| {
-            affected.insert(k.clone());
+        let mut affected: HashSet<(&str, &str)> = HashSet::new();
+        // The names of the changed slices of each affected service.
+        let mut changed_slices: HashMap<(&str, &str), Vec<&str>> = HashMap::new();
+        diff(&prev_store.services, &store.services, |(ns, name), _, _| {
+            affected.insert((ns, name));
         });
-        diff(&prev_store.slices, &store.slices, |_, s| {
-            affected.insert((Arc::from(&*s.namespace), Arc::from(&*s.service)));
+        diff(&prev_store.slices, &store.slices, |(ns, name), old, new| {
+            // A slice that moved to another service changes both.
+            for s in old.into_iter().chain(new) {
+                let svc = (&**ns, &*s.service);
+                affected.insert(svc);
+                changed_slices.entry(svc).or_default().push(name);
+            }
         });
         if affected.len() > INCREMENTAL_LIMIT {
             return None;
         }
-        let groups = slices_by_service(store, Some(&affected));
-        let mut services = prev.services.clone();
-        for (ns, name) in &affected {
-            let key = service_key(ns, name);
-            services.remove(&*key);
-            if let Some(svc) = store.services.get(&(ns.clone(), name.clone())) {
-                let slices = groups
-                    .get(&(&**ns, &**name))
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[]);
-                services.insert(key, Arc::new(ServiceEntry::build(svc.clone(), slices)));
-            }
-        }
-        Some(Self::finish(store, services))
-    }
-
-    /// Namespaces and reverse entries over the final service entries.
-    fn finish(store: &Store, services: HashMap<Box<str>, Arc<ServiceEntry>>) -> ServiceIndex {
-        let mut namespaces: HashSet<Box<str>> = store.namespaces.keys().map(|n| lower(n)).collect();
-        for entry in services.values() {
-            namespaces.insert(lower(&entry.service.namespace));
-        }
-        let mut ptr: HashMap<IpAddr, Vec<PtrTarget>> = HashMap::with_capacity(services.len() * 4);
-        let mut keys: Vec<&Box<str>> = services.keys().collect();
-        keys.sort();
-        let names: Vec<(Arc<str>, Arc<str>)> = keys
+        // Slices of services that had no entry yet (a Service created after its slices)
+        // can only be found by a scan of the table.
+        let unknown: HashSet<(&str, &str)> = affected
             .iter()
-            .map(|k| {
-                let svc = &services[*k].service;
-                (
-                    Arc::from(svc.name.to_ascii_lowercase()),
-                    Arc::from(svc.namespace.to_ascii_lowercase()),
-                )
-            })
+            .filter(|(ns, name)| !prev.services.contains_key(&*service_key(ns, name)))
+            .copied()
             .collect();
-        for (k, (name, ns)) in keys.iter().zip(&names) {
-            let entry = &services[*k];
-            for ip in &entry.service.cluster_ips {
-                ptr.entry(*ip).or_default().push(PtrTarget::Service {
-                    service: name.clone(),
-                    namespace: ns.clone(),
-                });
+        let mut scanned: HashMap<(&str, &str), Vec<Arc<EndpointSlice>>> = HashMap::new();
+        if !unknown.is_empty() {
+            for slice in store.slices.values() {
+                let k = (&*slice.namespace, &*slice.service);
+                if unknown.contains(&k) {
+                    scanned.entry(k).or_default().push(slice.clone());
+                }
             }
         }
-        for (k, (name, ns)) in keys.iter().zip(&names) {
-            let entry = &services[*k];
-            if entry.service.kind == ServiceKind::ExternalName {
+
+        let mut services = prev.services.clone();
+        let mut service_namespaces = prev.service_namespaces.clone();
+        let mut old_entries: Vec<Arc<ServiceEntry>> = Vec::new();
+        let mut new_entries: Vec<Arc<ServiceEntry>> = Vec::new();
+        for &(ns, name) in &affected {
+            let skey = service_key(ns, name);
+            if let Some(old) = services.remove(&*skey) {
+                if let Some(n) = service_namespaces.get_mut(&old.namespace) {
+                    *n -= 1;
+                    if *n == 0 {
+                        service_namespaces.remove(&old.namespace);
+                    }
+                }
+                old_entries.push(old);
+            }
+            let Some(svc) = store.services.get(&key(ns, name)) else {
                 continue;
-            }
-            for (index, ep) in entry.endpoints.iter().enumerate() {
-                if !ep.ready {
-                    continue;
+            };
+            let mut slices: Vec<Arc<EndpointSlice>> = match scanned.remove(&(ns, name)) {
+                Some(list) => list,
+                None => {
+                    // The previous entry's slices, as the store has them now, plus the
+                    // changed ones.
+                    let mut list: Vec<Arc<EndpointSlice>> = Vec::new();
+                    let prev_entry = prev.services.get(&*skey);
+                    let names = prev_entry
+                        .iter()
+                        .flat_map(|e| e.slices.iter().map(|s| &*s.name))
+                        .chain(
+                            changed_slices
+                                .get(&(ns, name))
+                                .into_iter()
+                                .flatten()
+                                .copied(),
+                        );
+                    for slice_name in names {
+                        // Converted v1 Endpoints are not in the table: they come back below
+                        // if the service still has no slice.
+                        if let Some(now) = store.slices.get(&key(ns, slice_name)) {
+                            if &*now.service == name && !list.iter().any(|x| x.name == now.name) {
+                                list.push(now.clone());
+                            }
+                        }
+                    }
+                    list
                 }
-                let targets = ptr.entry(ep.address).or_default();
-                // Service cluster IPs are checked first: an IP that is a cluster IP answers
-                // only as the service.
-                if targets
+            };
+            slices.sort_by(|a, b| a.name.cmp(&b.name));
+            if slices.is_empty() {
+                if let Some(legacy) = store.legacy_endpoints.get(&key(ns, name)) {
+                    slices = legacy.clone();
+                }
+            }
+            let entry = Arc::new(ServiceEntry::build(svc.clone(), slices));
+            *service_namespaces
+                .entry(entry.namespace.clone())
+                .or_default() += 1;
+            services.insert(entry.key(), entry.clone());
+            new_entries.push(entry);
+        }
+
+        // Reverse entries: every address an old or new entry names loses the old entries'
+        // targets and gains the new ones'.
+        let mut ptr: Vec<Arc<PtrShard>> = prev.ptr.to_vec();
+        let gone: HashSet<(&str, &str)> = old_entries
+            .iter()
+            .map(|e| (&*e.name, &*e.namespace))
+            .collect();
+        let mut touched: HashSet<IpAddr> = HashSet::new();
+        for e in &old_entries {
+            for (ip, _) in e.ptr_targets() {
+                touched.insert(ip);
+            }
+        }
+        for ip in &touched {
+            let shard = Arc::make_mut(&mut ptr[ptr_shard(ip)]);
+            if let Some(list) = shard.get(ip) {
+                let kept: Vec<PtrTarget> = list
+                    .all()
                     .iter()
-                    .any(|t| matches!(t, PtrTarget::Service { .. }))
-                {
-                    continue;
+                    .filter(|t| !gone.contains(&t.names()))
+                    .cloned()
+                    .collect();
+                match kept.len() {
+                    0 => {
+                        shard.remove(ip);
+                    }
+                    1 => {
+                        let one = kept.into_iter().next().expect("one target");
+                        shard.insert(*ip, PtrList::One(one));
+                    }
+                    _ => {
+                        shard.insert(*ip, PtrList::Many(kept));
+                    }
                 }
-                targets.push(PtrTarget::Endpoint {
-                    service: name.clone(),
-                    namespace: ns.clone(),
-                    index,
-                });
             }
         }
-        ServiceIndex {
-            namespaces,
-            services,
-            ptr,
+        let mut grown: HashSet<IpAddr> = HashSet::new();
+        for e in &new_entries {
+            for (ip, t) in e.ptr_targets() {
+                let shard = Arc::make_mut(&mut ptr[ptr_shard(&ip)]);
+                match shard.entry(ip) {
+                    std::collections::hash_map::Entry::Occupied(mut o) => {
+                        o.get_mut().push(t);
+                        grown.insert(ip);
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(PtrList::One(t));
+                    }
+                }
+            }
         }
+        for ip in &grown {
+            let shard = Arc::make_mut(&mut ptr[ptr_shard(ip)]);
+            if let Some(PtrList::Many(v)) = shard.get_mut(ip) {
+                v.sort_by(|a, b| a.order(b));
+            }
+        }
+
+        let object_namespaces = if Arc::ptr_eq(&prev_store.namespaces, &store.namespaces) {
+            prev.object_namespaces.clone()
+        } else {
+            Arc::new(namespace_set(store))
+        };
+        Some(ServiceIndex {
+            object_namespaces,
+            service_namespaces,
+            services,
+            ptr: ptr.into_boxed_slice(),
+        })
     }
 }
 
@@ -621,7 +958,8 @@ impl Snapshot {
 
     /// `namespace` must be lowercase.
     pub fn namespace_exists(&self, namespace: &str) -> bool {
-        self.index.namespaces.contains(namespace)
+        self.index.object_namespaces.contains(namespace)
+            || self.index.service_namespaces.contains_key(namespace)
     }
 
     /// `key` is `<name>.<namespace>`, lowercase.
@@ -635,11 +973,19 @@ impl Snapshot {
 
     /// Every reverse entry (for zone export).
     pub fn ptr_entries(&self) -> impl Iterator<Item = (&IpAddr, &[PtrTarget])> {
-        self.index.ptr.iter().map(|(ip, t)| (ip, t.as_slice()))
+        self.index
+            .ptr
+            .iter()
+            .flat_map(|shard| shard.iter().map(|(ip, t)| (ip, t.visible())))
     }
 
     pub fn ptr(&self, ip: &IpAddr) -> &[PtrTarget] {
-        self.index.ptr.get(ip).map(Vec::as_slice).unwrap_or(&[])
+        self.index
+            .ptr
+            .get(ptr_shard(ip))
+            .and_then(|shard| shard.get(ip))
+            .map(PtrList::visible)
+            .unwrap_or(&[])
     }
 
     /// Whether a pod with this IP exists in this (lowercase) namespace.
@@ -766,6 +1112,184 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
             first.service("c.x").unwrap(),
             incremental.service("c.x").unwrap()
         ));
+    }
+
+    fn slice_of(
+        ns: &str,
+        name: &str,
+        service: &str,
+        eps: &[(&str, Option<&str>, bool)],
+    ) -> Arc<EndpointSlice> {
+        Arc::new(EndpointSlice {
+            namespace: ns.into(),
+            name: name.into(),
+            service: service.into(),
+            endpoints: eps
+                .iter()
+                .map(|(ip, host, ready)| Endpoint {
+                    addresses: vec![ip.parse().unwrap()],
+                    ready: *ready,
+                    serving: *ready,
+                    terminating: false,
+                    hostname: host.map(Into::into),
+                    pod_name: Some(format!("Pod-{ip}").into()),
+                    node_name: None,
+                    zone: None,
+                })
+                .collect(),
+            ports: Arc::from(Vec::new()),
+        })
+    }
+
+    fn service_of(ns: &str, name: &str, ip: Option<&str>) -> Arc<Service> {
+        Arc::new(Service {
+            namespace: ns.into(),
+            name: name.into(),
+            kind: if ip.is_some() {
+                ServiceKind::ClusterIp
+            } else {
+                ServiceKind::Headless
+            },
+            cluster_ips: ip.iter().map(|ip| ip.parse().unwrap()).collect(),
+            external_name: None,
+            ports: Vec::new(),
+            publish_not_ready: false,
+            has_selector: true,
+        })
+    }
+
+    /// Endpoint-name lookups of every label of every service, both label kinds.
+    fn named(snap: &Snapshot) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in snap.services() {
+            for pod_names in [false, true] {
+                for ep in &e.endpoints {
+                    let label = ep.label(pod_names);
+                    let hits: Vec<String> = e
+                        .endpoints_named(label, pod_names)
+                        .map(|h| h.address.to_string())
+                        .collect();
+                    out.push(format!(
+                        "{}/{} {pod_names} {label} {hits:?}",
+                        e.service.namespace, e.service.name
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn every_kind_of_change_updates_like_a_full_build() {
+        let mut store = Store::default();
+        let t = Arc::make_mut(&mut store.services);
+        t.insert(key("x", "a"), service_of("x", "a", Some("10.0.0.1")));
+        t.insert(key("x", "b"), service_of("x", "b", None));
+        let t = Arc::make_mut(&mut store.slices);
+        t.insert(
+            key("x", "a-1"),
+            slice_of(
+                "x",
+                "a-1",
+                "a",
+                &[("10.1.0.1", None, true), ("10.1.0.2", Some("Web-0"), true)],
+            ),
+        );
+        t.insert(
+            key("x", "a-2"),
+            slice_of(
+                "x",
+                "a-2",
+                "a",
+                &[("10.1.0.3", None, false), ("10.1.0.1", None, true)],
+            ),
+        );
+        t.insert(
+            key("x", "b-1"),
+            slice_of(
+                "x",
+                "b-1",
+                "b",
+                &[("10.1.0.1", Some("h"), true), ("10.0.0.9", None, true)],
+            ),
+        );
+        // Slices of a service that does not exist yet.
+        t.insert(
+            key("y", "c-1"),
+            slice_of("y", "c-1", "c", &[("10.1.0.7", None, true)]),
+        );
+        let mut snap = Snapshot::build(Arc::new(store.clone()), 1, true);
+        type Step = fn(&mut Store);
+        let steps: Vec<Step> = vec![
+            // The service of orphan slices arrives.
+            |s| {
+                Arc::make_mut(&mut s.services).insert(key("y", "c"), service_of("y", "c", None));
+            },
+            // A slice moves from one service to another.
+            |s| {
+                Arc::make_mut(&mut s.slices).insert(
+                    key("x", "a-2"),
+                    slice_of("x", "a-2", "b", &[("10.1.0.4", None, true)]),
+                );
+            },
+            // A service takes a cluster IP that is another's endpoint, then goes away.
+            |s| {
+                Arc::make_mut(&mut s.services)
+                    .insert(key("y", "d"), service_of("y", "d", Some("10.1.0.1")));
+            },
+            |s| {
+                Arc::make_mut(&mut s.services).remove(&key("y", "d"));
+            },
+            // A service goes away and comes back: its slices are found again.
+            |s| {
+                Arc::make_mut(&mut s.services).remove(&key("x", "a"));
+            },
+            |s| {
+                Arc::make_mut(&mut s.services)
+                    .insert(key("x", "a"), service_of("x", "a", Some("10.0.0.2")));
+            },
+            // An endpoint becomes ready, a slice is deleted, a namespace appears.
+            |s| {
+                Arc::make_mut(&mut s.slices).insert(
+                    key("x", "a-1"),
+                    slice_of(
+                        "x",
+                        "a-1",
+                        "a",
+                        &[("10.1.0.1", None, true), ("10.1.0.3", Some("web-0"), true)],
+                    ),
+                );
+                Arc::make_mut(&mut s.slices).remove(&key("x", "b-1"));
+                Arc::make_mut(&mut s.namespaces).insert(
+                    "z".into(),
+                    Arc::new(Namespace {
+                        name: "z".into(),
+                        labels: Default::default(),
+                    }),
+                );
+            },
+        ];
+        for (i, step) in steps.into_iter().enumerate() {
+            step(&mut store);
+            let next = Arc::new(store.clone());
+            let incremental = Snapshot::rebuild(&snap, next.clone(), 2, true);
+            let full = Snapshot::build(next, 2, true);
+            assert_eq!(dump(&incremental), dump(&full), "step {i}");
+            assert_eq!(named(&incremental), named(&full), "step {i}");
+            for ns in ["x", "y", "z", "w"] {
+                assert_eq!(
+                    incremental.namespace_exists(ns),
+                    full.namespace_exists(ns),
+                    "step {i} {ns}"
+                );
+            }
+            snap = incremental;
+        }
+        // The orphan slice was found when its service came.
+        assert_eq!(snap.service("c.y").unwrap().endpoints.len(), 1);
+        // Names are lowercased for answers.
+        assert!(named(&snap).iter().any(|l| l.contains("pod-10.1.0.1")));
     }
 
     #[test]
