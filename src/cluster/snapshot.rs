@@ -1155,6 +1155,7 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
             ports: Vec::new(),
             publish_not_ready: false,
             has_selector: true,
+            labels: Default::default(),
         })
     }
 
