@@ -545,10 +545,10 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
                 tasks.spawn(loop_probe(l.clone(), addr, cancel.clone()));
             }
         }
-        let observer = Arc::new(ServerObserver {
-            metrics: metrics.clone(),
-            server: server_label(&key, addr),
-        });
+        let observer = Arc::new(ServerObserver::new(
+            metrics.clone(),
+            server_label(&key, addr),
+        ));
         tasks.spawn(b.serve_observed(router.clone(), Some(observer), cancel.clone()));
         routers.insert(key, router);
     }

@@ -2,6 +2,7 @@
 //! so existing dashboards and alerts keep working, plus our own under `clusterdns_`. One
 //! registry per server instance, passed down (no global registry: tests run several servers).
 
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -837,15 +838,103 @@ impl Families {
     }
 }
 
+/// The metric handles of one label combination, so that a query costs one lookup here instead
+/// of one per metric vector (each hashes every label value and takes a lock).
+struct Series {
+    zone: Box<str>,
+    plugin: Box<str>,
+    proto: &'static str,
+    family: &'static str,
+    qtype: &'static str,
+    rcode: &'static str,
+    requests: IntCounter,
+    responses: IntCounter,
+    duration: Histogram,
+    request_size: Histogram,
+    response_size: Histogram,
+    /// Made on the first query with DO set, so the series appears only then (as before).
+    do_requests: std::sync::OnceLock<IntCounter>,
+    autopath: Option<IntCounter>,
+}
+
+/// Label combinations are few (zones x types x rcodes x plugins); past this many, queries
+/// are counted through the vectors directly.
+const MAX_SERIES: usize = 4096;
+
 /// The metrics of one DNS listener: `server` is its CoreDNS label (`dns://:53`).
 pub struct ServerObserver {
     pub metrics: Arc<Metrics>,
     pub server: String,
+    series: std::sync::RwLock<std::collections::HashMap<u64, Arc<Series>>>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl ServerObserver {
+    pub fn new(metrics: Arc<Metrics>, server: String) -> ServerObserver {
+        ServerObserver {
+            metrics,
+            server,
+            series: Default::default(),
+            hasher: Default::default(),
+        }
+    }
+
+    fn series(&self, q: &QueryRecord) -> Option<Arc<Series>> {
+        let family = if q.ipv6_client { "2" } else { "1" };
+        let (qtype, rcode) = (type_label(q.qtype), rcode_label(q.rcode));
+        let hash = self
+            .hasher
+            .hash_one((q.zone, q.plugin, q.proto, family, qtype, rcode));
+        let same = |s: &Series| {
+            *s.zone == *q.zone
+                && *s.plugin == *q.plugin
+                && s.proto == q.proto
+                && s.family == family
+                && s.qtype == qtype
+                && s.rcode == rcode
+        };
+        if let Some(s) = self.series.read().ok()?.get(&hash) {
+            return same(s).then(|| s.clone());
+        }
+        let mut map = self.series.write().ok()?;
+        if map.len() >= MAX_SERIES {
+            return None;
+        }
+        let m = &self.metrics;
+        let (server, zone) = (self.server.as_str(), q.zone);
+        let s = map.entry(hash).or_insert_with(|| {
+            Arc::new(Series {
+                zone: zone.into(),
+                plugin: q.plugin.into(),
+                proto: q.proto,
+                family,
+                qtype,
+                rcode,
+                requests: m
+                    .requests
+                    .with_label_values(&[server, zone, "", q.proto, family, qtype]),
+                responses: m
+                    .responses
+                    .with_label_values(&[server, zone, "", rcode, q.plugin]),
+                duration: m.duration.with_label_values(&[server, zone, ""]),
+                request_size: m
+                    .request_size
+                    .with_label_values(&[server, zone, "", q.proto]),
+                response_size: m
+                    .response_size
+                    .with_label_values(&[server, zone, "", q.proto]),
+                do_requests: Default::default(),
+                autopath: (q.plugin == crate::dns::plugins::autopath::PLUGIN)
+                    .then(|| m.autopath_success.with_label_values(&[server])),
+            })
+        });
+        same(s).then(|| s.clone())
+    }
 }
 
 impl QueryObserver for ServerObserver {
     fn observe(&self, q: &Observed) {
-        self.metrics.observe(&QueryRecord {
+        let record = QueryRecord {
             server: &self.server,
             zone: q.zone,
             proto: q.proto.as_str(),
@@ -857,7 +946,28 @@ impl QueryObserver for ServerObserver {
             request_size: q.request_size,
             response_size: q.response_size,
             do_bit: q.do_bit,
-        });
+        };
+        let Some(s) = self.series(&record) else {
+            self.metrics.observe(&record);
+            return;
+        };
+        s.requests.inc();
+        s.responses.inc();
+        s.duration.observe(record.duration.as_secs_f64());
+        s.request_size.observe(record.request_size as f64);
+        s.response_size.observe(record.response_size as f64);
+        if let Some(a) = &s.autopath {
+            a.inc();
+        }
+        if record.do_bit {
+            s.do_requests
+                .get_or_init(|| {
+                    self.metrics
+                        .do_requests
+                        .with_label_values(&[&self.server, record.zone, ""])
+                })
+                .inc();
+        }
     }
 }
 

@@ -743,3 +743,67 @@ async fn a_block_without_bind_listens_on_all_addresses() {
     }
     s.running.shutdown().await;
 }
+
+/// The sum of a metric's samples whose line contains every one of `labels`.
+fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn cache_hits_replayed_by_the_server_count_down_and_end_with_the_entry() {
+    // The server replays cache hits from its response cache (dns::fastpath leases): the TTLs
+    // must still count down, the entry's expiry must still send the query upstream, and the
+    // cache metrics must count every replay as a hit.
+    let up = upstream().await;
+    let corefile = format!(
+        ".:0 {{\n    bind 127.0.0.1\n    errors\n    prometheus 127.0.0.1:0\n    cache {{\n        success 1000 3 1\n    }}\n    forward . {}\n}}\n",
+        up.ip
+    );
+    let s = serve(&corefile).await;
+    let addr = s.running.dns_addr;
+    let count = || up.queries.load(std::sync::atomic::Ordering::SeqCst);
+    let mut ttls = std::collections::BTreeSet::new();
+    let mut asked = 0u32;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    // Until the entry has expired and been fetched again.
+    while count() < 2 {
+        assert!(Instant::now() < deadline, "the cache entry never expired");
+        let r = ask(addr, "example.com", RecordType::A).await;
+        asked += 1;
+        assert_eq!(rcode_name(&r), "NOERROR");
+        assert_eq!(r.answers.len(), 1);
+        let ttl = r.answers[0].ttl;
+        assert!(
+            (1..=3).contains(&ttl),
+            "TTL {ttl} outside the cache's 1..=3"
+        );
+        if count() < 2 {
+            ttls.insert(ttl);
+        }
+        // The poll interval, so that every second of the countdown is seen.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        ttls.into_iter().collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "the TTL counts down"
+    );
+    let upstream_queries = count() as f64;
+    let (_, text) = http_get(s.running.http_addr("prometheus").unwrap(), "/metrics").await;
+    let requests = metric_sum(&text, "coredns_cache_requests_total", &[]);
+    let hits = metric_sum(&text, "coredns_cache_hits_total", &["type=\"success\""]);
+    let misses = metric_sum(&text, "coredns_cache_misses_total", &[]);
+    assert_eq!(requests, f64::from(asked), "{text}");
+    assert_eq!(misses, upstream_queries, "{text}");
+    assert_eq!(hits, f64::from(asked) - upstream_queries, "{text}");
+    assert_eq!(
+        metric_sum(&text, "coredns_dns_requests_total", &[]),
+        f64::from(asked)
+    );
+    s.running.cancel_token().cancel();
+    s.running.wait().await;
+}

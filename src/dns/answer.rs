@@ -24,6 +24,9 @@ pub struct Answer {
     pub cacheable: bool,
     /// `loadbalance` shuffles this answer: a stored copy must be shuffled on every replay.
     pub shuffled: bool,
+    /// A cache hit that the server's response cache may replay while the lender's entry
+    /// lives, with its TTLs counted down (dns::fastpath::Lease).
+    pub lease: Option<std::sync::Arc<dyn super::fastpath::Lease>>,
 }
 
 impl Answer {

@@ -524,8 +524,8 @@ impl Router {
 }
 
 impl Responder for Router {
-    fn fast_get(&self, p: &Peek, max_len: usize) -> FastLookup {
-        self.routes.load().1.get(p, max_len)
+    fn fast_get(&self, p: &Peek, max_len: usize, out: &mut Vec<u8>) -> FastLookup {
+        self.routes.load().1.get(p, max_len, out)
     }
 
     fn fast_put(&self, p: &Peek, stamp: Stamp, response: &[u8], meta: Meta) {

@@ -114,6 +114,9 @@ struct Entry {
     /// Prefetch frequency: hits since the window start (CoreDNS's `Freq`).
     freq: Mutex<(Instant, u32)>,
     refreshing: AtomicBool,
+    /// Still in its bucket: cleared when replaced, removed or evicted, which ends the
+    /// server's replays of it (Ticket).
+    live: AtomicBool,
 }
 
 impl Entry {
@@ -150,6 +153,7 @@ impl Entry {
             zone: None,
             cacheable: false,
             shuffled: false,
+            lease: None,
         }
     }
 
@@ -201,7 +205,8 @@ impl Bucket {
     }
 
     fn remove(&self, hash: u64) {
-        if self.shard(hash).remove(&hash).is_some() {
+        if let Some(old) = self.shard(hash).remove(&hash) {
+            old.live.store(false, Ordering::Release);
             self.len.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -216,7 +221,9 @@ impl Bucket {
         {
             let mut shard = self.shard(hash);
             if let Some(slot) = shard.get_mut(&hash) {
-                *slot = entry;
+                std::mem::replace(slot, entry)
+                    .live
+                    .store(false, Ordering::Release);
                 return false;
             }
             if self.len.load(Ordering::Relaxed) < self.capacity {
@@ -226,7 +233,9 @@ impl Bucket {
             }
             // Keys are seeded hashes, so the first in map order is as good as a random pick.
             if let Some(victim) = shard.keys().next().copied() {
-                shard.remove(&victim);
+                if let Some(old) = shard.remove(&victim) {
+                    old.live.store(false, Ordering::Release);
+                }
                 shard.insert(hash, entry);
                 return true;
             }
@@ -238,14 +247,19 @@ impl Bucket {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             if let Some(victim) = other.keys().next().copied() {
-                other.remove(&victim);
+                if let Some(old) = other.remove(&victim) {
+                    old.live.store(false, Ordering::Release);
+                }
                 self.len.fetch_sub(1, Ordering::Relaxed);
                 evicted = true;
                 break;
             }
         }
-        if self.shard(hash).insert(hash, entry).is_none() {
-            self.len.fetch_add(1, Ordering::Relaxed);
+        match self.shard(hash).insert(hash, entry) {
+            Some(old) => old.live.store(false, Ordering::Release),
+            None => {
+                self.len.fetch_add(1, Ordering::Relaxed);
+            }
         }
         evicted
     }
@@ -418,6 +432,7 @@ impl Inner {
             ttl,
             freq: Mutex::new((now, 0)),
             refreshing: AtomicBool::new(false),
+            live: AtomicBool::new(true),
         });
         other.remove(hash);
         if bucket.insert(hash, entry) {
@@ -485,6 +500,53 @@ impl Inner {
             }
             answer
         }))
+    }
+}
+
+impl Inner {
+    fn ttl_for(&self, entry: &Entry, remaining: u32) -> u32 {
+        if self.keepttl {
+            entry.ttl
+        } else {
+            remaining
+        }
+    }
+}
+
+/// A fresh hit lent to the server's response cache (dns::fastpath): every replay is counted
+/// as a hit here and gets the TTL a hit would get, until the entry expires or leaves.
+struct Ticket {
+    inner: Arc<Inner>,
+    entry: Arc<Entry>,
+    kind: Kind,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("key", &self.entry.key)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl crate::dns::fastpath::Lease for Ticket {
+    fn renew(&self) -> Option<u32> {
+        if !self.entry.live.load(Ordering::Acquire) {
+            return None;
+        }
+        let remaining = self.entry.remaining(Instant::now());
+        if remaining == 0 {
+            return None; // expired: the cache decides (serve_stale, refresh)
+        }
+        let stats = &self.inner.stats;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let hits = match self.kind {
+            Kind::Success => &stats.success_hits,
+            Kind::Denial => &stats.denial_hits,
+        };
+        hits.fetch_add(1, Ordering::Relaxed);
+        Some(self.inner.ttl_for(&self.entry, remaining))
     }
 }
 
@@ -558,8 +620,19 @@ impl Handler for Cache {
                 Kind::Denial => &inner.stats.denial_hits,
             };
             hits.fetch_add(1, Ordering::Relaxed);
-            let ttl = if inner.keepttl { entry.ttl } else { remaining };
-            return Flow::Answer(entry.to_answer(ttl));
+            let ttl = inner.ttl_for(&entry, remaining);
+            let mut answer = entry.to_answer(ttl);
+            // The server may replay this hit without asking again, as long as each replay
+            // would have been the same hit: not with prefetch (hits are counted per entry to
+            // decide it), nor for SERVFAIL (the errors plugin logs each).
+            if inner.prefetch.is_none() && entry.rcode != ResponseCode::ServFail {
+                answer.lease = Some(Arc::new(Ticket {
+                    inner: self.inner.clone(),
+                    entry,
+                    kind,
+                }));
+            }
+            return Flow::Answer(answer);
         }
         let stale_ok = inner
             .serve_stale

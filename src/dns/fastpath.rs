@@ -9,7 +9,7 @@
 //! memcpy.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash};
+use std::hash::BuildHasher;
 use std::sync::RwLock;
 
 /// Shards keep readers and the occasional writer from contending on one lock.
@@ -119,35 +119,85 @@ pub fn peek(bytes: &[u8]) -> Option<Peek<'_>> {
     })
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// The longest wire-form name (RFC 1035 3.1).
+const MAX_NAME: usize = 255;
+
+/// What makes two questions the same for the cache, without allocating: the name lowercased
+/// into a stack buffer, and the header and EDNS bits that are copied into responses (RD, CD,
+/// EDNS presence for the OPT record, DO).
 struct Key {
-    qname_lower: Box<[u8]>,
+    name: [u8; MAX_NAME],
+    len: usize,
     qtype: u16,
     qclass: u16,
-    /// RD and CD are copied into responses; EDNS presence decides the OPT record.
-    rd: bool,
-    cd: bool,
-    edns: bool,
-    do_bit: bool,
+    bits: u8,
 }
 
 impl Key {
-    fn of(p: &Peek) -> Key {
-        Key {
-            qname_lower: p.qname.to_ascii_lowercase().into_boxed_slice(),
+    fn of(p: &Peek) -> Option<Key> {
+        if p.qname.len() > MAX_NAME {
+            return None;
+        }
+        let mut name = [0u8; MAX_NAME];
+        for (d, s) in name.iter_mut().zip(p.qname) {
+            *d = s.to_ascii_lowercase();
+        }
+        let bits = u8::from(p.recursion_desired())
+            | u8::from(p.checking_disabled()) << 1
+            | u8::from(p.edns_payload.is_some()) << 2
+            | u8::from(p.do_bit) << 3;
+        Some(Key {
+            name,
+            len: p.qname.len(),
             qtype: p.qtype,
             qclass: p.qclass,
-            rd: p.recursion_desired(),
-            cd: p.checking_disabled(),
-            edns: p.edns_payload.is_some(),
-            do_bit: p.do_bit,
-        }
+            bits,
+        })
+    }
+
+    fn name(&self) -> &[u8] {
+        &self.name[..self.len]
+    }
+
+    fn matches(&self, e: &Entry) -> bool {
+        e.qtype == self.qtype
+            && e.qclass == self.qclass
+            && e.bits == self.bits
+            && *e.qname_lower == *self.name()
     }
 }
 
+/// Map keys are already seeded hashes: hashing them again would only cost time.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; fold anything else in rather than lose it.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Shard = HashMap<u64, Entry, std::hash::BuildHasherDefault<PassThrough>>;
+
 struct Entry {
+    /// The rest of the key: two questions with the same hash may still differ.
+    qname_lower: Box<[u8]>,
+    qtype: u16,
+    qclass: u16,
+    bits: u8,
     generation: u64,
     bytes: Box<[u8]>,
+    /// Where the TTL fields are, for answers whose TTLs count down (`Meta::lease`).
+    ttls: Box<[u16]>,
     meta: Meta,
     /// Where the answer records are when each replay must reorder them (loadbalance).
     shuffle: Option<RecordRun>,
@@ -215,6 +265,14 @@ fn shuffle_run(out: &mut [u8], run: RecordRun) {
     }
 }
 
+/// A stored answer that is only valid while another cache holds it (the `cache` plugin's
+/// hits): its TTLs count down, and it ends with that entry.
+pub trait Lease: Send + Sync + std::fmt::Debug {
+    /// The TTL every record of a replay gets now, counting the hit where the lender counts
+    /// them; None when the answer may no longer be replayed (expired, replaced, evicted).
+    fn renew(&self) -> Option<u32>;
+}
+
 /// What the metrics need to know about a stored answer.
 #[derive(Debug, Clone)]
 pub struct Meta {
@@ -223,48 +281,115 @@ pub struct Meta {
     pub rcode: hickory_proto::op::ResponseCode,
     /// The answer's address records must be reordered on every replay.
     pub shuffled: bool,
+    /// Set for answers lent by another cache (see [`Lease`]).
+    pub lease: Option<std::sync::Arc<dyn Lease>>,
+}
+
+/// Offsets of the TTL fields of every record after the question (the OPT record's "TTL" holds
+/// EDNS flags and is skipped), or None when the message cannot be walked.
+fn ttl_offsets(bytes: &[u8], question_end: usize) -> Option<Box<[u16]>> {
+    let be = |i: usize| -> Option<usize> {
+        Some(u16::from_be_bytes([*bytes.get(i)?, *bytes.get(i + 1)?]) as usize)
+    };
+    let count = be(6)? + be(8)? + be(10)?;
+    let mut out = Vec::with_capacity(count);
+    let mut i = question_end;
+    for _ in 0..count {
+        // Owner name: labels up to the root or a compression pointer.
+        loop {
+            let len = *bytes.get(i)? as usize;
+            match len {
+                0 => {
+                    i += 1;
+                    break;
+                }
+                l if l & 0xC0 == 0xC0 => {
+                    i += 2;
+                    break;
+                }
+                l if l <= 63 => i += 1 + l,
+                _ => return None,
+            }
+        }
+        let rtype = be(i)?;
+        let rdlen = be(i + 8)?;
+        if rtype != 41 {
+            out.push(u16::try_from(i + 4).ok()?);
+        }
+        i += 10 + rdlen;
+        if i > bytes.len() {
+            return None;
+        }
+    }
+    (i == bytes.len()).then(|| out.into_boxed_slice())
 }
 
 pub struct ResponseCache {
-    shards: Vec<RwLock<HashMap<Key, Entry>>>,
-    hasher: std::collections::hash_map::RandomState,
+    shards: Vec<RwLock<Shard>>,
+    /// Seeded per cache: names are chosen by clients. foldhash rather than SipHash: a third
+    /// of the cost of a hit was hashing.
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Default for ResponseCache {
     fn default() -> Self {
         ResponseCache {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             hasher: Default::default(),
         }
     }
 }
 
 impl ResponseCache {
-    fn shard(&self, key: &Key) -> &RwLock<HashMap<Key, Entry>> {
-        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    fn hash(&self, key: &Key) -> u64 {
+        self.hasher
+            .hash_one((key.name(), key.qtype, key.qclass, key.bits))
     }
 
-    /// The stored response for this question at this generation, with the query's id and
-    /// letter case, if it fits `max_len`.
-    pub fn get(&self, p: &Peek, generation: u64, max_len: usize) -> Option<(Vec<u8>, Meta)> {
-        let key = Key::of(p);
-        let shard = self.shard(&key).read().ok()?;
-        let entry = shard.get(&key)?;
+    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+        // The high bits pick the shard; the map uses the whole hash.
+        &self.shards[(hash >> 60) as usize % SHARDS]
+    }
+
+    /// Writes the stored response for this question at this generation into `out`, with the
+    /// query's id and letter case, if it fits `max_len`.
+    pub fn get(
+        &self,
+        p: &Peek,
+        generation: u64,
+        max_len: usize,
+        out: &mut Vec<u8>,
+    ) -> Option<Meta> {
+        let key = Key::of(p)?;
+        let hash = self.hash(&key);
+        let shard = self.shard(hash).read().ok()?;
+        let entry = shard.get(&hash).filter(|e| key.matches(e))?;
         if entry.generation != generation || entry.bytes.len() > max_len {
             return None;
         }
-        let mut out = entry.bytes.to_vec();
+        let ttl = match &entry.meta.lease {
+            Some(lease) => Some(lease.renew()?),
+            None => None,
+        };
+        out.clear();
+        out.extend_from_slice(&entry.bytes);
         let meta = entry.meta.clone();
         let shuffle = entry.shuffle;
+        if let Some(ttl) = ttl {
+            for &at in entry.ttls.iter() {
+                let at = at as usize;
+                out[at..at + 4].copy_from_slice(&ttl.to_be_bytes());
+            }
+        }
         drop(shard);
         if let Some(run) = shuffle {
-            shuffle_run(&mut out, run);
+            shuffle_run(out, run);
         }
         out[0..2].copy_from_slice(&p.id.to_be_bytes());
         // The question starts at 12 in every response we store and has the same length as
         // the query's; answer owner names point at it, so they echo the case too.
         out[12..12 + p.qname.len()].copy_from_slice(p.qname);
-        Some((out, meta))
+        Some(meta)
     }
 
     /// Stores `response` (for the question `p`) at `generation`. The response must carry the
@@ -275,17 +400,27 @@ impl ResponseCache {
         {
             return;
         }
+        let question_end = 12 + p.qname.len() + 4;
         let shuffle = if meta.shuffled {
             // Only answers whose records can be reordered as fixed-size chunks.
-            match address_run(response, 12 + p.qname.len() + 4) {
+            match address_run(response, question_end) {
                 Some(run) => Some(run),
                 None => return,
             }
         } else {
             None
         };
-        let key = Key::of(p);
-        let Ok(mut shard) = self.shard(&key).write() else {
+        let ttls = if meta.lease.is_some() {
+            match ttl_offsets(response, question_end) {
+                Some(t) => t,
+                None => return,
+            }
+        } else {
+            Box::default()
+        };
+        let Some(key) = Key::of(p) else { return };
+        let hash = self.hash(&key);
+        let Ok(mut shard) = self.shard(hash).write() else {
             return;
         };
         if shard.len() >= SHARD_CAPACITY {
@@ -295,10 +430,15 @@ impl ResponseCache {
             }
         }
         shard.insert(
-            key,
+            hash,
             Entry {
+                qname_lower: key.name().into(),
+                qtype: key.qtype,
+                qclass: key.qclass,
+                bits: key.bits,
                 generation,
                 bytes: response.into(),
+                ttls,
                 meta,
                 shuffle,
             },
@@ -336,11 +476,13 @@ mod shuffle_tests {
             plugin: "kubernetes",
             rcode: hickory_proto::op::ResponseCode::NoError,
             shuffled: true,
+            lease: None,
         };
         cache.put(&p, 1, &bytes, meta);
         let mut orders = std::collections::HashSet::new();
         for _ in 0..20 {
-            let (out, _) = cache.get(&p, 1, 4096).expect("stored");
+            let mut out = Vec::new();
+            cache.get(&p, 1, 4096, &mut out).expect("stored");
             let m = Message::from_vec(&out).unwrap();
             let ips: Vec<String> = m.answers.iter().map(|a| a.data.to_string()).collect();
             let mut sorted = ips.clone();
@@ -404,6 +546,7 @@ mod tests {
             plugin: "kubernetes",
             rcode: hickory_proto::op::ResponseCode::NoError,
             shuffled: false,
+            lease: None,
         };
         cache.put(&p1, 1, &bytes, meta);
 
@@ -411,7 +554,8 @@ mod tests {
         q2[0] = 0x01;
         q2[1] = 0x02;
         let p2 = peek(&q2).unwrap();
-        let (hit, meta) = cache.get(&p2, 1, 512).unwrap();
+        let mut hit = Vec::new();
+        let meta = cache.get(&p2, 1, 512, &mut hit).unwrap();
         assert_eq!(meta.plugin, "kubernetes");
         assert_eq!(&hit[0..2], &[0x01, 0x02]);
         let m = Message::from_vec(&hit).unwrap();
@@ -419,12 +563,100 @@ mod tests {
             m.queries[0].name().to_ascii(),
             "NGINX.demo.svc.cluster.local."
         );
-        assert!(cache.get(&p2, 2, 512).is_none(), "a newer snapshot misses");
-        assert!(cache.get(&p2, 1, 10).is_none(), "too big for the client");
+        let mut out = Vec::new();
+        assert!(
+            cache.get(&p2, 2, 512, &mut out).is_none(),
+            "a newer snapshot misses"
+        );
+        assert!(
+            cache.get(&p2, 1, 10, &mut out).is_none(),
+            "too big for the client"
+        );
         let q3 = query("nginx.demo.svc.cluster.local.", true);
         assert!(
-            cache.get(&peek(&q3).unwrap(), 1, 512).is_none(),
+            cache.get(&peek(&q3).unwrap(), 1, 512, &mut out).is_none(),
             "EDNS is part of the key"
+        );
+    }
+
+    #[derive(Debug)]
+    struct Countdown(std::sync::Mutex<Vec<Option<u32>>>);
+
+    impl Lease for Countdown {
+        fn renew(&self) -> Option<u32> {
+            self.0.lock().unwrap().pop().flatten()
+        }
+    }
+
+    #[test]
+    fn leased_answers_get_the_lenders_ttl_and_end_with_it() {
+        use hickory_proto::rr::rdata::{A, SOA};
+        use hickory_proto::rr::{RData, Record};
+        let cache = ResponseCache::default();
+        let name = Name::from_ascii("example.com.").unwrap();
+        let q = query("example.com.", true);
+        let p = peek(&q).unwrap();
+        let mut resp = Message::new(0x4242, MessageType::Response, OpCode::Query);
+        resp.add_query(Query::query(name.clone(), RecordType::A));
+        for i in 1..=2 {
+            resp.add_answer(Record::from_rdata(
+                name.clone(),
+                30,
+                RData::A(A::new(192, 0, 2, i)),
+            ));
+        }
+        let soa = SOA::new(
+            Name::from_ascii("ns.example.com.").unwrap(),
+            Name::from_ascii("h.example.com.").unwrap(),
+            1,
+            2,
+            3,
+            4,
+            5,
+        );
+        resp.add_authority(Record::from_rdata(name.clone(), 30, RData::SOA(soa)));
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        e.set_dnssec_ok(true);
+        resp.set_edns(e);
+        let bytes = resp.to_vec().unwrap();
+        // Renewals are popped from the end: 7, then 6, then over.
+        let lease = std::sync::Arc::new(Countdown(std::sync::Mutex::new(vec![
+            None,
+            Some(6),
+            Some(7),
+        ])));
+        let meta = Meta {
+            zone: None,
+            plugin: "cache",
+            rcode: hickory_proto::op::ResponseCode::NoError,
+            shuffled: false,
+            lease: Some(lease),
+        };
+        cache.put(&p, 1, &bytes, meta);
+        let mut out = Vec::new();
+        for want in [7, 6] {
+            cache
+                .get(&p, 1, 4096, &mut out)
+                .expect("replayed while the lease holds");
+            let m = Message::from_vec(&out).unwrap();
+            let ttls: Vec<u32> = m
+                .answers
+                .iter()
+                .chain(&m.authorities)
+                .map(|r| r.ttl)
+                .collect();
+            assert_eq!(ttls, vec![want; 3]);
+            let edns = m.edns.expect("OPT kept");
+            assert!(
+                edns.flags().dnssec_ok,
+                "the OPT record's flags are not a TTL"
+            );
+            assert_eq!(edns.max_payload(), 1232);
+        }
+        assert!(
+            cache.get(&p, 1, 4096, &mut out).is_none(),
+            "the lease ended"
         );
     }
 }

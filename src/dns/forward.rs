@@ -539,6 +539,7 @@ impl Inner {
                         zone: None,
                         cacheable: false,
                         shuffled: false,
+                        lease: None,
                     });
                 }
                 Err(e) => {

@@ -58,7 +58,8 @@ pub trait Responder: Send + Sync {
     fn respond<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Answer>;
 
     /// Looks the question up in the response cache in front of everything (dns::fastpath).
-    fn fast_get(&self, _p: &Peek, _max_len: usize) -> FastLookup {
+    /// A hit is written into `out`.
+    fn fast_get(&self, _p: &Peek, _max_len: usize, _out: &mut Vec<u8>) -> FastLookup {
         FastLookup::Off
     }
 
@@ -75,7 +76,7 @@ pub struct Stamp {
 }
 
 pub enum FastLookup {
-    Hit(Vec<u8>, Meta),
+    Hit(Meta),
     Miss(Stamp),
     /// No response cache here.
     Off,
@@ -89,14 +90,14 @@ pub struct FastCache {
 }
 
 impl FastCache {
-    pub fn get(&self, p: &Peek, max_len: usize) -> FastLookup {
+    pub fn get(&self, p: &Peek, max_len: usize, out: &mut Vec<u8>) -> FastLookup {
         // The generation is read BEFORE answering: see ClusterView::generation.
         let stamp = Stamp {
             generation: self.view.generation(),
             epoch: self.epoch,
         };
-        match self.cache.get(p, stamp.generation, max_len) {
-            Some((bytes, meta)) => FastLookup::Hit(bytes, meta),
+        match self.cache.get(p, stamp.generation, max_len, out) {
+            Some(meta) => FastLookup::Hit(meta),
             None => FastLookup::Miss(stamp),
         }
     }
@@ -153,7 +154,8 @@ impl Pipeline {
             let current = rewritten.as_deref().unwrap_or(req);
             match handler.handle(current) {
                 Flow::Answer(mut a) => {
-                    a.cacheable = pure && a.plugin == "kubernetes";
+                    // Cluster answers, and cache hits for as long as the cache holds them.
+                    a.cacheable = pure && (a.plugin == "kubernetes" || a.lease.is_some());
                     answer = Some(a);
                     break;
                 }

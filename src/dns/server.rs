@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::fastpath;
-use super::pipeline::{FastLookup, Proto, Request, Responder};
+use super::pipeline::{FastLookup, Proto, Request, Responder, Stamp};
 use super::wire::{self, Incoming};
 
 /// CoreDNS closes idle TCP connections after 10 s as well.
@@ -200,53 +200,82 @@ pub struct Service {
 impl Service {
     pub async fn process(&self, bytes: &[u8], src: SocketAddr, proto: Proto) -> Option<Vec<u8>> {
         let start = Instant::now();
-        // The response cache first: a plain question answered before from the snapshot is
-        // one hash lookup and a copy (dns::fastpath).
-        let peeked = fastpath::peek(bytes);
-        let mut stamp = None;
-        if let Some(p) = &peeked {
-            let max = match proto {
-                Proto::Udp => p.max_udp(),
-                Proto::Tcp => u16::MAX as usize,
-            };
-            match self.responder.fast_get(p, max) {
-                FastLookup::Hit(out, meta) => {
-                    if let Some(obs) = &self.observer {
-                        obs.observe(&Observed {
-                            zone: meta.zone.as_deref().unwrap_or("dropped"),
-                            proto,
-                            src,
-                            qtype: Some(RecordType::from(p.qtype)),
-                            rcode: meta.rcode,
-                            plugin: meta.plugin,
-                            duration: start.elapsed(),
-                            request_size: bytes.len(),
-                            response_size: out.len(),
-                            do_bit: p.do_bit,
-                        });
-                    }
-                    return Some(out);
-                }
-                FastLookup::Miss(s) => stamp = Some(s),
-                FastLookup::Off => {}
-            }
+        let mut out = Vec::new();
+        match self.try_fast(bytes, src, proto, start, &mut out) {
+            Ok(()) => Some(out),
+            Err(stamp) => self.slow(bytes, src, proto, start, stamp).await,
         }
+    }
+
+    /// The response cache first: a plain question answered before is one hash lookup and a
+    /// copy into `out` (dns::fastpath). Err carries what the slow path needs to store its
+    /// answer.
+    fn try_fast(
+        &self,
+        bytes: &[u8],
+        src: SocketAddr,
+        proto: Proto,
+        start: Instant,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Option<Stamp>> {
+        let Some(p) = fastpath::peek(bytes) else {
+            return Err(None);
+        };
+        let max = match proto {
+            Proto::Udp => p.max_udp(),
+            Proto::Tcp => u16::MAX as usize,
+        };
+        match self.responder.fast_get(&p, max, out) {
+            FastLookup::Hit(meta) => {
+                if let Some(obs) = &self.observer {
+                    obs.observe(&Observed {
+                        zone: meta.zone.as_deref().unwrap_or("dropped"),
+                        proto,
+                        src,
+                        qtype: Some(RecordType::from(p.qtype)),
+                        rcode: meta.rcode,
+                        plugin: meta.plugin,
+                        duration: start.elapsed(),
+                        request_size: bytes.len(),
+                        response_size: out.len(),
+                        do_bit: p.do_bit,
+                    });
+                }
+                Ok(())
+            }
+            FastLookup::Miss(s) => Err(Some(s)),
+            FastLookup::Off => Err(None),
+        }
+    }
+
+    /// The whole pipeline, storing the answer in the response cache when it may be replayed.
+    async fn slow(
+        &self,
+        bytes: &[u8],
+        src: SocketAddr,
+        proto: Proto,
+        start: Instant,
+        stamp: Option<Stamp>,
+    ) -> Option<Vec<u8>> {
         let mut seen = None;
         let reply = process_inner(&*self.responder, bytes, src, proto, &mut seen).await;
-        if let (Some(p), Some(stamp), Some(s), Some(out)) = (&peeked, stamp, &seen, &reply) {
+        if let (Some(stamp), Some(s), Some(out)) = (stamp, &seen, &reply) {
             // Whole answers only: a truncated UDP reply is never replayed.
-            if s.cacheable && out.len() >= 4 && out[2] & 0x02 == 0 {
-                self.responder.fast_put(
-                    p,
-                    stamp,
-                    out,
-                    fastpath::Meta {
-                        zone: s.zone.clone(),
-                        plugin: s.plugin,
-                        rcode: s.rcode,
-                        shuffled: s.shuffled,
-                    },
-                );
+            if let Some(p) = fastpath::peek(bytes).filter(|_| s.cacheable) {
+                if out.len() >= 4 && out[2] & 0x02 == 0 {
+                    self.responder.fast_put(
+                        &p,
+                        stamp,
+                        out,
+                        fastpath::Meta {
+                            zone: s.zone.clone(),
+                            plugin: s.plugin,
+                            rcode: s.rcode,
+                            shuffled: s.shuffled,
+                            lease: s.lease.clone(),
+                        },
+                    );
+                }
             }
         }
         let Some(obs) = &self.observer else {
@@ -293,6 +322,7 @@ impl Service {
 struct Seen {
     cacheable: bool,
     shuffled: bool,
+    lease: Option<Arc<dyn fastpath::Lease>>,
     qtype: RecordType,
     rcode: ResponseCode,
     plugin: &'static str,
@@ -334,6 +364,7 @@ async fn process_inner(
     *seen = Some(Seen {
         cacheable: answer.cacheable && !answer.no_reply,
         shuffled: answer.shuffled,
+        lease: answer.lease.clone(),
         qtype: req.qtype,
         rcode: answer.rcode,
         plugin: answer.plugin,
@@ -358,23 +389,257 @@ async fn process_inner(
     Some(out)
 }
 
+/// Datagrams read, and answered, per system call at most: under load one recvmmsg and one
+/// sendmmsg serve a whole batch, where recv_from/send_to cost two system calls per query.
+const BATCH: usize = 32;
+/// Room per datagram. A query has one question and at most an OPT record, far below this; a
+/// larger datagram arrives cut short and gets FORMERR.
+const SLOT: usize = 4096;
+
+/// Buffers of one UDP loop, kept across batches so that answering allocates nothing. Lives
+/// in a Box: the message headers point into the buffers beside them.
+struct Batch {
+    bufs: [[u8; SLOT]; BATCH],
+    lens: [usize; BATCH],
+    addrs: [libc::sockaddr_storage; BATCH],
+    recv_iov: [libc::iovec; BATCH],
+    recv_hdrs: [libc::mmsghdr; BATCH],
+    send_iov: [libc::iovec; BATCH],
+    send_hdrs: [libc::mmsghdr; BATCH],
+    replies: Vec<Vec<u8>>,
+    reply_to: Vec<socket2::SockAddr>,
+}
+
+// SAFETY: the raw pointers in the headers point only into this Batch's own heap allocation
+// (or, while sending, into replies it owns); moving the Box between threads moves all of it.
+unsafe impl Send for Batch {}
+
+impl Batch {
+    fn new() -> Box<Batch> {
+        // SAFETY: all-zero bytes are valid for every field but the Vecs (plain integers and
+        // null pointers), and the Vecs are written before the Box is used.
+        let mut b: Box<Batch> = unsafe {
+            let layout = std::alloc::Layout::new::<Batch>();
+            let p = std::alloc::alloc_zeroed(layout).cast::<Batch>();
+            if p.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            std::ptr::addr_of_mut!((*p).replies)
+                .write((0..BATCH).map(|_| Vec::with_capacity(512)).collect());
+            std::ptr::addr_of_mut!((*p).reply_to).write(Vec::with_capacity(BATCH));
+            Box::from_raw(p)
+        };
+        let b_ = &mut *b;
+        for i in 0..BATCH {
+            b_.recv_iov[i].iov_base = b_.bufs[i].as_mut_ptr().cast();
+            b_.recv_iov[i].iov_len = SLOT;
+            let h = &mut b_.recv_hdrs[i].msg_hdr;
+            h.msg_name = (&mut b_.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_iov = &mut b_.recv_iov[i];
+            h.msg_iovlen = 1;
+            b_.send_hdrs[i].msg_hdr.msg_iov = &mut b_.send_iov[i];
+            b_.send_hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        b
+    }
+
+    /// One recvmmsg: the number of datagrams read.
+    fn recv(&mut self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
+        for h in self.recv_hdrs.iter_mut() {
+            // The kernel writes the address length back.
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+        }
+        // SAFETY: every header points at buffers of this Batch of the stated sizes (new).
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.recv_hdrs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for (len, h) in self.lens.iter_mut().zip(&self.recv_hdrs[..n]) {
+            *len = (h.msg_len as usize).min(SLOT);
+        }
+        Ok(n)
+    }
+
+    /// One sendmmsg of replies `from..to`: how many went.
+    fn send(&mut self, fd: std::os::fd::RawFd, from: usize, to: usize) -> std::io::Result<usize> {
+        let n = to - from;
+        for k in 0..n {
+            let (reply, addr) = (&self.replies[from + k], &self.reply_to[from + k]);
+            self.send_iov[k].iov_base = reply.as_ptr() as *mut libc::c_void;
+            self.send_iov[k].iov_len = reply.len();
+            let h = &mut self.send_hdrs[k].msg_hdr;
+            h.msg_name = addr.as_ptr() as *mut libc::c_void;
+            h.msg_namelen = addr.len();
+        }
+        // SAFETY: the first n headers point at replies and addresses owned by self, which
+        // nothing changes during the call; the kernel only reads through them.
+        let sent = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.send_hdrs.as_mut_ptr(),
+                n as u32,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(sent as usize)
+    }
+}
+
+/// The sender of datagram `i` of a batch.
+fn source(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in; storage is larger
+            // and suitably aligned for it.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                u32::from_be(a.sin6_flowinfo),
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Reads datagrams in batches, answers what the response cache knows at once, runs the
+/// pipeline for the rest, and sends the batch's replies together. An answer that must wait
+/// (an upstream exchange) finishes in a task of its own, so it never holds up the socket.
 async fn udp_loop(sock: Arc<UdpSocket>, service: Arc<Service>, cancel: CancellationToken) {
-    let mut buf = vec![0u8; 65535];
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    let mut b = Batch::new();
+    let mut waiting = JoinSet::new();
     loop {
-        let (len, src) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(v) => v,
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = sock.readable() => if let Err(e) = r {
+                warn!(error = %e, "udp socket");
+                break;
+            },
+        }
+        loop {
+            let n = match sock.try_io(tokio::io::Interest::READABLE, || b.recv(fd)) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     // ICMP errors from earlier sends surface here on Linux; keep serving.
                     debug!(error = %e, "udp recv");
+                    tokio::task::coop::consume_budget().await;
                     continue;
                 }
-            },
-        };
-        if let Some(reply) = service.process(&buf[..len], src, Proto::Udp).await {
-            if let Err(e) = sock.send_to(&reply, src).await {
-                debug!(error = %e, %src, "udp send");
+            };
+            b.reply_to.clear();
+            for i in 0..n {
+                let Some(src) = source(&b.addrs[i]) else {
+                    continue;
+                };
+                let start = Instant::now();
+                let k = b.reply_to.len();
+                let bytes = &b.bufs[i][..b.lens[i]];
+                let reply = match service.try_fast(bytes, src, Proto::Udp, start, &mut b.replies[k])
+                {
+                    Ok(()) => true,
+                    Err(stamp) => match slow_udp(&service, bytes, src, start, stamp) {
+                        Slow::Done(Some(r)) => {
+                            b.replies[k] = r;
+                            true
+                        }
+                        Slow::Done(None) => false,
+                        Slow::Waiting(fut) => {
+                            let sock = sock.clone();
+                            waiting.spawn(async move {
+                                if let Some(r) = fut.await {
+                                    if let Err(e) = sock.send_to(&r, src).await {
+                                        debug!(error = %e, %src, "udp send");
+                                    }
+                                }
+                            });
+                            false
+                        }
+                    },
+                };
+                if reply {
+                    b.reply_to.push(socket2::SockAddr::from(src));
+                }
+            }
+            send_all(&sock, fd, &mut b).await;
+            while waiting.try_join_next().is_some() {}
+            // Other tasks (TCP, timers, the data source) get their turn under a flood.
+            for _ in 0..n {
+                tokio::task::coop::consume_budget().await;
+            }
+        }
+    }
+    while waiting.join_next().await.is_some() {}
+}
+
+type SlowFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Vec<u8>>> + Send>>;
+
+enum Slow {
+    Done(Option<Vec<u8>>),
+    Waiting(SlowFuture),
+}
+
+/// Runs the pipeline for one datagram as far as it goes without waiting.
+fn slow_udp(
+    service: &Arc<Service>,
+    bytes: &[u8],
+    src: SocketAddr,
+    start: Instant,
+    stamp: Option<Stamp>,
+) -> Slow {
+    let (service, bytes) = (service.clone(), bytes.to_vec());
+    let mut fut: SlowFuture =
+        Box::pin(async move { service.slow(&bytes, src, Proto::Udp, start, stamp).await });
+    // A future may be polled with one waker and later with another: the task it moves to
+    // polls it again at once and registers its own.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(r) => Slow::Done(r),
+        std::task::Poll::Pending => Slow::Waiting(fut),
+    }
+}
+
+/// Sends the batch's replies, waiting while the socket buffer is full; a reply the kernel
+/// refuses is skipped.
+async fn send_all(sock: &UdpSocket, fd: std::os::fd::RawFd, b: &mut Batch) {
+    let n = b.reply_to.len();
+    let mut sent = 0;
+    while sent < n {
+        match sock.try_io(tokio::io::Interest::WRITABLE, || b.send(fd, sent, n)) {
+            Ok(k) => sent += k.max(1),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Err(e) = sock.writable().await {
+                    debug!(error = %e, "udp send");
+                    return;
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "udp send");
+                sent += 1;
             }
         }
     }
