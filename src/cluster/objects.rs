@@ -86,6 +86,11 @@ pub trait Sink {
     fn pod(&mut self, o: Pod);
     fn node(&mut self, o: Node);
     fn skip(&mut self);
+    /// Whether objects of this kind are kept at all: when not, fast paths skip such items
+    /// without parsing them.
+    fn wants(&self, _api_version: &str, _kind: &str) -> bool {
+        true
+    }
 }
 
 impl Sink for ObjectSet {
@@ -373,6 +378,9 @@ fn yaml_parts<S: Fork>(text: &str, path: &Path, sink: &S) -> Result<Option<Vec<S
         |u| u.text().len(),
         |unit, part| match *unit {
             Unit::Item { document, text } => {
+                if pass_over(yaml_item_head(text), part) {
+                    return Ok(());
+                }
                 let items: Vec<serde_yaml::Value> =
                     serde_yaml::from_str(text).map_err(|e| syntax(document, e))?;
                 for item in items {
@@ -394,13 +402,18 @@ fn yaml_parts<S: Fork>(text: &str, path: &Path, sink: &S) -> Result<Option<Vec<S
 /// A JSON document: a `List`'s items are cut out by [`json_list_items`] and parsed in
 /// parallel; any other object is parsed whole.
 fn json_parts<S: Fork>(text: &str, path: &Path, sink: &S) -> Result<Option<Vec<S>>, LoadError> {
-    let parse = |text: &str, part: &mut S| match serde_json::from_str(text) {
-        Ok(value) => add_value_to(part, json_to_yaml(value), path, 1),
-        Err(e) => Err(LoadError::Syntax {
-            path: path.to_owned(),
-            document: 1,
-            message: e.to_string(),
-        }),
+    let parse = |text: &str, part: &mut S| {
+        if pass_over(json_item_head(text), part) {
+            return Ok(());
+        }
+        match serde_json::from_str(text) {
+            Ok(value) => add_value_to(part, json_to_yaml(value), path, 1),
+            Err(e) => Err(LoadError::Syntax {
+                path: path.to_owned(),
+                document: 1,
+                message: e.to_string(),
+            }),
+        }
     };
     match json_list_items(text) {
         Some(JsonTop::List(items)) => {
@@ -426,58 +439,9 @@ enum JsonTop<'a> {
 /// one JSON object.
 fn json_list_items(text: &str) -> Option<JsonTop<'_>> {
     let b = text.as_bytes();
-    let ws = |mut i: usize| {
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        i
-    };
-    // End of the string starting at `i` (a quote).
-    let string = |mut i: usize| {
-        i += 1;
-        while i < b.len() {
-            match b[i] {
-                b'\\' => i += 2,
-                b'"' => return Some(i + 1),
-                _ => i += 1,
-            }
-        }
-        None
-    };
-    // End of the value starting at `i`.
-    let value = |mut i: usize| -> Option<usize> {
-        match *b.get(i)? {
-            b'"' => string(i),
-            b'{' | b'[' => {
-                let mut depth = 0usize;
-                while i < b.len() {
-                    match b[i] {
-                        b'"' => {
-                            i = string(i)?;
-                            continue;
-                        }
-                        b'{' | b'[' => depth += 1,
-                        b'}' | b']' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                return Some(i + 1);
-                            }
-                        }
-                        _ => {}
-                    }
-                    i += 1;
-                }
-                None
-            }
-            _ => {
-                let end = b[i..]
-                    .iter()
-                    .position(|c| matches!(c, b',' | b'}' | b']') || c.is_ascii_whitespace())
-                    .map_or(b.len(), |n| i + n);
-                (end > i).then_some(end)
-            }
-        }
-    };
+    let ws = |i| json_ws(b, i);
+    let string = |i| json_string_end(b, i);
+    let value = |i| json_value_end(b, i);
     let checked = |s: &str| serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok();
     let mut i = ws(0);
     if b.get(i) != Some(&b'{') {
@@ -545,6 +509,156 @@ fn json_list_items(text: &str) -> Option<JsonTop<'_>> {
         Some(list) => JsonTop::List(list),
         None => JsonTop::Object,
     })
+}
+
+fn json_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    i
+}
+
+/// End of the JSON string starting at `i` (a quote).
+fn json_string_end(b: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// End of the JSON value starting at `i` (not checked: serde_json does that).
+fn json_value_end(b: &[u8], mut i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => json_string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            while i < b.len() {
+                match b[i] {
+                    b'"' => {
+                        i = json_string_end(b, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => {
+            let end = b[i..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']') || c.is_ascii_whitespace())
+                .map_or(b.len(), |n| i + n);
+            (end > i).then_some(end)
+        }
+    }
+}
+
+/// `apiVersion` and `kind` of a JSON item, read off its top-level keys without parsing the
+/// rest; None unless both are plain strings, once each.
+fn json_item_head(text: &str) -> Option<(&str, &str)> {
+    let b = text.as_bytes();
+    let (mut api, mut kind) = (None, None);
+    let mut i = json_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = json_ws(b, i + 1);
+    while b.get(i) == Some(&b'"') {
+        let key_end = json_string_end(b, i)?;
+        let key = &text[i + 1..key_end - 1];
+        i = json_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = json_ws(b, i + 1);
+        let end = json_value_end(b, i)?;
+        let slot = match key {
+            "apiVersion" => &mut api,
+            "kind" => &mut kind,
+            _ => &mut None,
+        };
+        if key == "apiVersion" || key == "kind" {
+            let v = text.get(i + 1..end.checked_sub(1)?)?;
+            if slot.is_some() || b[i] != b'"' || v.contains('\\') {
+                return None;
+            }
+            *slot = Some(v);
+        }
+        i = json_ws(b, end);
+        match b.get(i)? {
+            b',' => i = json_ws(b, i + 1),
+            _ => break,
+        }
+    }
+    Some((api?, kind?))
+}
+
+/// `apiVersion` and `kind` of a block-style YAML item, read off its top-level lines (`- key:`
+/// and `  key:`); None unless both appear once with a plain value.
+fn yaml_item_head(text: &str) -> Option<(&str, &str)> {
+    let (mut api, mut kind) = (None, None);
+    for (n, line) in text.lines().enumerate() {
+        let key_value = if n == 0 {
+            line.strip_prefix("- ")?
+        } else {
+            match line.strip_prefix("  ") {
+                Some(l) if !l.starts_with([' ', '\t']) => l,
+                _ => continue,
+            }
+        };
+        let (slot, value) = if let Some(v) = key_value.strip_prefix("kind:") {
+            (&mut kind, v)
+        } else if let Some(v) = key_value.strip_prefix("apiVersion:") {
+            (&mut api, v)
+        } else {
+            continue;
+        };
+        let value = value.trim();
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '-' | '_');
+        if slot.is_some() || value.is_empty() || !value.chars().all(plain) {
+            return None;
+        }
+        *slot = Some(value);
+    }
+    Some((api?, kind?))
+}
+
+/// Whether an item can be passed over unparsed: a kind DNS does not read (counted as skipped),
+/// or one `sink` does not keep (pods, unless needed). Most of a dump's bytes are pods, so this
+/// halves start-up; such items are not checked either (a broken Deployment no longer stops a
+/// dump from loading).
+fn pass_over<S: Sink>(head: Option<(&str, &str)>, sink: &mut S) -> bool {
+    let Some((api_version, kind)) = head else {
+        return false;
+    };
+    if !read_kind(api_version, kind) {
+        sink.skip();
+        return true;
+    }
+    !sink.wants(api_version, kind)
+}
+
+/// The kinds [`add_value_to`] converts (the others are only counted).
+fn read_kind(api_version: &str, kind: &str) -> bool {
+    kind.ends_with("List")
+        || matches!(
+            (api_version, kind),
+            ("v1", "Namespace" | "Service" | "Endpoints" | "Pod" | "Node")
+                | ("discovery.k8s.io/v1", "EndpointSlice")
+        )
 }
 
 /// JSON values as YAML values, so both go through one conversion (and one set of messages).
@@ -1090,14 +1204,40 @@ items:
         );
         assert_eq!(err, sequential(&broken).unwrap_err().to_string());
         // A chunk that is not valid YAML: the reference parse reports it, with its line.
-        let broken = format!("---\n{}", doc.replace("    name: d\n", "    name: [d\n"));
+        let broken = format!("---\n{}", doc.replace("    name: b\n", "    name: [b\n"));
         let err = load(&broken).unwrap_err().to_string();
         assert_eq!(err, sequential(&broken).unwrap_err().to_string());
         assert!(
             err.starts_with("l.yaml: document 1: invalid YAML/JSON"),
             "{err}"
         );
-        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("at line 31"), "{err}");
+    }
+
+    #[test]
+    fn kinds_are_read_off_the_item_text() {
+        let pod = "- apiVersion: v1\n  kind: Pod\n  metadata:\n    kind: x\n  spec:\n    a: |\n      kind: Service\n";
+        assert_eq!(yaml_item_head(pod), Some(("v1", "Pod")));
+        assert_eq!(
+            yaml_item_head("- kind: Pod\n  apiVersion: v1\n  kind: Service\n"),
+            None
+        );
+        assert_eq!(yaml_item_head("- kind: 'Pod'\n  apiVersion: v1\n"), None);
+        assert_eq!(yaml_item_head("- kind: Pod # c\n  apiVersion: v1\n"), None);
+        let json = r#"{"metadata": {"kind": "x", "a": ["}"]}, "apiVersion": "v1", "kind": "Pod"}"#;
+        assert_eq!(json_item_head(json), Some(("v1", "Pod")));
+        assert_eq!(
+            json_item_head(r#"{"kind": "Pod", "kind": "Pod", "apiVersion": "v1"}"#),
+            None
+        );
+        // Items of kinds DNS does not read are counted, not parsed (nor checked).
+        let mut set = ObjectSet::default();
+        set.add_text(
+            "kind: List\nitems:\n- apiVersion: apps/v1\n  kind: Deployment\n  spec: {a: [\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: x}\n",
+            Path::new("l.yaml"),
+        )
+        .unwrap();
+        assert_eq!((set.skipped, set.namespaces.len()), (1, 1));
     }
 
     #[test]

@@ -204,6 +204,9 @@ impl super::objects::Sink for StoreBuilder {
     fn skip(&mut self) {
         self.skipped += 1;
     }
+    fn wants(&self, api_version: &str, kind: &str) -> bool {
+        !(self.drop_pods && api_version == "v1" && kind == "Pod")
+    }
 }
 
 /// One endpoint address of a service, merged over all its slices.
