@@ -329,7 +329,7 @@ fn a_manifest_replaced_by_rename_half_written_or_swapped_like_a_configmap_is_rel
     let full = format!("{demo}{EXTRA}{LATER}");
     let cut = full.find("name: later,").unwrap() + "name: later,".len();
     let mut f = std::fs::File::create(&file).unwrap();
-    std::io::Write::write_all(&mut f, full[..cut].as_bytes()).unwrap();
+    std::io::Write::write_all(&mut f, &full.as_bytes()[..cut]).unwrap();
     poll(
         "the half-written file's error",
         Duration::from_secs(10),
@@ -343,7 +343,7 @@ fn a_manifest_replaced_by_rename_half_written_or_swapped_like_a_configmap_is_rel
         "NOERROR",
         "last good state"
     );
-    std::io::Write::write_all(&mut f, full[cut..].as_bytes()).unwrap();
+    std::io::Write::write_all(&mut f, &full.as_bytes()[cut..]).unwrap();
     drop(f);
     poll("the completed write", Duration::from_secs(10), || {
         (status("later.demo.svc.cluster.local") == "NOERROR").then_some(())

@@ -168,7 +168,7 @@ pub fn add_text_to<S: Fork>(sink: &mut S, text: &str, path: &Path) -> Result<(),
 
 /// Below this many bytes a file is parsed on the calling thread (unit tests split everything,
 /// so the threaded path is the one they check).
-const PARALLEL_MIN_BYTES: usize = if cfg!(test) { 0 } else { 256 * 1024 };
+const PARALLEL_MIN_BYTES: usize = if cfg!(test) { 1 } else { 256 * 1024 };
 
 /// Runs `f` over `units` in contiguous runs of about equal size, one per core, each into its
 /// own fork of `sink`. Returns the forks in order, or the error of the earliest failing unit.
@@ -1071,7 +1071,7 @@ metadata:
 
     #[test]
     fn other_layouts_fall_back_and_give_the_same_objects() {
-        let block = load(&BLOCK.to_string()).unwrap();
+        let block = load(BLOCK).unwrap();
         let flow = r#"{apiVersion: v1, kind: List, items: [
   {apiVersion: v1, kind: Namespace, metadata: {name: x}},
   {apiVersion: v1, kind: Service, metadata: {labels: {app: a}, name: a, namespace: x},
@@ -1152,7 +1152,7 @@ items:
 
     #[test]
     fn json_lists_give_the_same_objects() {
-        let block = load(&BLOCK.to_string()).unwrap();
+        let block = load(BLOCK).unwrap();
         let json = r#"{
     "apiVersion": "v1",
     "items": [
@@ -1246,7 +1246,7 @@ items:
             "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: n}\nspec: {ports: 80}\n";
         let ok = "apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\n";
         for text in [
-            format!("{bad}"),
+            bad.to_string(),
             format!("---\n{bad}"),
             format!("# leading comment\n---\n{ok}---\n{bad}"),
             format!("{ok}---\n---\n{bad}---\n"),
