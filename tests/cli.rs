@@ -299,3 +299,75 @@ fn export_zone_prints_zones_nsd_accepts() {
         );
     }
 }
+
+const LATER: &str = "---\napiVersion: v1\nkind: Service\nmetadata: {name: later, namespace: demo}\nspec: {clusterIP: 10.100.99.98, ports: [{name: http, port: 80}]}\n";
+
+/// One manifest file edited the ways editors and kubelet do: replaced by a rename, written in
+/// two parts (the half-written file does not stick), and a ConfigMap volume's `..data` swap.
+#[test]
+fn a_manifest_replaced_by_rename_half_written_or_swapped_like_a_configmap_is_reloaded() {
+    let demo = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples/demo-cluster.yaml"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.yaml");
+    std::fs::write(&file, &demo).unwrap();
+    let server = start(&["--manifests", file.to_str().unwrap()]);
+    let status = |name: &str| parse_dig(&dig(server.addr, &[name])).0;
+    assert_eq!(status("added.demo.svc.cluster.local"), "NXDOMAIN");
+
+    // An editor's save: a temporary file renamed over the manifest.
+    let tmp = dir.path().join(".cluster.yaml.swp");
+    std::fs::write(&tmp, format!("{demo}{EXTRA}")).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    poll("the renamed-in service", Duration::from_secs(10), || {
+        (status("added.demo.svc.cluster.local") == "NOERROR").then_some(())
+    });
+
+    // A write in two parts: the first ends inside a flow mapping, so that state cannot load.
+    let full = format!("{demo}{EXTRA}{LATER}");
+    let cut = full.find("name: later,").unwrap() + "name: later,".len();
+    let mut f = std::fs::File::create(&file).unwrap();
+    std::io::Write::write_all(&mut f, &full.as_bytes()[..cut]).unwrap();
+    poll(
+        "the half-written file's error",
+        Duration::from_secs(10),
+        || {
+            let log = server.stderr.lock().unwrap();
+            log.iter().any(|l| l.contains("not reloaded")).then_some(())
+        },
+    );
+    assert_eq!(
+        status("added.demo.svc.cluster.local"),
+        "NOERROR",
+        "last good state"
+    );
+    std::io::Write::write_all(&mut f, &full.as_bytes()[cut..]).unwrap();
+    drop(f);
+    poll("the completed write", Duration::from_secs(10), || {
+        (status("later.demo.svc.cluster.local") == "NOERROR").then_some(())
+    });
+
+    // A ConfigMap volume: `cluster.yaml -> ..data/cluster.yaml`, `..data -> ..v1`; kubelet
+    // updates it by renaming a new `..data` link over the old one.
+    let cm = tempfile::tempdir().unwrap();
+    std::fs::create_dir(cm.path().join("..v1")).unwrap();
+    std::fs::write(cm.path().join("..v1/cluster.yaml"), &demo).unwrap();
+    std::os::unix::fs::symlink("..v1", cm.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/cluster.yaml", cm.path().join("cluster.yaml")).unwrap();
+    let server2 = start(&["--manifests", cm.path().to_str().unwrap()]);
+    let status2 = |name: &str| parse_dig(&dig(server2.addr, &[name])).0;
+    assert_eq!(status2("added.demo.svc.cluster.local"), "NXDOMAIN");
+    std::fs::create_dir(cm.path().join("..v2")).unwrap();
+    std::fs::write(
+        cm.path().join("..v2/cluster.yaml"),
+        format!("{demo}{EXTRA}"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..v2", cm.path().join("..data_tmp")).unwrap();
+    std::fs::rename(cm.path().join("..data_tmp"), cm.path().join("..data")).unwrap();
+    poll("the swapped-in ConfigMap", Duration::from_secs(10), || {
+        (status2("added.demo.svc.cluster.local") == "NOERROR").then_some(())
+    });
+}

@@ -86,6 +86,11 @@ pub trait Sink {
     fn pod(&mut self, o: Pod);
     fn node(&mut self, o: Node);
     fn skip(&mut self);
+    /// Whether objects of this kind are kept at all: when not, fast paths skip such items
+    /// without parsing them.
+    fn wants(&self, _api_version: &str, _kind: &str) -> bool {
+        true
+    }
 }
 
 impl Sink for ObjectSet {
@@ -112,26 +117,607 @@ impl Sink for ObjectSet {
     }
 }
 
-/// Parses one file's text into `sink`. A `List`'s items are converted one at a time as the
-/// parser reaches them (never the whole list as a tree): a 100 000-pod dump costs one pod's
-/// worth of scratch memory on top of what the sink keeps.
-pub fn add_text_to<S: Sink>(sink: &mut S, text: &str, path: &Path) -> Result<(), LoadError> {
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let document_no = index + 1;
-        let mut failed = None;
-        let visitor = DocVisitor {
-            sink: &mut *sink,
-            path,
-            document: document_no,
-            failed: &mut failed,
-        };
-        if let Err(e) = serde::Deserializer::deserialize_any(document, visitor) {
-            return Err(failed.unwrap_or_else(|| LoadError::Syntax {
-                path: path.to_owned(),
-                document: document_no,
-                message: e.to_string(),
-            }));
+/// A [`Sink`] that can be filled in parts on several threads: each part fills a `fork`, and the
+/// parts are joined back in file order (a later object replaces an earlier one with the same
+/// name, as in one sequential read).
+pub trait Fork: Sink + Send + Sized {
+    /// An empty sink with the same settings.
+    fn fork(&self) -> Self;
+    /// Adds what `later` holds, which was read after everything `self` holds.
+    fn join(&mut self, later: Self);
+}
+
+impl Fork for ObjectSet {
+    fn fork(&self) -> Self {
+        ObjectSet::default()
+    }
+    fn join(&mut self, later: Self) {
+        self.extend(later)
+    }
+}
+
+/// Parses one file's text into `sink`.
+///
+/// Fast paths for what kubectl prints: a JSON `List` is split into its items with
+/// `serde_json::value::RawValue`, and a block-style YAML `List` (`items:` then `- ` entries at
+/// column 0) into item chunks by line; the items are then parsed independently, on every core.
+/// serde_yaml builds all of a document's events before deserialising, so the whole-document
+/// parse of a 100 000-pod dump costs over a gigabyte; a chunk costs one item's worth.
+/// Anything else (flow style, anchors across items, directives, ...) and every syntax error
+/// goes through the whole-document parse ([`add_text_sequential`]), which stays the reference:
+/// a chunk that does not parse on its own sends the file there.
+pub fn add_text_to<S: Fork>(sink: &mut S, text: &str, path: &Path) -> Result<(), LoadError> {
+    let parts = if text.trim_start().starts_with('{') {
+        json_parts(text, path, sink)
+    } else {
+        yaml_parts(text, path, sink)
+    };
+    match parts {
+        Ok(Some(parts)) => {
+            for part in parts {
+                sink.join(part);
+            }
+            Ok(())
         }
+        Err(e @ LoadError::Object { .. }) => Err(e),
+        // Not a layout the fast path reads, or a syntax error: the reference parse decides
+        // (and reports syntax errors with the line in the file).
+        Ok(None) | Err(_) => add_text_sequential(sink, text, path),
+    }
+}
+
+/// Below this many bytes a file is parsed on the calling thread (unit tests split everything,
+/// so the threaded path is the one they check).
+const PARALLEL_MIN_BYTES: usize = if cfg!(test) { 1 } else { 256 * 1024 };
+
+/// Runs `f` over `units` in contiguous runs of about equal size, one per core, each into its
+/// own fork of `sink`. Returns the forks in order, or the error of the earliest failing unit.
+fn run_parts<S: Fork, U: Sync>(
+    sink: &S,
+    units: &[U],
+    size: impl Fn(&U) -> usize,
+    f: impl Fn(&U, &mut S) -> Result<(), LoadError> + Sync,
+) -> Result<Vec<S>, LoadError> {
+    let total: usize = units.iter().map(&size).sum();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if total < PARALLEL_MIN_BYTES {
+        1
+    } else {
+        cores.min(units.len()).max(1)
+    };
+    let run = |range: &[U], mut part: S| -> (S, Option<LoadError>) {
+        for unit in range {
+            if let Err(e) = f(unit, &mut part) {
+                return (part, Some(e));
+            }
+        }
+        (part, None)
+    };
+    let mut ranges = Vec::with_capacity(threads);
+    let (mut from, mut acc) = (0, 0);
+    for (i, unit) in units.iter().enumerate() {
+        acc += size(unit);
+        if acc * threads >= total * (ranges.len() + 1) && ranges.len() + 1 < threads {
+            ranges.push(&units[from..=i]);
+            from = i + 1;
+        }
+    }
+    ranges.push(&units[from..]);
+    let results: Vec<(S, Option<LoadError>)> = if ranges.len() == 1 {
+        vec![run(ranges[0], sink.fork())]
+    } else {
+        std::thread::scope(|scope| {
+            // Forked here: a sink need not be shared between threads, only sent.
+            let handles: Vec<_> = ranges
+                .iter()
+                .map(|range| {
+                    let part = sink.fork();
+                    scope.spawn(|| run(range, part))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
+    };
+    let mut parts = Vec::with_capacity(results.len());
+    for (part, error) in results {
+        // Each run stops at its first error, and runs are in file order: the first error
+        // found is the earliest.
+        if let Some(e) = error {
+            return Err(e);
+        }
+        parts.push(part);
+    }
+    Ok(parts)
+}
+
+/// A piece of a YAML file parsed on its own.
+enum Unit<'a> {
+    /// A whole document (not a block-style List).
+    Document { document: usize, text: &'a str },
+    /// One `- ...` entry of a List's `items:`, parsed as a one-entry sequence.
+    Item { document: usize, text: &'a str },
+}
+
+impl Unit<'_> {
+    fn text(&self) -> &str {
+        match self {
+            Unit::Document { text, .. } | Unit::Item { text, .. } => text,
+        }
+    }
+}
+
+/// Lines with their byte offsets (each line keeps its `\n`).
+fn lines_with_offsets(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut offset = 0;
+    text.split_inclusive('\n').map(move |line| {
+        let at = offset;
+        offset += line.len();
+        (at, line)
+    })
+}
+
+/// Whether a line holds nothing a parser sees (blank or a comment).
+fn is_blank(line: &str) -> bool {
+    let t = line.trim_start();
+    t.is_empty() || t.starts_with('#')
+}
+
+/// Splits a YAML file into documents at `---` lines (as a YAML parser does: `---` at column 0
+/// always ends a document), numbered as serde_yaml numbers them. None when the file uses
+/// something this does not follow (directives, `...`, content after `---`).
+fn yaml_documents(text: &str) -> Option<Vec<(usize, &str)>> {
+    let mut docs = Vec::new();
+    let (mut start, mut marker, mut content) = (0, false, false);
+    for (at, line) in lines_with_offsets(text) {
+        if line.starts_with('%') || line.starts_with("...") {
+            return None;
+        }
+        if let Some(rest) = line.strip_prefix("---") {
+            if !rest.trim().is_empty() {
+                return None;
+            }
+            if marker || content {
+                docs.push(&text[start..at]);
+            }
+            (start, marker, content) = (at + line.len(), true, false);
+        } else if !is_blank(line) {
+            content = true;
+        }
+    }
+    if marker || content {
+        docs.push(&text[start..]);
+    }
+    Some(
+        docs.into_iter()
+            .enumerate()
+            .map(|(i, d)| (i + 1, d))
+            .collect(),
+    )
+}
+
+/// A block-style List document as kubectl prints it: its item chunks, or None when the
+/// document is laid out otherwise (it is then parsed whole). The other top-level keys
+/// (`apiVersion`, `kind`, `metadata`) are checked to parse as a mapping without `items`.
+fn block_list_items(doc: &str) -> Option<Vec<&str>> {
+    #[derive(PartialEq)]
+    enum At {
+        Before,
+        Items,
+        After,
+    }
+    let mut at = At::Before;
+    let mut rest = String::new();
+    let mut items = Vec::new();
+    let mut item: Option<usize> = None;
+    for (offset, line) in lines_with_offsets(doc) {
+        match at {
+            At::Before if line.trim_end() == "items:" => at = At::Items,
+            At::Items if line.starts_with("- ") || line.trim_end() == "-" => {
+                if let Some(from) = item {
+                    items.push(&doc[from..offset]);
+                }
+                item = Some(offset);
+            }
+            // Continuation of the current item (or blank lines and comments between items).
+            At::Items if line.starts_with([' ', '\t']) || is_blank(line) => {
+                if item.is_none() && !is_blank(line) {
+                    return None; // an indented sequence (`items:\n  - ...`): not this layout
+                }
+            }
+            At::Items => {
+                if let Some(from) = item.take() {
+                    items.push(&doc[from..offset]);
+                }
+                at = At::After;
+                rest.push_str(line);
+            }
+            At::After if line.trim_end() == "items:" => return None,
+            At::Before | At::After => rest.push_str(line),
+        }
+    }
+    if at == At::Before {
+        return None;
+    }
+    if let Some(from) = item {
+        items.push(&doc[from..]);
+    }
+    match serde_yaml::from_str::<serde_yaml::Value>(&rest) {
+        Ok(serde_yaml::Value::Null) => Some(items),
+        Ok(serde_yaml::Value::Mapping(m)) if !m.contains_key("items") => Some(items),
+        _ => None,
+    }
+}
+
+fn yaml_parts<S: Fork>(text: &str, path: &Path, sink: &S) -> Result<Option<Vec<S>>, LoadError> {
+    let Some(docs) = yaml_documents(text) else {
+        return Ok(None);
+    };
+    let mut units = Vec::new();
+    for (document, doc) in docs {
+        match block_list_items(doc) {
+            Some(items) => {
+                units.extend(items.into_iter().map(|text| Unit::Item { document, text }))
+            }
+            None => units.push(Unit::Document {
+                document,
+                text: doc,
+            }),
+        }
+    }
+    let syntax = |document, e: serde_yaml::Error| LoadError::Syntax {
+        path: path.to_owned(),
+        document,
+        message: e.to_string(),
+    };
+    run_parts(
+        sink,
+        &units,
+        |u| u.text().len(),
+        |unit, part| match *unit {
+            Unit::Item { document, text } => {
+                if pass_over(yaml_item_head(text), part) {
+                    return Ok(());
+                }
+                let items: Vec<serde_yaml::Value> =
+                    serde_yaml::from_str(text).map_err(|e| syntax(document, e))?;
+                for item in items {
+                    add_value_to(part, item, path, document)?;
+                }
+                Ok(())
+            }
+            Unit::Document { document, text } => {
+                for doc in serde_yaml::Deserializer::from_str(text) {
+                    add_document(part, doc, path, document)?;
+                }
+                Ok(())
+            }
+        },
+    )
+    .map(Some)
+}
+
+/// A JSON document: a `List`'s items are cut out by [`json_list_items`] and parsed in
+/// parallel; any other object is parsed whole.
+fn json_parts<S: Fork>(text: &str, path: &Path, sink: &S) -> Result<Option<Vec<S>>, LoadError> {
+    let parse = |text: &str, part: &mut S| {
+        if pass_over(json_item_head(text), part) {
+            return Ok(());
+        }
+        match serde_json::from_str(text) {
+            Ok(value) => add_value_to(part, json_to_yaml(value), path, 1),
+            Err(e) => Err(LoadError::Syntax {
+                path: path.to_owned(),
+                document: 1,
+                message: e.to_string(),
+            }),
+        }
+    };
+    match json_list_items(text) {
+        Some(JsonTop::List(items)) => {
+            run_parts(sink, &items, |i| i.len(), |i, p| parse(i, p)).map(Some)
+        }
+        Some(JsonTop::Object) => {
+            let mut part = sink.fork();
+            parse(text, &mut part)?;
+            Ok(Some(vec![part]))
+        }
+        // Maybe YAML after all (`{a: 1}`), or broken: the reference parse says.
+        None => Ok(None),
+    }
+}
+
+enum JsonTop<'a> {
+    List(Vec<&'a str>),
+    Object,
+}
+
+/// The items of a JSON object's `items` array, as text (each is parsed, and so checked, by
+/// serde_json later; the other top-level values are checked here). None when the text is not
+/// one JSON object.
+fn json_list_items(text: &str) -> Option<JsonTop<'_>> {
+    let b = text.as_bytes();
+    let ws = |i| json_ws(b, i);
+    let string = |i| json_string_end(b, i);
+    let value = |i| json_value_end(b, i);
+    let checked = |s: &str| serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok();
+    let mut i = ws(0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = ws(i + 1);
+    let mut items = None;
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            let key_end = string(i).filter(|_| b[i] == b'"')?;
+            let key: String = serde_json::from_str(&text[i..key_end]).ok()?;
+            i = ws(key_end);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            i = ws(i + 1);
+            if key == "items" && b.get(i) == Some(&b'[') && items.is_none() {
+                let mut list = Vec::new();
+                i = ws(i + 1);
+                if b.get(i) == Some(&b']') {
+                    i += 1;
+                } else {
+                    loop {
+                        let end = value(i)?;
+                        list.push(&text[i..end]);
+                        i = ws(end);
+                        match b.get(i)? {
+                            b',' => i = ws(i + 1),
+                            b']' => {
+                                i += 1;
+                                break;
+                            }
+                            _ => return None,
+                        }
+                    }
+                }
+                items = Some(list);
+            } else {
+                if key == "items" {
+                    return None; // twice, or not an array: left to the reference parse
+                }
+                let end = value(i)?;
+                if !checked(&text[i..end]) {
+                    return None;
+                }
+                i = end;
+            }
+            i = ws(i);
+            match b.get(i)? {
+                b',' => i = ws(i + 1),
+                b'}' => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    if ws(i) != b.len() {
+        return None;
+    }
+    Some(match items {
+        Some(list) => JsonTop::List(list),
+        None => JsonTop::Object,
+    })
+}
+
+fn json_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    i
+}
+
+/// End of the JSON string starting at `i` (a quote).
+fn json_string_end(b: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// End of the JSON value starting at `i` (not checked: serde_json does that).
+fn json_value_end(b: &[u8], mut i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => json_string_end(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            while i < b.len() {
+                match b[i] {
+                    b'"' => {
+                        i = json_string_end(b, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => {
+            let end = b[i..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']') || c.is_ascii_whitespace())
+                .map_or(b.len(), |n| i + n);
+            (end > i).then_some(end)
+        }
+    }
+}
+
+/// `apiVersion` and `kind` of a JSON item, read off its top-level keys without parsing the
+/// rest; None unless both are plain strings, once each.
+fn json_item_head(text: &str) -> Option<(&str, &str)> {
+    let b = text.as_bytes();
+    let (mut api, mut kind) = (None, None);
+    let mut i = json_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = json_ws(b, i + 1);
+    while b.get(i) == Some(&b'"') {
+        let key_end = json_string_end(b, i)?;
+        let key = &text[i + 1..key_end - 1];
+        i = json_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = json_ws(b, i + 1);
+        let end = json_value_end(b, i)?;
+        let slot = match key {
+            "apiVersion" => &mut api,
+            "kind" => &mut kind,
+            _ => &mut None,
+        };
+        if key == "apiVersion" || key == "kind" {
+            let v = text.get(i + 1..end.checked_sub(1)?)?;
+            if slot.is_some() || b[i] != b'"' || v.contains('\\') {
+                return None;
+            }
+            *slot = Some(v);
+        }
+        i = json_ws(b, end);
+        match b.get(i)? {
+            b',' => i = json_ws(b, i + 1),
+            _ => break,
+        }
+    }
+    Some((api?, kind?))
+}
+
+/// `apiVersion` and `kind` of a block-style YAML item, read off its top-level lines (`- key:`
+/// and `  key:`); None unless both appear once with a plain value.
+fn yaml_item_head(text: &str) -> Option<(&str, &str)> {
+    let (mut api, mut kind) = (None, None);
+    for (n, line) in text.lines().enumerate() {
+        let key_value = if n == 0 {
+            line.strip_prefix("- ")?
+        } else {
+            match line.strip_prefix("  ") {
+                Some(l) if !l.starts_with([' ', '\t']) => l,
+                _ => continue,
+            }
+        };
+        let (slot, value) = if let Some(v) = key_value.strip_prefix("kind:") {
+            (&mut kind, v)
+        } else if let Some(v) = key_value.strip_prefix("apiVersion:") {
+            (&mut api, v)
+        } else {
+            continue;
+        };
+        let value = value.trim();
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '-' | '_');
+        if slot.is_some() || value.is_empty() || !value.chars().all(plain) {
+            return None;
+        }
+        *slot = Some(value);
+    }
+    Some((api?, kind?))
+}
+
+/// Whether an item can be passed over unparsed: a kind DNS does not read (counted as skipped),
+/// or one `sink` does not keep (pods, unless needed). Most of a dump's bytes are pods, so this
+/// halves start-up; such items are not checked either (a broken Deployment no longer stops a
+/// dump from loading).
+fn pass_over<S: Sink>(head: Option<(&str, &str)>, sink: &mut S) -> bool {
+    let Some((api_version, kind)) = head else {
+        return false;
+    };
+    if !read_kind(api_version, kind) {
+        sink.skip();
+        return true;
+    }
+    !sink.wants(api_version, kind)
+}
+
+/// The kinds [`add_value_to`] converts (the others are only counted).
+fn read_kind(api_version: &str, kind: &str) -> bool {
+    kind.ends_with("List")
+        || matches!(
+            (api_version, kind),
+            ("v1", "Namespace" | "Service" | "Endpoints" | "Pod" | "Node")
+                | ("discovery.k8s.io/v1", "EndpointSlice")
+        )
+}
+
+/// JSON values as YAML values, so both go through one conversion (and one set of messages).
+fn json_to_yaml(value: serde_json::Value) -> serde_yaml::Value {
+    use serde_json::Value as J;
+    use serde_yaml::Value as Y;
+    match value {
+        J::Null => Y::Null,
+        J::Bool(b) => Y::Bool(b),
+        J::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Y::Number(i.into())
+            } else if let Some(u) = n.as_u64() {
+                Y::Number(u.into())
+            } else {
+                Y::Number(n.as_f64().unwrap_or(f64::NAN).into())
+            }
+        }
+        J::String(s) => Y::String(s),
+        J::Array(a) => Y::Sequence(a.into_iter().map(json_to_yaml).collect()),
+        J::Object(o) => Y::Mapping(
+            o.into_iter()
+                .map(|(k, v)| (Y::String(k), json_to_yaml(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// The reference parse: documents in order, each whole, items streamed to `sink`.
+pub fn add_text_sequential<S: Sink>(
+    sink: &mut S,
+    text: &str,
+    path: &Path,
+) -> Result<(), LoadError> {
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        add_document(sink, document, path, index + 1)?;
+    }
+    Ok(())
+}
+
+fn add_document<S: Sink>(
+    sink: &mut S,
+    document: serde_yaml::Deserializer,
+    path: &Path,
+    document_no: usize,
+) -> Result<(), LoadError> {
+    let mut failed = None;
+    let visitor = DocVisitor {
+        sink,
+        path,
+        document: document_no,
+        failed: &mut failed,
+    };
+    if let Err(e) = serde::Deserializer::deserialize_any(document, visitor) {
+        return Err(failed.unwrap_or_else(|| LoadError::Syntax {
+            path: path.to_owned(),
+            document: document_no,
+            message: e.to_string(),
+        }));
     }
     Ok(())
 }
@@ -402,6 +988,274 @@ metadata: {name: x}
             err.starts_with("broken.yaml: document 1: invalid YAML/JSON"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+
+    const BLOCK: &str = "apiVersion: v1
+items:
+- apiVersion: v1
+  kind: Namespace
+  metadata:
+    name: x
+- apiVersion: v1
+  kind: Service
+  metadata:
+    labels:
+      app: a
+    name: a
+    namespace: x
+  spec:
+    clusterIP: 10.0.0.1
+    ports:
+    - name: http
+      port: 80
+# a comment between items
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata:
+    name: d
+    namespace: x
+
+- apiVersion: v1
+  kind: Service
+  metadata:
+    name: b
+    namespace: x
+  spec:
+    clusterIP: 10.0.0.2
+    ports:
+    - name: dns
+      port: 53
+      protocol: UDP
+kind: List
+metadata:
+  resourceVersion: ''
+";
+
+    /// What a set holds, comparable across parse paths.
+    fn summary(set: &ObjectSet) -> Vec<String> {
+        let mut out: Vec<String> = set
+            .services
+            .iter()
+            .map(|s| format!("{:?} {:?}", s.metadata, s.spec))
+            .chain(set.namespaces.iter().map(|n| format!("{:?}", n.metadata)))
+            .collect();
+        out.push(format!("skipped {}", set.skipped));
+        out
+    }
+
+    fn load(text: &str) -> Result<ObjectSet, LoadError> {
+        let mut set = ObjectSet::default();
+        set.add_text(text, Path::new("l.yaml"))?;
+        Ok(set)
+    }
+
+    fn sequential(text: &str) -> Result<ObjectSet, LoadError> {
+        let mut set = ObjectSet::default();
+        add_text_sequential(&mut set, text, Path::new("l.yaml"))?;
+        Ok(set)
+    }
+
+    #[test]
+    fn block_lists_split_into_items() {
+        let doc = BLOCK.to_string();
+        assert_eq!(block_list_items(&doc).map(|i| i.len()), Some(4));
+        let set = load(&doc).unwrap();
+        assert_eq!(set.services.len(), 2);
+        assert_eq!(summary(&set), summary(&sequential(&doc).unwrap()));
+    }
+
+    #[test]
+    fn other_layouts_fall_back_and_give_the_same_objects() {
+        let block = load(BLOCK).unwrap();
+        let flow = r#"{apiVersion: v1, kind: List, items: [
+  {apiVersion: v1, kind: Namespace, metadata: {name: x}},
+  {apiVersion: v1, kind: Service, metadata: {labels: {app: a}, name: a, namespace: x},
+   spec: {clusterIP: 10.0.0.1, ports: [{name: http, port: 80}]}},
+  {apiVersion: apps/v1, kind: Deployment, metadata: {name: d, namespace: x}},
+  {apiVersion: v1, kind: Service, metadata: {name: b, namespace: x},
+   spec: {clusterIP: 10.0.0.2, ports: [{name: dns, port: 53, protocol: UDP}]}}]}
+"#;
+        // Anchors defined in one item and used in another: chunks cannot parse alone.
+        let anchors = "apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Namespace
+  metadata: &ns
+    name: x
+- apiVersion: v1
+  kind: Service
+  metadata:
+    labels: {app: a}
+    name: a
+    namespace: x
+  spec:
+    clusterIP: 10.0.0.1
+    ports: &http
+    - name: http
+      port: 80
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {name: d, namespace: x}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: b, namespace: x}
+  spec: {clusterIP: 10.0.0.2, ports: [{name: dns, port: 53, protocol: UDP}]}
+";
+        // Indented items: not the kubectl layout.
+        let indented = "kind: List
+items:
+  - apiVersion: v1
+    kind: Namespace
+    metadata: {name: x}
+  - apiVersion: v1
+    kind: Service
+    metadata: {labels: {app: a}, name: a, namespace: x}
+    spec: {clusterIP: 10.0.0.1, ports: [{name: http, port: 80}]}
+  - {apiVersion: apps/v1, kind: Deployment, metadata: {name: d, namespace: x}}
+  - apiVersion: v1
+    kind: Service
+    metadata: {name: b, namespace: x}
+    spec: {clusterIP: 10.0.0.2, ports: [{name: dns, port: 53, protocol: UDP}]}
+";
+        assert!(block_list_items(flow).is_none());
+        assert!(block_list_items(indented).is_none());
+        for text in [flow, anchors, indented] {
+            let set = load(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(summary(&set), summary(&block), "{text}");
+        }
+        // An alias to an anchor of an earlier item (the chunk alone fails; the whole parse
+        // resolves it).
+        let alias = anchors.replace(
+            "ports: [{name: dns, port: 53, protocol: UDP}]",
+            "ports: *http",
+        );
+        let set = load(&alias).unwrap();
+        assert_eq!(summary(&set), summary(&sequential(&alias).unwrap()));
+        assert_eq!(
+            set.services[1]
+                .spec
+                .as_ref()
+                .unwrap()
+                .ports
+                .as_ref()
+                .unwrap()[0]
+                .port,
+            80
+        );
+    }
+
+    #[test]
+    fn json_lists_give_the_same_objects() {
+        let block = load(BLOCK).unwrap();
+        let json = r#"{
+    "apiVersion": "v1",
+    "items": [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"labels": {"app": "a"}, "name": "a", "namespace": "x"},
+         "spec": {"clusterIP": "10.0.0.1", "ports": [{"name": "http", "port": 80}]}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "x"}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "b", "namespace": "x"},
+         "spec": {"clusterIP": "10.0.0.2", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}}
+    ],
+    "kind": "List",
+    "metadata": {"resourceVersion": ""}
+}
+"#;
+        assert_eq!(summary(&load(json).unwrap()), summary(&block));
+        let err = ObjectSet::default()
+            .add_text(
+                &json.replace(r#""port": 53,"#, r#""port": "x53","#),
+                Path::new("l.json"),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("l.json: document 1: Service x/b: "),
+            "{err}"
+        );
+        // A JSON syntax error is reported by the reference parse, with its line.
+        let err = load(&json.replace(r#""name": "b","#, r#""name": "b""#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("document 1: invalid YAML/JSON") && err.contains("line 9"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn item_errors_name_the_document_and_the_object() {
+        let doc = BLOCK.to_string();
+        let broken = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: first}}\n---\n{}",
+            doc.replace("      port: 53\n", "      port: [53]\n")
+        );
+        let err = load(&broken).unwrap_err().to_string();
+        assert!(
+            err.starts_with("l.yaml: document 2: Service x/b: "),
+            "{err}"
+        );
+        assert_eq!(err, sequential(&broken).unwrap_err().to_string());
+        // A chunk that is not valid YAML: the reference parse reports it, with its line.
+        let broken = format!("---\n{}", doc.replace("    name: b\n", "    name: [b\n"));
+        let err = load(&broken).unwrap_err().to_string();
+        assert_eq!(err, sequential(&broken).unwrap_err().to_string());
+        assert!(
+            err.starts_with("l.yaml: document 1: invalid YAML/JSON"),
+            "{err}"
+        );
+        assert!(err.contains("at line 31"), "{err}");
+    }
+
+    #[test]
+    fn kinds_are_read_off_the_item_text() {
+        let pod = "- apiVersion: v1\n  kind: Pod\n  metadata:\n    kind: x\n  spec:\n    a: |\n      kind: Service\n";
+        assert_eq!(yaml_item_head(pod), Some(("v1", "Pod")));
+        assert_eq!(
+            yaml_item_head("- kind: Pod\n  apiVersion: v1\n  kind: Service\n"),
+            None
+        );
+        assert_eq!(yaml_item_head("- kind: 'Pod'\n  apiVersion: v1\n"), None);
+        assert_eq!(yaml_item_head("- kind: Pod # c\n  apiVersion: v1\n"), None);
+        let json = r#"{"metadata": {"kind": "x", "a": ["}"]}, "apiVersion": "v1", "kind": "Pod"}"#;
+        assert_eq!(json_item_head(json), Some(("v1", "Pod")));
+        assert_eq!(
+            json_item_head(r#"{"kind": "Pod", "kind": "Pod", "apiVersion": "v1"}"#),
+            None
+        );
+        // Items of kinds DNS does not read are counted, not parsed (nor checked).
+        let mut set = ObjectSet::default();
+        set.add_text(
+            "kind: List\nitems:\n- apiVersion: apps/v1\n  kind: Deployment\n  spec: {a: [\n- apiVersion: v1\n  kind: Namespace\n  metadata: {name: x}\n",
+            Path::new("l.yaml"),
+        )
+        .unwrap();
+        assert_eq!((set.skipped, set.namespaces.len()), (1, 1));
+    }
+
+    #[test]
+    fn documents_are_numbered_as_the_reference_parse_numbers_them() {
+        let bad =
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: n}\nspec: {ports: 80}\n";
+        let ok = "apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\n";
+        for text in [
+            bad.to_string(),
+            format!("---\n{bad}"),
+            format!("# leading comment\n---\n{ok}---\n{bad}"),
+            format!("{ok}---\n---\n{bad}---\n"),
+            format!("{ok}---\n# only a comment\n---\n{bad}"),
+            format!("\n\n{ok}---   \n{ok}---\n{bad}"),
+        ] {
+            let fast = load(&text).unwrap_err().to_string();
+            assert_eq!(fast, sequential(&text).unwrap_err().to_string(), "{text}");
+        }
     }
 }
 

@@ -143,6 +143,24 @@ impl StoreBuilder {
     }
 }
 
+impl super::objects::Fork for StoreBuilder {
+    fn fork(&self) -> Self {
+        StoreBuilder {
+            drop_pods: self.drop_pods,
+            ..Default::default()
+        }
+    }
+    fn join(&mut self, later: Self) {
+        self.namespaces.extend(later.namespaces);
+        self.services.extend(later.services);
+        self.slices.extend(later.slices);
+        self.legacy.extend(later.legacy);
+        self.pods.extend(later.pods);
+        self.nodes.extend(later.nodes);
+        self.skipped += later.skipped;
+    }
+}
+
 impl super::objects::Sink for StoreBuilder {
     fn namespace(&mut self, o: k8s_openapi::api::core::v1::Namespace) {
         if let Some(ns) = Namespace::from_api(&o) {
@@ -189,6 +207,9 @@ impl super::objects::Sink for StoreBuilder {
     }
     fn skip(&mut self) {
         self.skipped += 1;
+    }
+    fn wants(&self, api_version: &str, kind: &str) -> bool {
+        !(self.drop_pods && api_version == "v1" && kind == "Pod")
     }
 }
 
