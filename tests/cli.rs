@@ -371,3 +371,51 @@ fn a_manifest_replaced_by_rename_half_written_or_swapped_like_a_configmap_is_rel
         (status2("added.demo.svc.cluster.local") == "NOERROR").then_some(())
     });
 }
+
+/// `loop` with a `forward` that points back at this server: CoreDNS's loop plugin exits with
+/// a message naming the upstream; so do we, exit status 1.
+#[test]
+fn a_forwarding_loop_is_detected_and_exits_naming_the_upstream() {
+    // A port free for UDP and TCP right now (the Corefile must name its own port).
+    let port = loop {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            break p;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let corefile = dir.path().join("Corefile");
+    std::fs::write(
+        &corefile,
+        format!(".:{port} {{\n    bind 127.0.0.1\n    loop\n    forward . 127.0.0.1:{port}\n}}\n"),
+    )
+    .unwrap();
+    // Killed on drop, should the loop go unnoticed and the test fail.
+    struct Guard(Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Guard(
+        Command::new(env!("CARGO_BIN_EXE_clusterdns"))
+            .args(["serve", "--corefile"])
+            .arg(&corefile)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let status = poll("the loop to be detected", Duration::from_secs(30), || {
+        child.0.try_wait().unwrap()
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("Loop") && err.contains(&format!("dns://127.0.0.1:{port}")),
+        "{err}"
+    );
+}
