@@ -251,11 +251,14 @@ impl Unit<'_> {
 
 /// Lines with their byte offsets (each line keeps its `\n`).
 fn lines_with_offsets(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    // memchr: these passes run over the whole file before the threads start.
+    let ends = memchr::memchr_iter(b'\n', text.as_bytes()).map(|i| i + 1);
+    let ends = ends.chain((!text.ends_with('\n') && !text.is_empty()).then_some(text.len()));
     let mut offset = 0;
-    text.split_inclusive('\n').map(move |line| {
+    ends.map(move |end| {
         let at = offset;
-        offset += line.len();
-        (at, line)
+        offset = end;
+        (at, &text[at..end])
     })
 }
 
@@ -378,7 +381,8 @@ fn yaml_parts<S: Fork>(text: &str, path: &Path, sink: &S) -> Result<Option<Vec<S
         |u| u.text().len(),
         |unit, part| match *unit {
             Unit::Item { document, text } => {
-                if pass_over(yaml_item_head(text), part) {
+                let head = yaml_item_head(text);
+                if pass_over(head, part) || typed_item(head, part, Format::YamlItem, text) {
                     return Ok(());
                 }
                 let items: Vec<serde_yaml::Value> =
@@ -403,7 +407,8 @@ fn yaml_parts<S: Fork>(text: &str, path: &Path, sink: &S) -> Result<Option<Vec<S
 /// parallel; any other object is parsed whole.
 fn json_parts<S: Fork>(text: &str, path: &Path, sink: &S) -> Result<Option<Vec<S>>, LoadError> {
     let parse = |text: &str, part: &mut S| {
-        if pass_over(json_item_head(text), part) {
+        let head = json_item_head(text);
+        if pass_over(head, part) || typed_item(head, part, Format::Json, text) {
             return Ok(());
         }
         match serde_json::from_str(text) {
@@ -610,15 +615,18 @@ fn json_item_head(text: &str) -> Option<(&str, &str)> {
 /// and `  key:`); None unless both appear once with a plain value.
 fn yaml_item_head(text: &str) -> Option<(&str, &str)> {
     let (mut api, mut kind) = (None, None);
-    for (n, line) in text.lines().enumerate() {
-        let key_value = if n == 0 {
-            line.strip_prefix("- ")?
-        } else {
-            match line.strip_prefix("  ") {
-                Some(l) if !l.starts_with([' ', '\t']) => l,
-                _ => continue,
-            }
-        };
+    let first = text.lines().next()?.strip_prefix("- ")?;
+    // Top-level keys of the other lines start right after `\n` and two spaces: searched for
+    // with memmem rather than line by line, since most of a dump is pods passed over here.
+    let b = text.as_bytes();
+    let line_at = |at: usize| {
+        let end = memchr::memchr(b'\n', &b[at..]).map_or(text.len(), |n| at + n);
+        &text[at..end]
+    };
+    let others = memchr::memmem::find_iter(b, b"\n  kind:")
+        .chain(memchr::memmem::find_iter(b, b"\n  apiVersion:"))
+        .map(|at| line_at(at + 3));
+    for key_value in std::iter::once(first).chain(others) {
         let (slot, value) = if let Some(v) = key_value.strip_prefix("kind:") {
             (&mut kind, v)
         } else if let Some(v) = key_value.strip_prefix("apiVersion:") {
@@ -649,6 +657,50 @@ fn pass_over<S: Sink>(head: Option<(&str, &str)>, sink: &mut S) -> bool {
         return true;
     }
     !sink.wants(api_version, kind)
+}
+
+/// Parses an item of a kind read off its text straight into its type, without the
+/// intermediate `serde_yaml::Value` (which costs about as much again as the parse). False when
+/// that fails or the kind is not one of these: the general path then reads the item, and
+/// reports any error with its usual message.
+fn typed_item<S: Sink>(
+    head: Option<(&str, &str)>,
+    sink: &mut S,
+    format: Format,
+    text: &str,
+) -> bool {
+    let Some(head) = head else {
+        return false;
+    };
+    match head {
+        ("v1", "Namespace") => parse_one(format, text).map(|o| sink.namespace(o)),
+        ("v1", "Service") => parse_one(format, text).map(|o| sink.service(o)),
+        ("v1", "Endpoints") => parse_one(format, text).map(|o| sink.endpoints(o)),
+        ("v1", "Pod") => parse_one(format, text).map(|o| sink.pod(o)),
+        ("v1", "Node") => parse_one(format, text).map(|o| sink.node(o)),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            parse_one(format, text).map(|o| sink.endpoint_slice(o))
+        }
+        _ => None,
+    }
+    .is_some()
+}
+
+#[derive(Clone, Copy)]
+enum Format {
+    /// A block-style List item: a one-entry sequence.
+    YamlItem,
+    Json,
+}
+
+fn parse_one<T: DeserializeOwned>(format: Format, text: &str) -> Option<T> {
+    match format {
+        Format::YamlItem => {
+            let mut items: Vec<T> = serde_yaml::from_str(text).ok()?;
+            (items.len() == 1).then(|| items.pop()).flatten()
+        }
+        Format::Json => serde_json::from_str(text).ok(),
+    }
 }
 
 /// The kinds [`add_value_to`] converts (the others are only counted).
@@ -1215,7 +1267,20 @@ items:
     }
 
     #[test]
+    fn lines_keep_their_offsets_and_newlines() {
+        let lines = |t| lines_with_offsets(t).collect::<Vec<_>>();
+        assert_eq!(lines(""), vec![]);
+        assert_eq!(lines("a\n"), vec![(0, "a\n")]);
+        assert_eq!(lines("a\r\n\nbc"), vec![(0, "a\r\n"), (3, "\n"), (4, "bc")]);
+    }
+
+    #[test]
     fn kinds_are_read_off_the_item_text() {
+        assert_eq!(
+            yaml_item_head("- apiVersion: v1\r\n  kind: Pod\r\n"),
+            Some(("v1", "Pod"))
+        );
+        assert_eq!(yaml_item_head("- kind: Pod"), None);
         let pod = "- apiVersion: v1\n  kind: Pod\n  metadata:\n    kind: x\n  spec:\n    a: |\n      kind: Service\n";
         assert_eq!(yaml_item_head(pod), Some(("v1", "Pod")));
         assert_eq!(
