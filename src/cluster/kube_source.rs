@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::model::{EndpointSlice, Namespace, Node, Pod, Service, ServiceKind};
-use super::snapshot::{Key, Store};
+use super::snapshot::{Changed, Key, Store};
 use super::status::{ResourceKind, SourceStatus};
 use super::view::ClusterView;
 
@@ -568,6 +568,11 @@ struct Publisher {
     last_publish: Option<Instant>,
     /// Service/EndpointSlice events waiting for the publish that contains them.
     programming: Vec<(ServiceKindLabel, Instant)>,
+    /// The store last published, and the service and slice keys changed since (None after
+    /// a relist of either kind, or before the first publish): the rebuild then compares only
+    /// those keys instead of every key of both tables.
+    published: Option<Arc<Store>>,
+    changed: Option<Changed>,
 }
 
 /// The longest a change waits for others to share its publish.
@@ -593,6 +598,8 @@ impl Publisher {
             pending_since: None,
             last_publish: None,
             programming: Vec::new(),
+            published: None,
+            changed: None,
         }
     }
 
@@ -675,6 +682,7 @@ impl Publisher {
                 received,
             } => {
                 let label = self.label(kind, &key, object.as_ref());
+                self.note(kind, &key);
                 let changed = match object {
                     Some(o) => self.insert(key, o),
                     None => self.remove(kind, &key),
@@ -690,11 +698,15 @@ impl Publisher {
                 received,
             } => {
                 let label = self.label(kind, &key, old.as_ref());
+                self.note(kind, &key);
                 if self.remove(kind, &key) {
                     self.mark(label, received);
                 }
             }
             Msg::Replace { kind, objects } => {
+                if matches!(kind, ResourceKind::Services | ResourceKind::EndpointSlices) {
+                    self.changed = None;
+                }
                 self.replace(kind, objects);
                 if !self.listed.contains(&kind) {
                     self.listed.push(kind);
@@ -703,6 +715,16 @@ impl Publisher {
                 self.pending_since.get_or_insert_with(Instant::now);
             }
         }
+    }
+
+    /// Records a service or slice key that may change before the next publish.
+    fn note(&mut self, kind: ResourceKind, key: &Key) {
+        let Some(c) = &mut self.changed else { return };
+        match kind {
+            ResourceKind::Services => c.services.insert(key.clone()),
+            ResourceKind::EndpointSlices => c.slices.insert(key.clone()),
+            _ => false,
+        };
     }
 
     /// The service kind an event is measured under: the service's own, or for a slice, its
@@ -812,7 +834,14 @@ impl Publisher {
         let start = Instant::now();
         let store = Arc::new(self.store.clone());
         let cloned = start.elapsed();
-        self.view.publish(store, synced);
+        self.view.publish_changed(
+            store.clone(),
+            synced,
+            self.published.as_ref(),
+            self.changed.as_ref(),
+        );
+        self.published = Some(store);
+        self.changed = Some(Changed::default());
         let now = Instant::now();
         debug!(
             "kubernetes: published a snapshot in {:?} (store copy {:?})",

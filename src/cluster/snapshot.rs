@@ -559,11 +559,23 @@ impl Snapshot {
     /// Like [`Snapshot::build`], reusing `prev`'s indexes whose tables did not change: a pod
     /// event does not rebuild the service index, a service event not the pod index.
     pub fn rebuild(prev: &Snapshot, store: Arc<Store>, serial: u32, synced: bool) -> Snapshot {
+        Snapshot::rebuild_changed(prev, store, None, serial, synced)
+    }
+
+    /// [`Snapshot::rebuild`] told which service and slice keys may differ from `prev`'s
+    /// store (`None`: unknown, so every key is compared): an update then looks only at them.
+    pub fn rebuild_changed(
+        prev: &Snapshot,
+        store: Arc<Store>,
+        changed: Option<&Changed>,
+        serial: u32,
+        synced: bool,
+    ) -> Snapshot {
         let index = if prev.store.same_services(&store) {
             prev.index.clone()
         } else {
             Arc::new(
-                ServiceIndex::update(&prev.index, &prev.store, &store)
+                ServiceIndex::update(&prev.index, &prev.store, &store, changed)
                     .unwrap_or_else(|| ServiceIndex::build(&store)),
             )
         };
@@ -719,6 +731,36 @@ fn slices_by_service(store: &Store) -> HashMap<(&str, &str), Vec<Arc<EndpointSli
     groups
 }
 
+/// The service and EndpointSlice keys a source changed since its last publish: every key
+/// whose value may differ between the two stores (extra keys are harmless).
+#[derive(Debug, Default, Clone)]
+pub struct Changed {
+    pub services: HashSet<Key>,
+    pub slices: HashSet<Key>,
+}
+
+impl Changed {
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.slices.is_empty()
+    }
+}
+
+/// [`diff`] over only `keys` (the keys that may have changed), instead of both tables.
+fn diff_keys<'a, K: std::hash::Hash + Eq, V>(
+    old: &'a HashMap<K, Arc<V>>,
+    new: &'a HashMap<K, Arc<V>>,
+    keys: &'a HashSet<K>,
+    mut f: impl FnMut(&'a K, Option<&'a V>, Option<&'a V>),
+) {
+    for k in keys {
+        match (old.get(k), new.get(k)) {
+            (Some(o), Some(n)) if Arc::ptr_eq(o, n) => {}
+            (None, None) => {}
+            (o, n) => f(k, o.map(|o| &**o), n.map(|n| &**n)),
+        }
+    }
+}
+
 /// Calls `f` for every key whose value differs (by pointer) between two tables, with the
 /// old and the new value (either absent when the key was added or removed).
 fn diff<'a, K: std::hash::Hash + Eq, V>(
@@ -795,7 +837,12 @@ impl ServiceIndex {
     /// Rebuilds only the entries of services whose Service or slices changed since
     /// `prev_store`, and the reverse entries of their addresses; None when a full build is
     /// as good (many changes, v1 Endpoints).
-    fn update(prev: &ServiceIndex, prev_store: &Store, store: &Store) -> Option<ServiceIndex> {
+    fn update<'a>(
+        prev: &ServiceIndex,
+        prev_store: &'a Store,
+        store: &'a Store,
+        changed: Option<&'a Changed>,
+    ) -> Option<ServiceIndex> {
         if !Arc::ptr_eq(&prev_store.legacy_endpoints, &store.legacy_endpoints)
             || prev.ptr.len() != PTR_SHARDS
         {
@@ -804,17 +851,33 @@ impl ServiceIndex {
         let mut affected: HashSet<(&str, &str)> = HashSet::new();
         // The names of the changed slices of each affected service.
         let mut changed_slices: HashMap<(&str, &str), Vec<&str>> = HashMap::new();
-        diff(&prev_store.services, &store.services, |(ns, name), _, _| {
-            affected.insert((ns, name));
-        });
-        diff(&prev_store.slices, &store.slices, |(ns, name), old, new| {
+        let mut on_service =
+            |(ns, name): &'a Key, _: Option<&'a Service>, _: Option<&'a Service>| {
+                affected.insert((ns, name));
+            };
+        match changed {
+            Some(c) => diff_keys(
+                &prev_store.services,
+                &store.services,
+                &c.services,
+                &mut on_service,
+            ),
+            None => diff(&prev_store.services, &store.services, &mut on_service),
+        }
+        let mut on_slice = |(ns, name): &'a Key,
+                            old: Option<&'a EndpointSlice>,
+                            new: Option<&'a EndpointSlice>| {
             // A slice that moved to another service changes both.
             for s in old.into_iter().chain(new) {
                 let svc = (&**ns, &*s.service);
                 affected.insert(svc);
                 changed_slices.entry(svc).or_default().push(name);
             }
-        });
+        };
+        match changed {
+            Some(c) => diff_keys(&prev_store.slices, &store.slices, &c.slices, &mut on_slice),
+            None => diff(&prev_store.slices, &store.slices, &mut on_slice),
+        }
         if affected.len() > INCREMENTAL_LIMIT {
             return None;
         }
@@ -1202,6 +1265,21 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
         out
     }
 
+    /// The service and slice keys whose values differ (by value, not by pointer).
+    fn changed_between(a: &Store, b: &Store) -> Changed {
+        fn keys<V: PartialEq>(a: &HashMap<Key, Arc<V>>, b: &HashMap<Key, Arc<V>>) -> HashSet<Key> {
+            a.keys()
+                .chain(b.keys())
+                .filter(|k| a.get(*k).map(|v| &**v) != b.get(*k).map(|v| &**v))
+                .cloned()
+                .collect()
+        }
+        Changed {
+            services: keys(&a.services, &b.services),
+            slices: keys(&a.slices, &b.slices),
+        }
+    }
+
     #[test]
     fn every_kind_of_change_updates_like_a_full_build() {
         let mut store = Store::default();
@@ -1292,13 +1370,30 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
                 );
             },
         ];
+        // The same steps told the changed keys (as the API source tells them), and told
+        // those plus keys that did not change or never existed.
+        let mut by_keys = Snapshot::build(snap.store.clone(), 1, true);
+        let mut by_more_keys = Snapshot::build(snap.store.clone(), 1, true);
         for (i, step) in steps.into_iter().enumerate() {
             step(&mut store);
             let next = Arc::new(store.clone());
             let incremental = Snapshot::rebuild(&snap, next.clone(), 2, true);
+            let changed = changed_between(&by_keys.store, &next);
+            assert!(!changed.is_empty(), "step {i}");
+            by_keys = Snapshot::rebuild_changed(&by_keys, next.clone(), Some(&changed), 2, true);
+            let mut more = changed.clone();
+            more.services.extend(next.services.keys().cloned());
+            more.services.insert(key("nowhere", "a"));
+            more.slices.insert(key("x", "nothing"));
+            by_more_keys =
+                Snapshot::rebuild_changed(&by_more_keys, next.clone(), Some(&more), 2, true);
             let full = Snapshot::build(next, 2, true);
             assert_eq!(dump(&incremental), dump(&full), "step {i}");
             assert_eq!(named(&incremental), named(&full), "step {i}");
+            for s in [&by_keys, &by_more_keys] {
+                assert_eq!(dump(s), dump(&full), "step {i} by keys");
+                assert_eq!(named(s), named(&full), "step {i} by keys");
+            }
             for ns in ["x", "y", "z", "w"] {
                 assert_eq!(
                     incremental.namespace_exists(ns),

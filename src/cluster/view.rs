@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::snapshot::{now_serial, Snapshot, Store};
+use super::snapshot::{now_serial, Changed, Snapshot, Store};
 
 /// Readers call [`ClusterView::snapshot`] (lock-free); sources call [`ClusterView::publish`].
 #[derive(Debug)]
@@ -41,6 +41,24 @@ impl ClusterView {
     pub fn publish(&self, store: Arc<Store>, synced: bool) {
         let prev = self.current.load();
         let snapshot = Snapshot::rebuild(&prev, store, now_serial(), synced);
+        drop(prev);
+        self.current.store(Arc::new(snapshot));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// [`ClusterView::publish`] from a source that knows which service and slice keys it
+    /// changed since it published `base`; the keys are used only if `base` is still the
+    /// current snapshot's store (otherwise every key is compared).
+    pub fn publish_changed(
+        &self,
+        store: Arc<Store>,
+        synced: bool,
+        base: Option<&Arc<Store>>,
+        changed: Option<&Changed>,
+    ) {
+        let prev = self.current.load();
+        let changed = changed.filter(|_| base.is_some_and(|b| Arc::ptr_eq(b, &prev.store)));
+        let snapshot = Snapshot::rebuild_changed(&prev, store, changed, now_serial(), synced);
         drop(prev);
         self.current.store(Arc::new(snapshot));
         self.generation.fetch_add(1, Ordering::Release);
