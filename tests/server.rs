@@ -101,6 +101,46 @@ async fn large_answers_truncate_over_udp_and_come_whole_over_tcp() {
     server.shutdown().await;
 }
 
+/// Truncated replies are replayed from the response cache, but only to clients with the same
+/// size limit: every client gets what its limit allows, however the queries interleave.
+#[tokio::test]
+async fn replayed_truncated_answers_respect_each_clients_limit() {
+    let (server, _dir) = start_with(&big_headless(150)).await;
+    let name = "many.big.svc.cluster.local";
+    let ask = |transport, edns| {
+        exchange(
+            server.dns_addr,
+            transport,
+            query_message(name, RecordType::SRV, edns),
+        )
+    };
+    let mut first_512 = None;
+    for round in 0..3 {
+        let small = ask(Transport::Udp, None).await;
+        assert!(small.metadata.truncation, "round {round}");
+        assert!(small.to_vec().unwrap().len() <= 512);
+        assert!(!small.answers.is_empty());
+        let answers = dnsclient::section(&small.answers);
+        assert_eq!(first_512.get_or_insert(answers.clone()), &answers);
+
+        let mid = ask(Transport::Udp, Some(1232)).await;
+        assert!(mid.metadata.truncation);
+        assert!(mid.answers.len() > small.answers.len());
+        assert!(mid.to_vec().unwrap().len() <= 1232);
+
+        let tcp = ask(Transport::Tcp, None).await;
+        assert!(!tcp.metadata.truncation);
+        assert_eq!(tcp.answers.len(), 150);
+
+        // 150 SRV records and their addresses are ~17 kB: truncated even at 4096.
+        let big = ask(Transport::Udp, Some(4096)).await;
+        assert!(big.metadata.truncation);
+        assert!(big.answers.len() > mid.answers.len());
+        assert!(big.to_vec().unwrap().len() <= 4096);
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn edns_responses_carry_opt() {
     let (server, _dir) = start_with(&big_headless(1)).await;

@@ -131,6 +131,8 @@ struct Key {
     qtype: u16,
     qclass: u16,
     bits: u8,
+    /// 0 for whole answers; the client's size limit for truncated ones.
+    limit: u16,
 }
 
 impl Key {
@@ -152,6 +154,7 @@ impl Key {
             qtype: p.qtype,
             qclass: p.qclass,
             bits,
+            limit: 0,
         })
     }
 
@@ -163,6 +166,7 @@ impl Key {
         e.qtype == self.qtype
             && e.qclass == self.qclass
             && e.bits == self.bits
+            && e.limit == self.limit
             && *e.qname_lower == *self.name()
     }
 }
@@ -194,6 +198,7 @@ struct Entry {
     qtype: u16,
     qclass: u16,
     bits: u8,
+    limit: u16,
     generation: u64,
     bytes: Box<[u8]>,
     /// Where the TTL fields are, for answers whose TTLs count down (`Meta::lease`).
@@ -283,6 +288,9 @@ pub struct Meta {
     pub shuffled: bool,
     /// Set for answers lent by another cache (see [`Lease`]).
     pub lease: Option<std::sync::Arc<dyn Lease>>,
+    /// A UDP reply truncated (TC) to this many bytes: replayed only to clients with exactly
+    /// this limit (e.g. 512 for every client without EDNS), which would get the same bytes.
+    pub truncated_for: Option<u16>,
 }
 
 /// Offsets of the TTL fields of every record after the question (the OPT record's "TTL" holds
@@ -343,7 +351,7 @@ impl Default for ResponseCache {
 impl ResponseCache {
     fn hash(&self, key: &Key) -> u64 {
         self.hasher
-            .hash_one((key.name(), key.qtype, key.qclass, key.bits))
+            .hash_one((key.name(), key.qtype, key.qclass, key.bits, key.limit))
     }
 
     fn shard(&self, hash: u64) -> &RwLock<Shard> {
@@ -360,13 +368,20 @@ impl ResponseCache {
         max_len: usize,
         out: &mut Vec<u8>,
     ) -> Option<Meta> {
-        let key = Key::of(p)?;
-        let hash = self.hash(&key);
-        let shard = self.shard(hash).read().ok()?;
-        let entry = shard.get(&hash).filter(|e| key.matches(e))?;
-        if entry.generation != generation || entry.bytes.len() > max_len {
-            return None;
+        let mut key = Key::of(p)?;
+        let whole = self.hash(&key);
+        let mut shard = self.shard(whole).read().ok()?;
+        let fits = |e: &&Entry| e.generation == generation && e.bytes.len() <= max_len;
+        let mut entry = shard.get(&whole).filter(|e| key.matches(e)).filter(fits);
+        if entry.is_none() && max_len < usize::from(u16::MAX) {
+            // The whole answer does not fit: the reply truncated for this limit, if stored.
+            drop(shard);
+            key.limit = max_len as u16;
+            let hash = self.hash(&key);
+            shard = self.shard(hash).read().ok()?;
+            entry = shard.get(&hash).filter(|e| key.matches(e)).filter(fits);
         }
+        let entry = entry?;
         let ttl = match &entry.meta.lease {
             Some(lease) => Some(lease.renew()?),
             None => None,
@@ -401,6 +416,10 @@ impl ResponseCache {
             return;
         }
         let question_end = 12 + p.qname.len() + 4;
+        if meta.truncated_for.is_some() && meta.shuffled {
+            // Replaying one truncated subset would always hand out the same few addresses.
+            return;
+        }
         let shuffle = if meta.shuffled {
             // Only answers whose records can be reordered as fixed-size chunks.
             match address_run(response, question_end) {
@@ -418,7 +437,8 @@ impl ResponseCache {
         } else {
             Box::default()
         };
-        let Some(key) = Key::of(p) else { return };
+        let Some(mut key) = Key::of(p) else { return };
+        key.limit = meta.truncated_for.unwrap_or(0);
         let hash = self.hash(&key);
         let Ok(mut shard) = self.shard(hash).write() else {
             return;
@@ -436,6 +456,7 @@ impl ResponseCache {
                 qtype: key.qtype,
                 qclass: key.qclass,
                 bits: key.bits,
+                limit: key.limit,
                 generation,
                 bytes: response.into(),
                 ttls,
@@ -477,6 +498,7 @@ mod shuffle_tests {
             rcode: hickory_proto::op::ResponseCode::NoError,
             shuffled: true,
             lease: None,
+            truncated_for: None,
         };
         cache.put(&p, 1, &bytes, meta);
         let mut orders = std::collections::HashSet::new();
@@ -547,6 +569,7 @@ mod tests {
             rcode: hickory_proto::op::ResponseCode::NoError,
             shuffled: false,
             lease: None,
+            truncated_for: None,
         };
         cache.put(&p1, 1, &bytes, meta);
 
@@ -632,6 +655,7 @@ mod tests {
             rcode: hickory_proto::op::ResponseCode::NoError,
             shuffled: false,
             lease: Some(lease),
+            truncated_for: None,
         };
         cache.put(&p, 1, &bytes, meta);
         let mut out = Vec::new();

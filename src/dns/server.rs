@@ -260,9 +260,16 @@ impl Service {
         let mut seen = None;
         let reply = process_inner(&*self.responder, bytes, src, proto, &mut seen).await;
         if let (Some(stamp), Some(s), Some(out)) = (stamp, &seen, &reply) {
-            // Whole answers only: a truncated UDP reply is never replayed.
             if let Some(p) = fastpath::peek(bytes).filter(|_| s.cacheable) {
-                if out.len() >= 4 && out[2] & 0x02 == 0 {
+                // A truncated UDP reply is kept for clients with the same size limit only
+                // (dnsperf's and glibc's 512 bytes without EDNS, for big SRV answers).
+                let truncated = out.len() >= 4 && out[2] & 0x02 != 0;
+                let truncated_for = match (truncated, proto) {
+                    (false, _) => None,
+                    (true, Proto::Udp) => u16::try_from(p.max_udp()).ok(),
+                    (true, Proto::Tcp) => None,
+                };
+                if !truncated || truncated_for.is_some() {
                     self.responder.fast_put(
                         &p,
                         stamp,
@@ -273,6 +280,7 @@ impl Service {
                             rcode: s.rcode,
                             shuffled: s.shuffled,
                             lease: s.lease.clone(),
+                            truncated_for,
                         },
                     );
                 }
