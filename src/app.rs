@@ -520,7 +520,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         .filter(|s| !s.probe_interval.is_zero())
     {
         tokio::spawn(crate::sidecar::probe_loop(
-            crate::sidecar::probe_targets(&s.upstreams),
+            crate::sidecar::probe_targets(&config),
             s.probe_name.clone(),
             s.probe_interval,
             metrics.clone(),

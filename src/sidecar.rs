@@ -14,7 +14,7 @@
 //! `prometheus`, `cache`, `forward`), so the forwarder and cache behave, and are measured,
 //! exactly as in the server.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,7 @@ use std::time::Duration;
 use hickory_proto::rr::Name;
 use tokio_util::sync::CancellationToken;
 
+use crate::corefile::{Transport, Upstream};
 use crate::metrics::Metrics;
 use crate::prober::active::{self, ActiveOptions, Outcome, ProbeKind, Protocol, Target};
 
@@ -155,22 +156,23 @@ pub fn corefile(opts: &SidecarOptions) -> anyhow::Result<String> {
     ))
 }
 
-/// The plain-DNS upstream addresses (port 53 unless given); TLS upstreams are probed by the
-/// forwarder's own health checks only.
-pub fn probe_targets(upstreams: &[String]) -> Vec<SocketAddr> {
-    let mut out = Vec::new();
-    for u in upstreams {
-        if u.starts_with("tls://") {
-            continue;
-        }
-        let u = u.strip_prefix("dns://").unwrap_or(u);
-        if let Ok(a) = SocketAddr::from_str(u) {
-            out.push(a);
-        } else if let Ok(ip) = IpAddr::from_str(u.trim_start_matches('[').trim_end_matches(']')) {
-            out.push(SocketAddr::new(ip, 53));
-        }
-    }
-    out
+/// The plain-DNS upstream addresses of the sidecar's parsed Corefile (its `forward`, which
+/// already resolved ports and transports); TLS upstreams are probed by the forwarder's own
+/// health checks only.
+pub fn probe_targets(config: &crate::corefile::Config) -> Vec<SocketAddr> {
+    config
+        .servers
+        .iter()
+        .filter_map(|b| b.forward())
+        .flat_map(|f| &f.to)
+        .filter_map(|u| match u {
+            Upstream::Addr {
+                transport: Transport::Dns,
+                addr,
+            } => Some(*addr),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Probes every upstream over UDP and TCP every `interval` into `clusterdns_probe_up`,
@@ -281,13 +283,19 @@ mod tests {
 
     #[test]
     fn probe_targets_default_to_port_53() {
-        let t = probe_targets(&[
-            "172.20.0.10".into(),
-            "10.0.0.2:5353".into(),
-            "dns://[fd00::a]:53".into(),
-            "[fd00::b]".into(),
-            "tls://9.9.9.9".into(),
-        ]);
+        let o = SidecarOptions {
+            upstreams: vec![
+                "172.20.0.10".into(),
+                "10.0.0.2:5353".into(),
+                "dns://[fd00::a]:53".into(),
+                "[fd00::b]".into(),
+                "tls://9.9.9.9".into(),
+            ],
+            ..Default::default()
+        };
+        let text = corefile(&o).unwrap();
+        let cfg = crate::corefile::parse_str(&text, std::path::Path::new("x"), &|_| None).unwrap();
+        let t = probe_targets(&cfg);
         let want: Vec<SocketAddr> = [
             "172.20.0.10:53",
             "10.0.0.2:5353",
