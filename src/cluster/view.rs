@@ -39,11 +39,7 @@ impl ClusterView {
 
     /// Builds a snapshot of `store` and swaps it in. `synced` marks the first complete view.
     pub fn publish(&self, store: Arc<Store>, synced: bool) {
-        let prev = self.current.load();
-        let snapshot = Snapshot::rebuild(&prev, store, now_serial(), synced);
-        drop(prev);
-        self.current.store(Arc::new(snapshot));
-        self.generation.fetch_add(1, Ordering::Release);
+        self.publish_changed(store, synced, None, None);
     }
 
     /// [`ClusterView::publish`] from a source that knows which service and slice keys it
