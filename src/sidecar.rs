@@ -75,7 +75,7 @@ impl Default for SidecarOptions {
 
 /// Text that is spliced into the Corefile must stay one word.
 fn word(what: &str, s: &str) -> anyhow::Result<()> {
-    if s.is_empty() || s.contains(|c: char| c.is_whitespace() || "{}#\"'`$".contains(c)) {
+    if !crate::app::one_corefile_word(s) {
         anyhow::bail!("{what} {s:?} is not a single word");
     }
     Ok(())
