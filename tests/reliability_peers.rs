@@ -1,0 +1,502 @@
+//! Hostile and broken peers (issue 15, item 4; item 6's quiet logs): upstream DNS servers
+//! that answer wrongly, slowly or not at all, and a Kubernetes API server that storms 410s,
+//! stalls, fails lists, lists slowly, resets streams or goes away. Everything runs on
+//! 127.0.0.1 against real sockets: the forwarder against scripted upstreams made here, the
+//! Kubernetes source (and a real `clusterdns serve --kubeconfig` process) against the test
+//! API server of tests/support with its fault knobs.
+
+mod dnsclient;
+mod support;
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clusterdns::corefile::{parse_str, ForwardConfig, PluginConfig};
+use clusterdns::dns::forward::{DropReason, ForwardTimeouts};
+use clusterdns::dns::pipeline::Proto;
+use clusterdns::dns::{Answer, Forward, Pipeline, Request};
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinHandle;
+
+// ---------------------------------------------------------------------------------------------
+// A scripted upstream: for every query, UDP and TCP each send what their script says.
+
+/// One thing the upstream sends in reply to a query.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Reply {
+    /// The right answer: A 10.0.0.1.
+    Genuine,
+    /// A spoof: another id, answer 6.6.6.6.
+    WrongId,
+    /// The right id, another question (AAAA), answer 6.6.6.6.
+    WrongQuestion,
+    /// The right id and question with QR unset (a query echoed back).
+    NotResponse,
+    /// The genuine reply cut short in the middle of the question.
+    Cut,
+    /// Random bytes starting with the right id (so they pass the id check).
+    Garbage,
+    /// The genuine reply with the TC bit and no records.
+    Truncated,
+    /// The genuine reply (right id, right question), from another port of this host.
+    FromOtherPort,
+    /// Nothing, after the delay.
+    Nothing,
+}
+
+struct Script {
+    udp: Vec<Reply>,
+    tcp: Vec<Reply>,
+    delay: Duration,
+}
+
+struct Upstream {
+    addr: SocketAddr,
+    script: Arc<Mutex<Script>>,
+    /// (source port, id) of every UDP query received.
+    seen: Arc<Mutex<Vec<(u16, u16)>>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Upstream {
+    async fn start(udp: &[Reply], tcp: &[Reply]) -> Upstream {
+        let script = Arc::new(Mutex::new(Script {
+            udp: udp.to_vec(),
+            tcp: tcp.to_vec(),
+            delay: Duration::ZERO,
+        }));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        for _ in 0..20 {
+            let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = sock.local_addr().unwrap();
+            let Ok(listener) = TcpListener::bind(addr).await else {
+                continue;
+            };
+            let other = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+            let tasks = vec![
+                tokio::spawn(udp_loop(sock, other, script.clone(), seen.clone())),
+                tokio::spawn(tcp_loop(listener, script.clone())),
+            ];
+            return Upstream {
+                addr,
+                script,
+                seen,
+                tasks,
+            };
+        }
+        panic!("no free loopback port for UDP and TCP");
+    }
+
+    fn set_udp(&self, udp: &[Reply]) {
+        self.script.lock().unwrap().udp = udp.to_vec();
+    }
+
+    fn set_delay(&self, d: Duration) {
+        self.script.lock().unwrap().delay = d;
+    }
+}
+
+fn render(query: &Message, reply: Reply, tcp: bool) -> Option<Vec<u8>> {
+    let q = query.queries.first()?.clone();
+    let mut resp = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+    resp.metadata.recursion_desired = query.metadata.recursion_desired;
+    resp.metadata.recursion_available = true;
+    resp.queries = query.queries.clone();
+    let answer = |ip: Ipv4Addr| Record::from_rdata(q.name().clone(), 60, RData::A(A(ip)));
+    let genuine = {
+        let mut m = resp.clone();
+        m.add_answer(answer(Ipv4Addr::new(10, 0, 0, 1)));
+        m
+    };
+    let bytes = match reply {
+        Reply::Genuine | Reply::FromOtherPort => genuine.to_vec().unwrap(),
+        Reply::WrongId => {
+            let mut m = resp.clone();
+            m.metadata.id = query.metadata.id.wrapping_add(1);
+            m.add_answer(answer(Ipv4Addr::new(6, 6, 6, 6)));
+            m.to_vec().unwrap()
+        }
+        Reply::WrongQuestion => {
+            let mut m = resp.clone();
+            m.queries[0].set_query_type(RecordType::AAAA);
+            m.add_answer(answer(Ipv4Addr::new(6, 6, 6, 6)));
+            m.to_vec().unwrap()
+        }
+        Reply::NotResponse => {
+            let mut m = genuine.clone();
+            m.metadata.message_type = MessageType::Query;
+            m.to_vec().unwrap()
+        }
+        Reply::Cut => {
+            let full = genuine.to_vec().unwrap();
+            full[..14].to_vec()
+        }
+        Reply::Garbage => {
+            let mut b: Vec<u8> = (0..40).map(|_| rand::random::<u8>()).collect();
+            b[..2].copy_from_slice(&query.metadata.id.to_be_bytes());
+            // Counts that promise far more records than follow: never parses.
+            b[4..12].copy_from_slice(&[0xff; 8]);
+            b
+        }
+        Reply::Truncated if !tcp => {
+            let mut m = resp.clone();
+            m.metadata.truncation = true;
+            m.to_vec().unwrap()
+        }
+        Reply::Truncated => genuine.to_vec().unwrap(),
+        Reply::Nothing => return None,
+    };
+    Some(bytes)
+}
+
+async fn udp_loop(
+    sock: UdpSocket,
+    other: Arc<UdpSocket>,
+    script: Arc<Mutex<Script>>,
+    seen: Arc<Mutex<Vec<(u16, u16)>>>,
+) {
+    let sock = Arc::new(sock);
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let Ok((n, src)) = sock.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Ok(query) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        // Health checks (`. NS`) are not the queries under test.
+        if query.queries.first().is_some_and(|q| !q.name().is_root()) {
+            seen.lock().unwrap().push((src.port(), query.metadata.id));
+        }
+        let (replies, delay) = {
+            let s = script.lock().unwrap();
+            (s.udp.clone(), s.delay)
+        };
+        let (sock, other) = (sock.clone(), other.clone());
+        // Each query on its own task, so a slow reply holds up no other query.
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            for r in replies {
+                if let Some(bytes) = render(&query, r, false) {
+                    let from = if r == Reply::FromOtherPort {
+                        &other
+                    } else {
+                        &sock
+                    };
+                    let _ = from.send_to(&bytes, src).await;
+                }
+            }
+        });
+    }
+}
+
+async fn tcp_loop(listener: TcpListener, script: Arc<Mutex<Script>>) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let script = script.clone();
+        conns.spawn(async move {
+            loop {
+                let mut len = [0u8; 2];
+                if stream.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+                if stream.read_exact(&mut buf).await.is_err() {
+                    return;
+                }
+                let Ok(query) = Message::from_vec(&buf) else {
+                    return;
+                };
+                let replies = script.lock().unwrap().tcp.clone();
+                for r in replies {
+                    if let Some(bytes) = render(&query, r, true) {
+                        let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+                        framed.extend_from_slice(&bytes);
+                        if stream.write_all(&framed).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+fn forward_cfg(corefile_line: &str) -> ForwardConfig {
+    let corefile = format!(".:1053 {{\n{corefile_line}\n}}\n");
+    let mut c = parse_str(&corefile, Path::new("Corefile"), &|_| None)
+        .unwrap_or_else(|e| panic!("bad test Corefile: {e}"));
+    c.servers
+        .remove(0)
+        .plugins
+        .into_iter()
+        .find_map(|p| match p {
+            PluginConfig::Forward(f) => Some(f),
+            _ => None,
+        })
+        .expect("a forward directive")
+}
+
+fn timeouts(read_ms: u64, total_ms: u64) -> ForwardTimeouts {
+    ForwardTimeouts {
+        read: Duration::from_millis(read_ms),
+        connect: Duration::from_millis(read_ms),
+        total: Duration::from_millis(total_ms),
+    }
+}
+
+/// A forwarder without health checks (`max_fails 0`), so that only the queries under test
+/// reach the upstreams and the counters count only them.
+fn forward(line: &str, t: ForwardTimeouts) -> Arc<Forward> {
+    let mut cfg = forward_cfg(line);
+    cfg.max_fails = 0;
+    Arc::new(Forward::with_timeouts(&cfg, t).unwrap())
+}
+
+fn request(name: &str, proto: Proto) -> Request {
+    let qname = Name::from_ascii(name).unwrap();
+    let mut m = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(qname.clone(), RecordType::A));
+    Request {
+        message: m,
+        qname,
+        qtype: RecordType::A,
+        src: "127.0.0.1:40000".parse().unwrap(),
+        proto,
+    }
+}
+
+async fn ask(p: &Pipeline, name: &str) -> Answer {
+    p.resolve(&request(name, Proto::Udp)).await
+}
+
+fn first_ip(a: &Answer) -> Option<Ipv4Addr> {
+    a.answers.iter().find_map(|r| match &r.data {
+        RData::A(A(ip)) => Some(*ip),
+        _ => None,
+    })
+}
+
+const GENUINE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+// ---------------------------------------------------------------------------------------------
+// The forwarder against hostile upstreams.
+
+#[tokio::test]
+async fn udp_replies_that_do_not_answer_the_query_are_dropped_counted_and_waited_past() {
+    let up = Upstream::start(&[], &[Reply::Genuine]).await;
+    let fwd = forward(&format!("forward . {}", up.addr), timeouts(300, 1000));
+    let stats = fwd.stats().upstreams[0].clone();
+    let p = Pipeline::new(vec![fwd]);
+    let cases = [
+        (Reply::WrongId, Some(DropReason::Id)),
+        (Reply::WrongQuestion, Some(DropReason::Question)),
+        (Reply::NotResponse, Some(DropReason::Question)),
+        (Reply::Cut, Some(DropReason::Malformed)),
+        (Reply::Garbage, Some(DropReason::Malformed)),
+        // The kernel drops it (the socket is connected to the upstream): never seen, never
+        // counted.
+        (Reply::FromOtherPort, None),
+    ];
+    for (bad, reason) in cases {
+        let before: Vec<u64> = DropReason::ALL.iter().map(|r| stats.dropped(*r)).collect();
+        // Two bad replies, then the genuine one: the wait goes on past the bad ones.
+        up.set_udp(&[bad, bad, Reply::Genuine]);
+        let a = ask(&p, "a.example.org.").await;
+        assert_eq!(a.rcode, ResponseCode::NoError, "{bad:?} then genuine");
+        assert_eq!(first_ip(&a), Some(GENUINE), "{bad:?} then genuine");
+        // The bad replies alone are no answer.
+        up.set_udp(&[bad, bad]);
+        let a = ask(&p, "a.example.org.").await;
+        assert_eq!(a.rcode, ResponseCode::ServFail, "{bad:?} alone");
+        assert!(a.answers.is_empty(), "{bad:?} alone");
+        for (i, r) in DropReason::ALL.into_iter().enumerate() {
+            let want = if Some(r) == reason { 4 } else { 0 };
+            assert_eq!(
+                stats.dropped(r) - before[i],
+                want,
+                "{bad:?}: dropped replies counted as {r:?}"
+            );
+        }
+    }
+    // A TC reply is no spoof: the query is asked again over TCP.
+    up.set_udp(&[Reply::Truncated]);
+    assert_eq!(first_ip(&ask(&p, "a.example.org.").await), Some(GENUINE));
+}
+
+#[tokio::test]
+async fn udp_source_ports_and_ids_are_random_per_query() {
+    let up = Upstream::start(&[Reply::Genuine], &[]).await;
+    let p = Pipeline::new(vec![forward(
+        &format!("forward . {}", up.addr),
+        timeouts(1000, 2000),
+    )]);
+    const N: usize = 64;
+    for i in 0..N {
+        let a = ask(&p, &format!("n{i}.example.org.")).await;
+        assert_eq!(first_ip(&a), Some(GENUINE));
+    }
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), N);
+    let ports: HashSet<u16> = seen.iter().map(|s| s.0).collect();
+    let ids: HashSet<u16> = seen.iter().map(|s| s.1).collect();
+    // 64 draws from ~28 000 ephemeral ports or 65 536 ids: a few collisions at most.
+    assert!(ports.len() >= N - 4, "source ports reused: {seen:?}");
+    assert!(ids.len() >= N - 4, "ids reused: {seen:?}");
+    let sequential = |v: Vec<u16>| {
+        v.windows(2)
+            .filter(|w| w[1] == w[0].wrapping_add(1))
+            .count()
+    };
+    assert!(
+        sequential(seen.iter().map(|s| s.0).collect()) < 4,
+        "source ports follow each other: {seen:?}"
+    );
+    assert!(
+        sequential(seen.iter().map(|s| s.1).collect()) < 4,
+        "ids follow each other: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn tcp_garbage_ends_the_attempt_and_the_next_upstream_answers() {
+    let bad = Upstream::start(&[], &[Reply::Garbage]).await;
+    let good = Upstream::start(&[], &[Reply::WrongId, Reply::Genuine]).await;
+    // A long read timeout: if garbage were waited past, the query would end in SERVFAIL at
+    // the total timeout instead of reaching the second upstream.
+    let fwd = forward(
+        &format!(
+            "forward . {} {} {{\nforce_tcp\npolicy sequential\n}}",
+            bad.addr, good.addr
+        ),
+        timeouts(30_000, 30_000),
+    );
+    let stats = fwd.stats();
+    let p = Pipeline::new(vec![fwd]);
+    let a = ask(&p, "a.example.org.").await;
+    assert_eq!(first_ip(&a), Some(GENUINE));
+    let (b, g) = (&stats.upstreams[0], &stats.upstreams[1]);
+    assert_eq!(b.dropped(DropReason::Malformed), 1);
+    assert_eq!(b.errors.load(Ordering::Relaxed), 1);
+    // On the good upstream's stream, a reply with another id is skipped, not fatal.
+    assert_eq!(g.dropped(DropReason::Id), 1);
+    assert_eq!(g.errors.load(Ordering::Relaxed), 0);
+}
+
+/// A silent upstream and a 2 s one: SERVFAIL at the configured total timeout. Paused tokio
+/// time makes "within the timeout" exact: the clock moves only by timers, so the elapsed
+/// time is what the forwarder waited, not how fast this machine is.
+#[tokio::test(start_paused = true)]
+async fn slow_and_silent_upstreams_are_servfail_within_the_timeout() {
+    let up = Upstream::start(&[Reply::Nothing], &[]).await;
+    let total = Duration::from_millis(1500);
+    let p = Pipeline::new(vec![forward(
+        &format!("forward . {}", up.addr),
+        timeouts(600, total.as_millis() as u64),
+    )]);
+    for (what, delay, replies) in [
+        ("silent", Duration::ZERO, vec![Reply::Nothing]),
+        ("2 s slow", Duration::from_secs(2), vec![Reply::Genuine]),
+    ] {
+        up.set_delay(delay);
+        up.set_udp(&replies);
+        let start = tokio::time::Instant::now();
+        let a = ask(&p, "a.example.org.").await;
+        let waited = start.elapsed();
+        assert_eq!(a.rcode, ResponseCode::ServFail, "{what}");
+        assert!(waited <= total, "{what}: answered after {waited:?}");
+    }
+}
+
+/// A silent upstream under a flood: at most `max_concurrent` queries wait for it, the rest
+/// are refused at once; another forward block answers meanwhile; when the waiting ones time
+/// out nothing is left in flight. The bound is checked by counting (the in-flight gauge and
+/// its peak), not by measuring memory or time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upstream_holds_a_bounded_number_of_queries_and_others_are_unaffected() {
+    let silent = Upstream::start(&[Reply::Nothing], &[]).await;
+    let good = Upstream::start(&[Reply::Genuine], &[]).await;
+    const BOUND: u32 = 32;
+    const FLOOD: usize = 300;
+    let slow = forward(
+        &format!(
+            "forward slow.test {} {{\nmax_concurrent {BOUND}\n}}",
+            silent.addr
+        ),
+        timeouts(2000, 4000),
+    );
+    let stats = slow.stats();
+    let p = Arc::new(Pipeline::new(vec![
+        slow,
+        forward(&format!("forward . {}", good.addr), timeouts(2000, 4000)),
+    ]));
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..FLOOD {
+        let p = p.clone();
+        flood.spawn(async move { ask(&p, &format!("n{i}.slow.test.")).await.rcode });
+    }
+    support::eventually("the bound to fill up", Duration::from_secs(10), || {
+        stats.in_flight.load(Ordering::Relaxed) == BOUND
+    })
+    .await;
+    // Other names answer while the slow ones wait.
+    let a = ask(&p, "other.example.org.").await;
+    assert_eq!(first_ip(&a), Some(GENUINE));
+    assert_eq!(
+        stats.in_flight.load(Ordering::Relaxed),
+        BOUND,
+        "still waiting"
+    );
+    let mut rcodes = Vec::new();
+    while let Some(r) = flood.join_next().await {
+        rcodes.push(r.unwrap());
+    }
+    let refused = rcodes
+        .iter()
+        .filter(|r| **r == ResponseCode::Refused)
+        .count();
+    let servfail = rcodes
+        .iter()
+        .filter(|r| **r == ResponseCode::ServFail)
+        .count();
+    assert_eq!(servfail, BOUND as usize, "{rcodes:?}");
+    assert_eq!(refused, FLOOD - BOUND as usize, "{rcodes:?}");
+    assert_eq!(
+        stats.max_concurrent_rejects.load(Ordering::Relaxed),
+        (FLOOD - BOUND as usize) as u64
+    );
+    assert_eq!(stats.in_flight_peak.load(Ordering::Relaxed), BOUND);
+    assert_eq!(
+        stats.in_flight.load(Ordering::Relaxed),
+        0,
+        "nothing left behind"
+    );
+    assert_eq!(
+        silent.seen.lock().unwrap().len(),
+        BOUND as usize,
+        "refused queries never reach the upstream"
+    );
+}
