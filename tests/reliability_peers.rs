@@ -500,3 +500,252 @@ async fn a_silent_upstream_holds_a_bounded_number_of_queries_and_others_are_unaf
         "refused queries never reach the upstream"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The Kubernetes source against a sick API server.
+
+use clusterdns::cluster::kube_source::{self, KubeSourceOptions};
+use clusterdns::cluster::status::{ResourceKind, SourceStatus};
+use clusterdns::cluster::ClusterView;
+use support::apiserver::{ApiServer, Res};
+use support::{eventually, namespace, node, service, slice};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Source {
+    view: Arc<ClusterView>,
+    status: Arc<SourceStatus>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Source {
+    fn has(&self, key: &str) -> bool {
+        self.view.snapshot().service(key).is_some()
+    }
+
+    fn stale(&self) -> bool {
+        self.status.stale_since().is_some()
+    }
+}
+
+/// Quick retries and a 1 s stall timeout (the fake server bookmarks every 200 ms), so that
+/// faults and recoveries play out in a few seconds; production keeps client-go's backoff and
+/// a 2 min stall timeout.
+fn options(server: &ApiServer) -> KubeSourceOptions {
+    KubeSourceOptions {
+        watch_nodes: true,
+        api_url: Some(server.url()),
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        stall_timeout: Duration::from_secs(1),
+        summary_interval: Duration::from_millis(300),
+        ..KubeSourceOptions::default()
+    }
+}
+
+async fn start_source(server: &ApiServer, opts: KubeSourceOptions) -> Source {
+    let client = kube_source::client(Some(&server.kubeconfig_path()), None)
+        .await
+        .expect("client from the fake server's kubeconfig");
+    let view = ClusterView::new();
+    let status = Arc::new(SourceStatus::new());
+    let task = kube_source::spawn(client, view.clone(), status.clone(), opts);
+    let source = Source { view, status, task };
+    let s = &source;
+    eventually("the initial sync", WAIT, || {
+        s.status.ready() && s.has("nginx.demo") && !s.stale()
+    })
+    .await;
+    source
+}
+
+/// Two namespaces, three services, a slice, two nodes: every kind needs more than one page
+/// when the page size is 1.
+fn seed(server: &ApiServer) {
+    server.apply_all([
+        namespace("demo"),
+        namespace("default"),
+        service("demo", "nginx", "10.96.0.10"),
+        service("demo", "api", "10.96.0.11"),
+        service("default", "web", "10.96.0.12"),
+        slice("demo", "nginx-1", "nginx", &["10.1.0.1"]),
+        slice("demo", "nginx-2", "nginx", &["10.1.0.2"]),
+        node("node-1"),
+        node("node-2"),
+    ]);
+}
+
+/// The history is compacted faster than anyone can watch: every watch and every list
+/// continuation is 410. No list completes (page size 1), so the last good view keeps serving
+/// and the staleness grows from the first failure, never reset by the relists that keep
+/// failing; when the storm ends, the source catches up by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_storm_keeps_the_last_view_stale_until_it_ends() {
+    let server = ApiServer::start().await;
+    seed(&server);
+    let opts = KubeSourceOptions {
+        page_size: 1,
+        ..options(&server)
+    };
+    let source = start_source(&server, opts).await;
+    let s = &source;
+    let lists_before = server.list_requests(Res::Services);
+
+    server.set_410_storm(true);
+    server.apply(service("demo", "during", "10.96.0.20"));
+    eventually("the storm to make the source stale", WAIT, || s.stale()).await;
+    let since = s.status.stale_since();
+    let attempts = s.status.failed_attempts();
+    eventually("many failed relists", WAIT, || {
+        s.status.failed_attempts() >= attempts + 20
+            && server.list_requests(Res::Services) >= lists_before + 3
+    })
+    .await;
+    assert_eq!(
+        s.status.stale_since(),
+        since,
+        "staleness counts from the first failure"
+    );
+    assert!(
+        s.has("nginx.demo") && s.has("web.default"),
+        "last good view"
+    );
+    assert!(!s.has("during.demo"), "no list completed in the storm");
+    assert!(s.status.ready(), "an outage after the sync keeps readiness");
+
+    server.set_410_storm(false);
+    eventually("recovery after the storm", WAIT, || {
+        s.has("during.demo") && !s.stale()
+    })
+    .await;
+    server.apply(service("demo", "after", "10.96.0.21"));
+    eventually("the watch after the storm", WAIT, || s.has("after.demo")).await;
+}
+
+/// A watch that goes quiet (no events, no bookmarks, connection open) is restarted after the
+/// stall timeout; the relist brings what changed meanwhile, while the watches stay stuck.
+/// Without stall detection kube's client waits 295 s on such a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_watch_is_restarted_and_changes_arrive_by_relist() {
+    let server = ApiServer::start().await;
+    seed(&server);
+    let source = start_source(&server, options(&server)).await;
+    let s = &source;
+
+    server.stall_watches(true);
+    server.apply(service("demo", "during", "10.96.0.20"));
+    eventually(
+        "the stall to be noticed and the relist to bring the change",
+        WAIT,
+        || {
+            let stalled = s.status.kinds().iter().any(|k| {
+                k.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("stalled"))
+            });
+            stalled && s.stale() && s.has("during.demo")
+        },
+    )
+    .await;
+    assert!(s.has("nginx.demo"));
+    let err = s
+        .status
+        .last_error(ResourceKind::Services)
+        .unwrap_or_default();
+    assert!(
+        err.contains("watch of services stalled: no event or bookmark for 1 s"),
+        "{err}"
+    );
+
+    server.stall_watches(false);
+    eventually("recovery once watches flow again", WAIT, || !s.stale()).await;
+    server.apply(service("demo", "after", "10.96.0.21"));
+    eventually("the watch after the stall", WAIT, || s.has("after.demo")).await;
+}
+
+/// Lists fail with 500 (etcd timing out) while the watches are gone: the last view serves,
+/// the error is named, and the first good list brings the source back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_failing_with_500_keep_the_view_and_recover() {
+    let server = ApiServer::start().await;
+    seed(&server);
+    let source = start_source(&server, options(&server)).await;
+    let s = &source;
+
+    server.fail_lists(Some(500));
+    server.compact();
+    server.expire_watches();
+    server.apply(service("demo", "during", "10.96.0.20"));
+    eventually("a relist failing with 500", WAIT, || {
+        s.status
+            .last_error(ResourceKind::Services)
+            .is_some_and(|e| e.starts_with("500 InternalError: list services"))
+    })
+    .await;
+    assert!(s.stale());
+    assert!(
+        s.has("nginx.demo") && !s.has("during.demo"),
+        "last good view"
+    );
+
+    server.fail_lists(None);
+    eventually("recovery", WAIT, || s.has("during.demo") && !s.stale()).await;
+}
+
+/// A relist slower than the stall timeout: the first attempt is given up, the next ones get
+/// twice the patience, and the list completes; the view serves throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_list_is_given_more_patience_and_completes() {
+    let server = ApiServer::start().await;
+    seed(&server);
+    let source = start_source(&server, options(&server)).await;
+    let s = &source;
+
+    server.set_list_delay(Duration::from_millis(1500));
+    server.compact();
+    server.expire_watches();
+    server.apply(service("demo", "during", "10.96.0.20"));
+    eventually("the relist to stall once", WAIT, || {
+        s.status
+            .last_error(ResourceKind::Services)
+            .is_some_and(|e| e.contains("list of services stalled"))
+    })
+    .await;
+    assert!(s.stale() && s.has("nginx.demo") && !s.has("during.demo"));
+    eventually("the slow list to complete", WAIT, || {
+        s.has("during.demo") && !s.stale()
+    })
+    .await;
+}
+
+/// Every connection reset mid-stream: the watches resume, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_reset_mid_stream_loses_nothing() {
+    let server = ApiServer::start().await;
+    seed(&server);
+    let source = start_source(&server, options(&server)).await;
+    let s = &source;
+    for round in 0..3 {
+        let attempts = s.status.failed_attempts();
+        server.reset_connections();
+        let name = format!("after-{round}");
+        server.apply(service("demo", &name, &format!("10.96.1.{round}")));
+        eventually(
+            "the reset to be seen and the change to arrive",
+            WAIT,
+            || {
+                s.status.failed_attempts() > attempts
+                    && s.has(&format!("{name}.demo"))
+                    && !s.stale()
+            },
+        )
+        .await;
+    }
+    assert!(s.has("nginx.demo") && s.has("web.default"));
+}
