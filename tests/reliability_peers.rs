@@ -749,3 +749,211 @@ async fn a_connection_reset_mid_stream_loses_nothing() {
     }
     assert!(s.has("nginx.demo") && s.has("web.default"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Quiet logs under failure (item 6).
+
+/// Log lines of this thread's tracing events while the guard lives (a current-thread runtime:
+/// the source's tasks and kube's run here too).
+fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
+    #[derive(Clone)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let w = Buf(buf.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || w.clone())
+        .with_ansi(false)
+        .with_env_filter("info,kube_client::client::builder=off,kube_runtime::watcher=error")
+        .finish();
+    (buf, tracing::subscriber::set_default(subscriber))
+}
+
+fn log_lines(buf: &Mutex<Vec<u8>>) -> Vec<String> {
+    String::from_utf8_lossy(&buf.lock().unwrap())
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn count(lines: &[String], text: &str) -> usize {
+    lines.iter().filter(|l| l.contains(text)).count()
+}
+
+/// While the API server is away: one line going stale, a summary every interval with the
+/// failures grouped, one line on recovery; never a line per attempt.
+#[tokio::test]
+async fn an_outage_logs_one_stale_line_summaries_and_one_recovery_line() {
+    let (buf, _guard) = capture_logs();
+    let server = ApiServer::start().await;
+    seed(&server);
+    let source = start_source(&server, options(&server)).await;
+    let s = &source;
+    let mark = log_lines(&buf).len();
+
+    server.stop().await;
+    eventually("two summaries and many failed attempts", WAIT, || {
+        let lines = log_lines(&buf);
+        count(&lines[mark..], "source still stale") >= 2 && s.status.failed_attempts() >= 20
+    })
+    .await;
+    server.restart(1000).await;
+    eventually("the recovery line", WAIT, || {
+        count(&log_lines(&buf)[mark..], "source current again") == 1
+    })
+    .await;
+
+    let lines = log_lines(&buf)[mark..].to_vec();
+    let all = lines.join("\n");
+    assert_eq!(count(&lines, "source stale: "), 1, "{all}");
+    assert_eq!(count(&lines, "source current again"), 1, "{all}");
+    let summaries = count(&lines, "source still stale");
+    assert!(summaries >= 2, "{all}");
+    assert_eq!(
+        lines.len(),
+        2 + summaries,
+        "nothing else, although {} attempts failed:\n{all}",
+        s.status.failed_attempts()
+    );
+    let refused = format!(
+        "API server unreachable: connection refused to {}",
+        server.url()
+    );
+    let summary = lines
+        .iter()
+        .find(|l| l.contains("source still stale"))
+        .unwrap();
+    assert!(
+        summary.contains(&format!(
+            "namespaces, services, endpointslices, nodes: {refused}"
+        )) || summary.contains(&refused),
+        "{summary}"
+    );
+}
+
+struct Process {
+    child: std::process::Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
+/// `clusterdns serve --kubeconfig` as a real process, its stderr counted across an outage of
+/// the API server long enough for a dozen failed attempts (kube-rs alone used to log one
+/// ERROR line per attempt per resource): exactly one line when it goes stale and one when it
+/// recovers (with the duration), answers from the last good view meanwhile, the staleness
+/// metric rising.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_process_logs_two_lines_across_an_api_outage() {
+    use std::io::{BufRead, BufReader};
+    let server = ApiServer::start().await;
+    seed(&server);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_clusterdns"))
+        .arg("serve")
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig_path())
+        .args(["--dns-addr", "127.0.0.1:0", "--upstream", "none"])
+        .env_remove("CLUSTERDNS_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("clusterdns starts");
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let sink = stderr.clone();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let process = Process { child, stderr };
+    let (mut dns, mut metrics) = (None, None);
+    while dns.is_none() || metrics.is_none() {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "no banner; stderr: {:?}",
+            process.stderr.lock().unwrap()
+        );
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.trim_start_matches("http://").parse::<SocketAddr>().ok());
+        if line.contains("serving DNS") {
+            dns = addr;
+        } else if line.contains("serving prometheus") {
+            metrics = addr;
+        }
+    }
+    let (dns, metrics) = (dns.unwrap(), metrics.unwrap());
+    let name = "nginx.demo.svc.cluster.local";
+    let nginx = || async {
+        let r = dnsclient::query(dns, dnsclient::Transport::Udp, name, RecordType::A).await;
+        dnsclient::section(&r.answers)
+    };
+    let want = vec![format!("{name}. 5 IN A 10.96.0.10")];
+    let stale = || async {
+        metric(
+            &dnsclient::http_get(metrics, "/metrics").await.1,
+            "clusterdns_source_stale_seconds",
+        )
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while nginx().await != want || stale().await != Some(0.0) {
+        assert!(std::time::Instant::now() < deadline, "initial sync");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mark = process.stderr.lock().unwrap().len();
+
+    server.stop().await;
+    // 4 s of outage: with client-go's backoff (0.8 s doubling) three or four attempts for
+    // each of the four kinds.
+    while stale().await.is_none_or(|s| s < 4.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "staleness to reach 4 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(nginx().await, want, "the last good view answers");
+    server.restart(1000).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while stale().await != Some(0.0) {
+        assert!(std::time::Instant::now() < deadline, "recovery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lines = process.stderr.lock().unwrap()[mark..].to_vec();
+    let all = lines.join("\n");
+    assert_eq!(lines.len(), 2, "{all}");
+    assert!(
+        lines[0].contains(" WARN ") && lines[0].contains("kubernetes: source stale: "),
+        "{all}"
+    );
+    // The first failure names the API server (an open watch reset, or connection refused).
+    assert!(lines[0].contains(&server.url()), "{all}");
+    let after: f64 = lines[1]
+        .split("current again after ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no duration in the recovery line: {all}"));
+    assert!(lines[1].contains(" INFO ") && after >= 4.0, "{all}");
+}
