@@ -16,9 +16,11 @@
 //! keeps serving and [`SourceStatus::stale_since`] says since when it may be out of date.
 //!
 //! Staleness, per kind: a kind goes stale when a list or watch attempt fails or stalls, and is
-//! current again when its watch delivers an event or a bookmark (a complete relist alone is
-//! not enough: in a 410 storm every relist succeeds and every watch fails at once). The
-//! source is stale while any kind is.
+//! current again when its watch delivers an event or a bookmark, or its first list completes.
+//! A relist alone is not enough: in a 410 storm every relist may succeed while every watch
+//! fails at once, and counting the relists would flap between stale and current (and log it)
+//! on every cycle. On a quiet cluster a recovery is thus seen at the next bookmark, which the
+//! API server sends about once a minute. The source is stale while any kind is.
 //!
 //! Stalls: a watch that delivers nothing, neither events nor bookmarks, for
 //! [`KubeSourceOptions::stall_timeout`] (default 2 min; the API server's watch cache sends a
@@ -475,6 +477,7 @@ impl Watch {
         let stall = self.opts.stall_timeout.max(Duration::from_millis(1));
         // How many stall timeouts a list may take; doubles after each stalled list.
         let mut list_patience = 1u32;
+        let mut ever_listed = false;
         loop {
             let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
             // Objects of a list in progress; swapped in whole at InitDone.
@@ -530,6 +533,13 @@ impl Watch {
                         Event::InitDone => {
                             in_list = false;
                             list_patience = 1;
+                            // The first complete list is the kind's sync (after a 403 was
+                            // lifted, say): current now. A relist after a failure must also
+                            // get its watch going (see the module doc).
+                            if !ever_listed {
+                                ever_listed = true;
+                                healthy(&self.status, kind);
+                            }
                             Some(Msg::Replace {
                                 kind,
                                 objects: std::mem::take(&mut listing),
