@@ -684,6 +684,9 @@ fn describe_transport(err: &kube::Error, url: &str) -> String {
                 std::io::ErrorKind::TimedOut => {
                     return format!("API server unreachable: timed out connecting to {url}")
                 }
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+                    return format!("API server connection reset: {url}")
+                }
                 _ => {}
             }
         }
