@@ -381,11 +381,10 @@ fn healthy(status: &SourceStatus, kind: ResourceKind) {
     if !status.is_failing(kind) {
         return;
     }
-    if let Some(stale) = status.set_healthy(kind) {
+    if let Some((stale, failed)) = status.set_healthy(kind) {
         info!(
-            "kubernetes: source current again after {:.1} s stale ({} failed attempts in all)",
+            "kubernetes: source current again after {:.1} s stale ({failed} failed attempts)",
             stale.as_secs_f64(),
-            status.failed_attempts()
         );
     }
 }
@@ -1074,6 +1073,14 @@ mod tests {
             Some(ResourceKind::Services)
         );
         assert_eq!(kind_of_path("/version"), None);
+    }
+
+    #[test]
+    fn watch_lines_that_clear_staleness() {
+        assert!(is_event_line(br#"{"type":"BOOKMARK","object":{}}"#));
+        assert!(is_event_line(br#"{"type":"ADDED","object":{}}"#));
+        assert!(!is_event_line(br#"{"type":"ERROR","object":{"code":410}}"#));
+        assert!(!is_event_line(br#"ct":{"metadata":{}}}"#), "a split line");
     }
 
     #[test]

@@ -75,6 +75,8 @@ struct Inner {
     startup_timed_out: bool,
     /// Failed list/watch attempts (errors and stalls) since start.
     failed_attempts: u64,
+    /// `failed_attempts` when the source last went stale.
+    failed_before_stale: u64,
 }
 
 impl Inner {
@@ -192,6 +194,9 @@ impl SourceStatus {
         let mut inner = self.lock();
         inner.failed_attempts += 1;
         let was_stale = inner.kinds.iter().any(|k| k.failing_since.is_some());
+        if !was_stale {
+            inner.failed_before_stale = inner.failed_attempts - 1;
+        }
         if let Some(k) = inner.kind_mut(kind) {
             k.failing_since.get_or_insert_with(SystemTime::now);
             k.last_error = Some(error);
@@ -200,8 +205,9 @@ impl SourceStatus {
     }
 
     /// `kind`'s watch is current again (it delivered an event or a bookmark). Returns how long
-    /// the source was stale when this ends it (no kind is failing any more).
-    pub(crate) fn set_healthy(&self, kind: ResourceKind) -> Option<Duration> {
+    /// the source was stale and how many attempts failed meanwhile, when this ends it (no kind
+    /// is failing any more).
+    pub(crate) fn set_healthy(&self, kind: ResourceKind) -> Option<(Duration, u64)> {
         let mut inner = self.lock();
         let since = inner.kinds.iter().filter_map(|k| k.failing_since).min()?;
         if let Some(k) = inner.kind_mut(kind) {
@@ -211,7 +217,10 @@ impl SourceStatus {
         if inner.kinds.iter().any(|k| k.failing_since.is_some()) {
             return None;
         }
-        Some(since.elapsed().unwrap_or_default())
+        Some((
+            since.elapsed().unwrap_or_default(),
+            inner.failed_attempts - inner.failed_before_stale,
+        ))
     }
 
     /// Failed list/watch attempts (errors and stalls) since start.
@@ -328,7 +337,10 @@ mod tests {
             None,
             "nodes still fail"
         );
-        assert!(s.set_healthy(ResourceKind::Nodes).is_some(), "recovered");
+        let (_, failed) = s.set_healthy(ResourceKind::Nodes).expect("recovered");
+        assert_eq!(failed, 3);
+        assert!(s.set_error(ResourceKind::Nodes, down), "stale again");
+        assert_eq!(s.set_healthy(ResourceKind::Nodes).map(|r| r.1), Some(1));
         assert_eq!(s.set_healthy(ResourceKind::Nodes), None, "was not stale");
         assert!(s.failures().is_empty());
     }
