@@ -248,8 +248,12 @@ impl SourceStatus {
             .collect()
     }
 
+    /// Cheap (no copy): asked for every watch line.
     pub(crate) fn is_failing(&self, kind: ResourceKind) -> bool {
-        self.kind(kind).is_some_and(|k| k.failing_since.is_some())
+        self.lock()
+            .kinds
+            .iter()
+            .any(|k| k.kind == kind && k.failing_since.is_some())
     }
 
     /// A published view holds `counts`; the kinds in `listed` have completed a list.
