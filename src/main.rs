@@ -249,9 +249,20 @@ fn emit(text: &str) {
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
+/// kube-rs logs every failed API request at ERROR (its HTTP trace layer) and every 403 at WARN,
+/// per attempt and resource: 17 lines in 5 s of outage. The Kubernetes source reports outages
+/// itself (a line going stale, one recovering, a periodic summary; each attempt at debug), so
+/// those two are silenced unless the filter names a kube target.
+const QUIET_KUBE: &str = "kube_client::client::builder=off,kube_runtime::watcher=error";
+
 fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = if filter.contains("kube") {
+        filter.to_string()
+    } else {
+        format!("{filter},{QUIET_KUBE}")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{QUIET_KUBE}")));
     // Colour only on a terminal: logs collected by kubectl or a file stay plain text.
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()

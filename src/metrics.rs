@@ -481,6 +481,7 @@ impl Metrics {
         let mut f = Families::default();
         let mut broken = 0u64;
         let mut rejects = 0u64;
+        let mut in_flight = 0u64;
         let mut any_forward = false;
         for b in blocks.iter() {
             if let Some(c) = &b.cache {
@@ -566,6 +567,7 @@ impl Metrics {
                     |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
                 broken += get(&st.healthcheck_broken);
                 rejects += get(&st.max_concurrent_rejects);
+                in_flight += u64::from(st.in_flight.load(std::sync::atomic::Ordering::Relaxed));
                 for up in &st.upstreams {
                     let to = up.addr.to_string();
                     let base = [("proxy_name", "forward"), ("to", to.as_str())];
@@ -575,6 +577,16 @@ impl Metrics {
                         &base,
                         get(&up.healthcheck_failures),
                     );
+                    for reason in crate::dns::forward::DropReason::ALL {
+                        let mut l = base.to_vec();
+                        l.push(("reason", reason.as_str()));
+                        f.counter(
+                            "clusterdns_forward_dropped_replies_total",
+                            "Replies from an upstream dropped because they do not answer the query sent (reason: id, question, malformed).",
+                            &l,
+                            up.dropped(reason),
+                        );
+                    }
                     for (proto_name, hits, misses) in [
                         (
                             if up.tls { "tcp-tls" } else { "tcp" },
@@ -634,6 +646,12 @@ impl Metrics {
                 broken,
             );
             f.counter("coredns_forward_max_concurrent_rejects_total", "Counter of the number of queries rejected because the concurrent queries were at maximum.", &[], rejects);
+            f.gauge(
+                "clusterdns_forward_in_flight",
+                "Forwarded queries waiting for an upstream (bounded by max_concurrent, else 10000 per forward block).",
+                &[],
+                in_flight as f64,
+            );
         }
         f.0
     }

@@ -14,6 +14,25 @@
 //! 410, a history reset or a restart) replaces that kind's objects whole at `InitDone`, so
 //! nothing phantom or lost remains. Failed watches never remove records: the last complete view
 //! keeps serving and [`SourceStatus::stale_since`] says since when it may be out of date.
+//!
+//! Staleness, per kind: a kind goes stale when a list or watch attempt fails or stalls, and is
+//! current again when its watch delivers an event or a bookmark, or its first list completes.
+//! A relist alone is not enough: in a 410 storm every relist may succeed while every watch
+//! fails at once, and counting the relists would flap between stale and current (and log it)
+//! on every cycle. On a quiet cluster a recovery is thus seen at the next bookmark, which the
+//! API server sends about once a minute. The source is stale while any kind is.
+//!
+//! Stalls: a watch that delivers nothing, neither events nor bookmarks, for
+//! [`KubeSourceOptions::stall_timeout`] (default 2 min; the API server's watch cache sends a
+//! bookmark about once a minute) is presumed dead (a half-open connection, a stuck proxy) and
+//! restarted with a relist. A list request that gets no answer bytes for that long is retried,
+//! with twice the patience each time (up to 8x) so that a slow API server still gets to
+//! finish. kube's client has no read timeout, so without this a stuck connection would hang
+//! the kind until kube's own 295 s idle timeout (watches) or forever (lists).
+//!
+//! Logging: one line when the source goes stale (naming what failed), one when it is current
+//! again (with how long it was stale and how many attempts failed), and a summary every
+//! [`KubeSourceOptions::summary_interval`] in between. Each failed attempt is at debug level.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,6 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use kube::api::Api;
@@ -174,6 +194,10 @@ pub struct KubeSourceOptions {
     /// Minimum time between two publishes, so a burst of events builds few snapshots.
     pub min_publish_interval: Duration,
     pub on_programmed: Option<ProgrammedHook>,
+    /// A watch silent (no event, no bookmark) for this long is restarted; see the module doc.
+    pub stall_timeout: Duration,
+    /// While stale, a summary line this often.
+    pub summary_interval: Duration,
 }
 
 impl Default for KubeSourceOptions {
@@ -188,6 +212,8 @@ impl Default for KubeSourceOptions {
             backoff_max: Duration::from_secs(30),
             min_publish_interval: Duration::from_millis(2),
             on_programmed: None,
+            stall_timeout: Duration::from_secs(120),
+            summary_interval: Duration::from_secs(60),
         }
     }
 }
@@ -204,6 +230,8 @@ impl fmt::Debug for KubeSourceOptions {
             .field("backoff_max", &self.backoff_max)
             .field("min_publish_interval", &self.min_publish_interval)
             .field("on_programmed", &self.on_programmed.as_ref().map(|_| "Fn"))
+            .field("stall_timeout", &self.stall_timeout)
+            .field("summary_interval", &self.summary_interval)
             .finish()
     }
 }
@@ -227,16 +255,19 @@ pub fn spawn(
         kinds.push(ResourceKind::Nodes);
     }
     status.start(&kinds);
-    let client = observed_client(client, status.clone());
+    let activity = Arc::new(Activity::default());
+    let client = observed_client(client, status.clone(), activity.clone());
     tokio::spawn(async move {
         let (tx, rx) = std_mpsc::channel();
         let mut watches = JoinSet::new();
+        watches.spawn(summaries(status.clone(), opts.summary_interval));
         for &kind in &kinds {
             let w = Watch {
                 kind,
                 tx: tx.clone(),
                 status: status.clone(),
                 opts: opts.clone(),
+                activity: activity.clone(),
             };
             let c = client.clone();
             match kind {
@@ -272,26 +303,118 @@ pub fn spawn(
     })
 }
 
-/// A kube client whose successful responses mark the requested kind healthy again. The
-/// watcher reports failures but not a silent reconnect, so this is how staleness clears.
-fn observed_client(client: Client, status: Arc<SourceStatus>) -> Client {
+/// When each kind last heard from the API server: response headers or body bytes of its
+/// list and watch requests, or a watcher event. What stall detection measures.
+#[derive(Debug, Default)]
+struct Activity {
+    last: std::sync::Mutex<HashMap<ResourceKind, Instant>>,
+}
+
+impl Activity {
+    fn touch(&self, kind: ResourceKind) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.insert(kind, Instant::now());
+    }
+
+    fn last(&self, kind: ResourceKind) -> Instant {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.get(&kind).copied().unwrap_or_else(Instant::now)
+    }
+}
+
+/// A kube client that sees the bytes of every response: any of them is activity for the
+/// requested kind (stall detection), and a watch event or bookmark line makes the kind current
+/// again. The watcher reports failures but neither bookmarks nor a silent reconnect, so this
+/// is how staleness clears on a quiet cluster.
+fn observed_client(client: Client, status: Arc<SourceStatus>, activity: Arc<Activity>) -> Client {
     let namespace = client.default_namespace().to_string();
     let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
         let client = client.clone();
         let status = status.clone();
+        let activity = activity.clone();
         let kind = kind_of_path(request.uri().path());
+        let watch = request
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
         async move {
-            let response = client.send(request).await;
-            if let (Ok(r), Some(kind)) = (&response, kind) {
-                if r.status().is_success() && status.is_failing(kind) {
-                    info!("kubernetes: {kind}: the API server answers again");
-                    status.set_healthy(kind);
-                }
+            let response = client.send(request).await?;
+            if let Some(kind) = kind {
+                activity.touch(kind);
             }
-            response
+            let watching = watch && response.status().is_success();
+            Ok::<_, kube::Error>(response.map(move |body| {
+                body.map_frame(move |frame| {
+                    if let Some(kind) = kind {
+                        activity.touch(kind);
+                        if watching && frame.data_ref().is_some_and(|d| is_event_line(d)) {
+                            healthy(&status, kind);
+                        }
+                    }
+                    frame
+                })
+            }))
         }
     });
     Client::new(service, namespace)
+}
+
+/// A watch line that is an event or a bookmark, not an error. The API server writes each
+/// event as `{"type":"ADDED","object":...}` in one chunk; a chunk that starts otherwise (a
+/// line split across chunks) only counts as activity.
+fn is_event_line(chunk: &[u8]) -> bool {
+    chunk.starts_with(br#"{"type":""#) && !chunk.starts_with(br#"{"type":"ERROR""#)
+}
+
+/// A failed list/watch attempt: detail at debug level; one warning when the source goes stale.
+fn failed(status: &SourceStatus, kind: ResourceKind, text: String) {
+    debug!("kubernetes: {kind}: {text}");
+    if status.set_error(kind, text.clone()) {
+        warn!(
+            "kubernetes: source stale: {kind}: {text}; answering from the last good view until it recovers"
+        );
+    }
+}
+
+/// `kind` is current; one line when that ends the source's staleness.
+fn healthy(status: &SourceStatus, kind: ResourceKind) {
+    if !status.is_failing(kind) {
+        return;
+    }
+    if let Some((stale, failed)) = status.set_healthy(kind) {
+        info!(
+            "kubernetes: source current again after {:.1} s stale ({failed} failed attempts)",
+            stale.as_secs_f64(),
+        );
+    }
+}
+
+/// While the source is stale, one summary line every `interval`.
+async fn summaries(status: Arc<SourceStatus>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(10)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await; // the first tick is immediate
+    let mut attempts = status.failed_attempts();
+    loop {
+        ticks.tick().await;
+        let now = status.failed_attempts();
+        let Some(since) = status.stale_since() else {
+            attempts = now;
+            continue;
+        };
+        let stale = since.elapsed().unwrap_or_default();
+        // A staleness younger than one interval was announced moments ago.
+        if stale >= interval {
+            warn!(
+                "kubernetes: source still stale after {:.0} s ({} failed attempts in the last {:.0} s): {}",
+                stale.as_secs_f64(),
+                now - attempts,
+                interval.as_secs_f64(),
+                status.failures().join("; ")
+            );
+        }
+        attempts = now;
+    }
 }
 
 /// The watched kind a list/watch path is for: its last segment (`/api/v1/namespaces/x/pods`).
@@ -337,6 +460,7 @@ struct Watch {
     tx: std_mpsc::Sender<Msg>,
     status: Arc<SourceStatus>,
     opts: KubeSourceOptions,
+    activity: Arc<Activity>,
 }
 
 impl Watch {
@@ -349,57 +473,111 @@ impl Watch {
         // Bookmarks are on by default; they keep a quiet watch's resourceVersion fresh.
         let config = watcher::Config::default().page_size(self.opts.page_size.max(1));
         let mut backoff = Backoff::new(self.opts.backoff_initial, self.opts.backoff_max);
+        let stall = self.opts.stall_timeout.max(Duration::from_millis(1));
+        // How many stall timeouts a list may take; doubles after each stalled list.
+        let mut list_patience = 1u32;
+        let mut ever_listed = false;
         loop {
             let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
             // Objects of a list in progress; swapped in whole at InitDone.
             let mut listing: Vec<(Key, Object)> = Vec::new();
+            // A new watcher lists first.
+            let mut in_list = true;
             let mut restart = false;
-            while let Some(item) = stream.next().await {
+            self.activity.touch(kind);
+            loop {
+                let limit = if in_list {
+                    stall * list_patience
+                } else {
+                    stall
+                };
+                let due = tokio::time::Instant::from_std(self.activity.last(kind) + limit);
+                let item = tokio::select! {
+                    item = stream.next() => item,
+                    _ = tokio::time::sleep_until(due) => {
+                        // Heard from meanwhile (the body of a response in progress): wait on.
+                        // Dropping `next()` loses nothing: the watcher keeps its own state.
+                        if self.activity.last(kind) + limit > Instant::now() {
+                            continue;
+                        }
+                        let text = if in_list {
+                            list_patience = (list_patience * 2).min(8);
+                            format!("list of {kind} stalled: no answer for {} s; listing again", limit.as_secs())
+                        } else {
+                            format!("watch of {kind} stalled: no event or bookmark for {} s; relisting", limit.as_secs())
+                        };
+                        failed(&self.status, kind, text);
+                        break;
+                    }
+                };
+                let Some(item) = item else {
+                    break; // a watcher stream never ends by itself; if it did, start a fresh one
+                };
+                self.activity.touch(kind);
                 let received = Instant::now();
                 let msg = match item {
-                    Ok(event) => {
-                        backoff.reset();
-                        match event {
-                            Event::Init => {
-                                debug!("kubernetes: {kind}: listing");
-                                listing = Vec::new();
-                                None
+                    Ok(event) => match event {
+                        Event::Init => {
+                            debug!("kubernetes: {kind}: listing");
+                            in_list = true;
+                            listing = Vec::new();
+                            None
+                        }
+                        Event::InitApply(o) => {
+                            if let Some(stripped) = strip(&o) {
+                                listing.push((key_of(&o), stripped));
                             }
-                            Event::InitApply(o) => {
-                                if let Some(stripped) = strip(&o) {
-                                    listing.push((key_of(&o), stripped));
-                                }
-                                None
+                            None
+                        }
+                        Event::InitDone => {
+                            in_list = false;
+                            list_patience = 1;
+                            // The first complete list is the kind's sync (after a 403 was
+                            // lifted, say): current now. A relist after a failure must also
+                            // get its watch going (see the module doc).
+                            if !ever_listed {
+                                ever_listed = true;
+                                healthy(&self.status, kind);
                             }
-                            Event::InitDone => Some(Msg::Replace {
+                            Some(Msg::Replace {
                                 kind,
                                 objects: std::mem::take(&mut listing),
-                            }),
-                            Event::Apply(o) => Some(Msg::Apply {
+                            })
+                        }
+                        Event::Apply(o) => {
+                            healthy(&self.status, kind);
+                            Some(Msg::Apply {
                                 kind,
                                 key: key_of(&o),
                                 object: strip(&o),
                                 received,
-                            }),
-                            Event::Delete(o) => Some(Msg::Delete {
+                            })
+                        }
+                        Event::Delete(o) => {
+                            healthy(&self.status, kind);
+                            Some(Msg::Delete {
                                 kind,
                                 key: key_of(&o),
                                 old: strip(&o),
                                 received,
-                            }),
+                            })
                         }
-                    }
+                    },
                     Err(err) => {
-                        let text = describe(&err, kind, self.opts.api_url.as_deref());
-                        if self.status.last_error(kind).as_deref() != Some(&text) {
-                            warn!("kubernetes: {kind}: {text}");
-                        } else {
-                            debug!("kubernetes: {kind}: {text}");
+                        // Failures in a row back off further; one after a recovery starts over.
+                        if !self.status.is_failing(kind) {
+                            backoff.reset();
                         }
-                        self.status.set_error(kind, text);
+                        failed(
+                            &self.status,
+                            kind,
+                            describe(&err, kind, self.opts.api_url.as_deref()),
+                        );
                         restart = needs_relist(&err);
                         // Not a synchronisation sleep: the retry backoff (with jitter).
                         tokio::time::sleep(backoff.next_delay()).await;
+                        // The wait for the next answer starts now.
+                        self.activity.touch(kind);
                         if restart {
                             break;
                         }
@@ -413,9 +591,8 @@ impl Watch {
                 }
             }
             if restart {
-                info!("kubernetes: {kind}: the API server lost our resourceVersion; relisting");
+                debug!("kubernetes: {kind}: the API server lost our resourceVersion; relisting");
             }
-            // A watcher stream never ends by itself; if it did, start a fresh one.
         }
     }
 }
@@ -505,6 +682,9 @@ fn describe_transport(err: &kube::Error, url: &str) -> String {
                 }
                 std::io::ErrorKind::TimedOut => {
                     return format!("API server unreachable: timed out connecting to {url}")
+                }
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+                    return format!("API server connection reset: {url}")
                 }
                 _ => {}
             }
@@ -893,6 +1073,14 @@ mod tests {
             Some(ResourceKind::Services)
         );
         assert_eq!(kind_of_path("/version"), None);
+    }
+
+    #[test]
+    fn watch_lines_that_clear_staleness() {
+        assert!(is_event_line(br#"{"type":"BOOKMARK","object":{}}"#));
+        assert!(is_event_line(br#"{"type":"ADDED","object":{}}"#));
+        assert!(!is_event_line(br#"{"type":"ERROR","object":{"code":410}}"#));
+        assert!(!is_event_line(br#"ct":{"metadata":{}}}"#), "a split line");
     }
 
     #[test]

@@ -73,6 +73,10 @@ struct Inner {
     sync_duration: Option<Duration>,
     /// The startup timeout passed before every kind had listed.
     startup_timed_out: bool,
+    /// Failed list/watch attempts (errors and stalls) since start.
+    failed_attempts: u64,
+    /// `failed_attempts` when the source last went stale.
+    failed_before_stale: u64,
 }
 
 impl Inner {
@@ -184,25 +188,72 @@ impl SourceStatus {
 
     // Writers, used by the source.
 
-    pub(crate) fn set_error(&self, kind: ResourceKind, error: String) {
+    /// A list/watch attempt for `kind` failed. Returns true when this makes the source stale
+    /// (no kind was failing before): the moment to say so, once.
+    pub(crate) fn set_error(&self, kind: ResourceKind, error: String) -> bool {
         let mut inner = self.lock();
+        inner.failed_attempts += 1;
+        let was_stale = inner.kinds.iter().any(|k| k.failing_since.is_some());
+        if !was_stale {
+            inner.failed_before_stale = inner.failed_attempts - 1;
+        }
         if let Some(k) = inner.kind_mut(kind) {
             k.failing_since.get_or_insert_with(SystemTime::now);
             k.last_error = Some(error);
         }
+        !was_stale && inner.kinds.iter().any(|k| k.failing_since.is_some())
     }
 
-    /// The API answered a request for `kind` successfully.
-    pub(crate) fn set_healthy(&self, kind: ResourceKind) {
+    /// `kind`'s watch is current again (it delivered an event or a bookmark). Returns how long
+    /// the source was stale and how many attempts failed meanwhile, when this ends it (no kind
+    /// is failing any more).
+    pub(crate) fn set_healthy(&self, kind: ResourceKind) -> Option<(Duration, u64)> {
         let mut inner = self.lock();
+        let since = inner.kinds.iter().filter_map(|k| k.failing_since).min()?;
         if let Some(k) = inner.kind_mut(kind) {
             k.failing_since = None;
             k.last_error = None;
         }
+        if inner.kinds.iter().any(|k| k.failing_since.is_some()) {
+            return None;
+        }
+        Some((
+            since.elapsed().unwrap_or_default(),
+            inner.failed_attempts - inner.failed_before_stale,
+        ))
     }
 
+    /// Failed list/watch attempts (errors and stalls) since start.
+    pub fn failed_attempts(&self) -> u64 {
+        self.lock().failed_attempts
+    }
+
+    /// The failing kinds and their errors, kinds with the same error on one line:
+    /// `services, endpointslices: API server unreachable: connection refused to ...`.
+    pub fn failures(&self) -> Vec<String> {
+        let inner = self.lock();
+        let mut out: Vec<(String, Vec<ResourceKind>)> = Vec::new();
+        for k in inner.kinds.iter().filter(|k| k.failing_since.is_some()) {
+            let error = k.last_error.clone().unwrap_or_default();
+            match out.iter_mut().find(|(e, _)| *e == error) {
+                Some((_, kinds)) => kinds.push(k.kind),
+                None => out.push((error, vec![k.kind])),
+            }
+        }
+        out.into_iter()
+            .map(|(error, kinds)| {
+                let kinds: Vec<&str> = kinds.iter().map(|k| k.resource()).collect();
+                format!("{}: {error}", kinds.join(", "))
+            })
+            .collect()
+    }
+
+    /// Cheap (no copy): asked for every watch line.
     pub(crate) fn is_failing(&self, kind: ResourceKind) -> bool {
-        self.kind(kind).is_some_and(|k| k.failing_since.is_some())
+        self.lock()
+            .kinds
+            .iter()
+            .any(|k| k.kind == kind && k.failing_since.is_some())
     }
 
     /// A published view holds `counts`; the kinds in `listed` have completed a list.
@@ -246,13 +297,17 @@ mod tests {
         );
         assert!(s.stale_since().is_some());
         s.published(&[(ResourceKind::Services, 3)], &[ResourceKind::Services]);
+        assert_eq!(
+            s.failures(),
+            ["endpointslices: 403 forbidden: cannot list resource \"endpointslices\""]
+        );
         assert!(!s.ready());
         assert_eq!(
             s.not_ready_reasons(),
             ["kubernetes: waiting for initial list of endpointslices: 403 forbidden: cannot list resource \"endpointslices\""]
         );
         assert!(s.synced_at().is_none());
-        s.set_healthy(ResourceKind::EndpointSlices);
+        assert!(s.set_healthy(ResourceKind::EndpointSlices).is_some());
         s.published(&[], &[ResourceKind::EndpointSlices]);
         assert!(s.ready());
         assert!(s.not_ready_reasons().is_empty());
@@ -260,5 +315,37 @@ mod tests {
         assert!(s.stale_since().is_none());
         assert_eq!(s.count(ResourceKind::Services), 3);
         assert_eq!(s.count(ResourceKind::Pods), 0);
+    }
+
+    #[test]
+    fn the_source_goes_stale_once_and_recovers_once() {
+        let s = SourceStatus::new();
+        s.start(&[ResourceKind::Services, ResourceKind::Nodes]);
+        let down = "API server unreachable".to_string();
+        assert!(
+            s.set_error(ResourceKind::Services, down.clone()),
+            "goes stale"
+        );
+        assert!(
+            !s.set_error(ResourceKind::Nodes, down.clone()),
+            "already stale"
+        );
+        assert!(
+            !s.set_error(ResourceKind::Services, down.clone()),
+            "already stale"
+        );
+        assert_eq!(s.failed_attempts(), 3);
+        assert_eq!(s.failures(), ["services, nodes: API server unreachable"]);
+        assert_eq!(
+            s.set_healthy(ResourceKind::Services),
+            None,
+            "nodes still fail"
+        );
+        let (_, failed) = s.set_healthy(ResourceKind::Nodes).expect("recovered");
+        assert_eq!(failed, 3);
+        assert!(s.set_error(ResourceKind::Nodes, down), "stale again");
+        assert_eq!(s.set_healthy(ResourceKind::Nodes).map(|r| r.1), Some(1));
+        assert_eq!(s.set_healthy(ResourceKind::Nodes), None, "was not stale");
+        assert!(s.failures().is_empty());
     }
 }

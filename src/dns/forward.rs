@@ -2,7 +2,7 @@
 //! to upstream nameservers, chosen by policy among the healthy ones.
 //!
 //! ```text
-//!  handle ─> in zone? ─> max_concurrent? ─> order upstreams (policy, healthy first)
+//!  handle ─> in zone? ─> in flight < bound? ─> order upstreams (policy, healthy first)
 //!              │ no            │ over: REFUSED      │
 //!              Next                                 for each: exchange (UDP, TC -> TCP; or TCP;
 //!                                                     tls:// upstreams: always TCP over TLS)
@@ -18,7 +18,17 @@
 //! connections after the TLS handshake (see [`super::dot`]).
 //!
 //! UDP uses a fresh connected socket per attempt: the kernel drops datagrams from other
-//! sources, the source port is random, and replies are still checked for id and question.
+//! sources (we never see them), the source port is random, and the id is random per attempt.
+//! A reply that reaches us but is not the answer to this query (wrong id, wrong question,
+//! not a response, or bytes that do not parse) is dropped and counted per reason
+//! (`clusterdns_forward_dropped_replies_total`), and the wait goes on: an off-path spoofer
+//! cannot end it. Over TCP a reply with another id is a late answer to an earlier query on
+//! the connection (skipped); bytes that do not parse end the connection.
+//!
+//! Queries in flight are bounded per `forward` block: by `max_concurrent` when set, else by
+//! [`DEFAULT_MAX_IN_FLIGHT`]. Above the bound a query is REFUSED at once (as CoreDNS's
+//! `max_concurrent`), so a silent upstream under a flood holds at most that many sockets and
+//! futures, each for at most the query timeout.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -49,6 +59,10 @@ const MAX_IDLE_TCP: usize = 16;
 /// The EDNS payload we offer upstream when the client sent no OPT record, so that answers up
 /// to this size need no TCP retry (the server truncates again for the client if needed).
 const UPSTREAM_PAYLOAD: u16 = 1232;
+/// The in-flight bound when `max_concurrent` is not set. CoreDNS has none; without one, a
+/// silent upstream under a flood holds a socket per query for the whole timeout (10 000 qps
+/// for 5 s is 50 000 sockets: past any open-file limit, and memory that only grows).
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -121,6 +135,30 @@ impl Histogram {
     }
 }
 
+/// Why a reply that reached us was not taken as the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Another message id (a spoof, or a late reply to an earlier query).
+    Id,
+    /// The right id but another question, or not a response (QR unset).
+    Question,
+    /// Bytes that do not parse as a DNS message (garbage, cut short).
+    Malformed,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 3] = [DropReason::Id, DropReason::Question, DropReason::Malformed];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Id => "id",
+            DropReason::Question => "question",
+            DropReason::Malformed => "malformed",
+        }
+    }
+}
+
 /// Header rcodes are 4 bits; index 16 holds extended ones.
 const RCODE_SLOTS: usize = 17;
 
@@ -148,6 +186,8 @@ pub struct UpstreamStats {
     pub conn_cache_hits_tcp: AtomicU64,
     pub conn_cache_misses_tcp: AtomicU64,
     pub conn_cache_misses_udp: AtomicU64,
+    /// Replies dropped, by [`DropReason`] (index = position in `DropReason::ALL`).
+    pub dropped: [AtomicU64; 3],
 }
 
 impl UpstreamStats {
@@ -163,7 +203,17 @@ impl UpstreamStats {
             conn_cache_hits_tcp: AtomicU64::new(0),
             conn_cache_misses_tcp: AtomicU64::new(0),
             conn_cache_misses_udp: AtomicU64::new(0),
+            dropped: Default::default(),
         }
+    }
+
+    /// Replies dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    fn drop_reply(&self, reason: DropReason) {
+        self.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Replies seen with `rcode`.
@@ -179,6 +229,9 @@ pub struct ForwardStats {
     pub max_concurrent_rejects: AtomicU64,
     /// `coredns_forward_healthcheck_broken_total`: every upstream was down.
     pub healthcheck_broken: AtomicU64,
+    /// Queries in flight now, and the most there have been at once.
+    pub in_flight: AtomicU32,
+    pub in_flight_peak: AtomicU32,
     pub upstreams: Vec<Arc<UpstreamStats>>,
 }
 
@@ -214,8 +267,8 @@ struct Inner {
     health_check: Duration,
     health_check_rd: bool,
     health_check_name: Name,
-    max_concurrent: Option<u32>,
-    in_flight: AtomicU32,
+    /// `max_concurrent`, or [`DEFAULT_MAX_IN_FLIGHT`].
+    max_in_flight: u32,
     next_rr: AtomicUsize,
     timeouts: ForwardTimeouts,
     stats: Arc<ForwardStats>,
@@ -356,6 +409,8 @@ impl Forward {
         let stats = Arc::new(ForwardStats {
             max_concurrent_rejects: AtomicU64::new(0),
             healthcheck_broken: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
+            in_flight_peak: AtomicU32::new(0),
             upstreams: upstreams.iter().map(|u| u.stats.clone()).collect(),
         });
         Ok(Forward {
@@ -372,8 +427,7 @@ impl Forward {
                 health_check: *health_check,
                 health_check_rd: !*health_check_no_rec,
                 health_check_name,
-                max_concurrent: *max_concurrent,
-                in_flight: AtomicU32::new(0),
+                max_in_flight: max_concurrent.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
                 next_rr: AtomicUsize::new(0),
                 timeouts,
                 stats,
@@ -413,7 +467,7 @@ struct InFlight(Arc<Inner>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -427,17 +481,17 @@ impl Handler for Forward {
         if !zone::in_zone(&req.qname, &inner.from) || zone::in_any(&req.qname, &inner.except) {
             return Flow::Next;
         }
-        let guard = inner.max_concurrent.map(|max| {
-            let now = inner.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-            (InFlight(inner.clone()), now > max)
-        });
-        if let Some((_, true)) = guard {
+        let now = inner.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        let guard = InFlight(inner.clone());
+        if now > inner.max_in_flight {
+            drop(guard);
             inner
                 .stats
                 .max_concurrent_rejects
                 .fetch_add(1, Ordering::Relaxed);
             return Flow::Answer(Answer::rcode(ResponseCode::Refused, PLUGIN));
         }
+        inner.stats.in_flight_peak.fetch_max(now, Ordering::Relaxed);
         let query = upstream_query(&req.message);
         let proto = if inner.force_tcp {
             Proto::Tcp
@@ -602,12 +656,15 @@ impl Inner {
                 Ok(r) => r?,
                 Err(_) => return Err(ExchangeError::Timeout),
             };
-            // Anything that is not the reply to this exact query is ignored, and we keep
+            // Anything that is not the reply to this exact query is dropped, and we keep
             // waiting for the real one: an off-path spoofer must not be able to end the wait.
-            if let Some(reply) = matching_reply(q, &buf[..n]) {
-                return Ok(reply);
+            match matching_reply(q, &buf[..n]) {
+                Ok(reply) => return Ok(reply),
+                Err(reason) => {
+                    up.stats.drop_reply(reason);
+                    debug!(upstream = %up.addr, reason = reason.as_str(), "dropped a UDP reply that does not answer the query");
+                }
             }
-            debug!(upstream = %up.addr, "ignored a UDP reply that does not match the query");
         }
     }
 
@@ -624,7 +681,7 @@ impl Inner {
         // fresh connection is tried before this counts as the upstream's failure.
         if let Some(mut conn) = self.take_idle(up) {
             up.stats.conn_cache_hits_tcp.fetch_add(1, Ordering::Relaxed);
-            if let Ok(reply) = self.roundtrip(&mut conn, &framed, q).await {
+            if let Ok(reply) = self.roundtrip(up, &mut conn, &framed, q).await {
                 self.put_idle(up, conn);
                 return Ok(reply);
             }
@@ -634,7 +691,7 @@ impl Inner {
                 .fetch_add(1, Ordering::Relaxed);
         }
         let mut conn = self.connect(up).await?;
-        let reply = self.roundtrip(&mut conn, &framed, q).await?;
+        let reply = self.roundtrip(up, &mut conn, &framed, q).await?;
         self.put_idle(up, conn);
         Ok(reply)
     }
@@ -673,18 +730,20 @@ impl Inner {
 
     async fn roundtrip(
         &self,
+        up: &Upstream,
         conn: &mut Conn,
         framed: &[u8],
         q: &Message,
     ) -> Result<Message, ExchangeError> {
         match conn {
-            Conn::Tcp(s) => self.stream_roundtrip(s, framed, q).await,
-            Conn::Tls(s) => self.stream_roundtrip(s.as_mut(), framed, q).await,
+            Conn::Tcp(s) => self.stream_roundtrip(up, s, framed, q).await,
+            Conn::Tls(s) => self.stream_roundtrip(up, s.as_mut(), framed, q).await,
         }
     }
 
     async fn stream_roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
+        up: &Upstream,
         stream: &mut S,
         framed: &[u8],
         q: &Message,
@@ -698,9 +757,17 @@ impl Inner {
                 stream.read_exact(&mut len).await?;
                 let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
                 stream.read_exact(&mut buf).await?;
-                // A late reply to an earlier, timed-out query on this connection: skip it.
-                if let Some(reply) = matching_reply(q, &buf) {
-                    return Ok::<_, ExchangeError>(reply);
+                match matching_reply(q, &buf) {
+                    Ok(reply) => return Ok::<_, ExchangeError>(reply),
+                    // Framing is lost or the peer is not speaking DNS: the connection is
+                    // useless (and, failing, is not pooled again).
+                    Err(DropReason::Malformed) => {
+                        up.stats.drop_reply(DropReason::Malformed);
+                        return Err(ExchangeError::Bad("malformed reply over TCP"));
+                    }
+                    // A late reply to an earlier, timed-out query on this connection, or a
+                    // wrong one: skip it and keep reading.
+                    Err(reason) => up.stats.drop_reply(reason),
                 }
             }
         };
@@ -777,23 +844,31 @@ impl Inner {
 }
 
 /// `bytes` parsed, if it is a response to `q`: same id, same question (name compared without
-/// case, since some servers do not echo it exactly), and QR set.
-fn matching_reply(q: &Message, bytes: &[u8]) -> Option<Message> {
-    if bytes.len() < 12 || u16::from_be_bytes([bytes[0], bytes[1]]) != q.metadata.id {
-        return None;
+/// case, since some servers do not echo it exactly), and QR set; else why not.
+fn matching_reply(q: &Message, bytes: &[u8]) -> Result<Message, DropReason> {
+    if bytes.len() < 12 {
+        return Err(DropReason::Malformed);
     }
-    let reply = Message::from_vec(bytes).ok()?;
+    // The id first: a spoof with the wrong id costs no parsing.
+    if u16::from_be_bytes([bytes[0], bytes[1]]) != q.metadata.id {
+        return Err(DropReason::Id);
+    }
+    let reply = Message::from_vec(bytes).map_err(|_| DropReason::Malformed)?;
     if reply.metadata.message_type != MessageType::Response {
-        return None;
+        return Err(DropReason::Question);
     }
     let (Some(a), Some(b)) = (reply.queries.first(), q.queries.first()) else {
-        return None;
+        return Err(DropReason::Question);
     };
     let same = reply.queries.len() == 1
         && a.name() == b.name()
         && a.query_type() == b.query_type()
         && a.query_class() == b.query_class();
-    same.then_some(reply)
+    if same {
+        Ok(reply)
+    } else {
+        Err(DropReason::Question)
+    }
 }
 
 #[cfg(test)]
@@ -816,6 +891,21 @@ mod tests {
     }
 
     #[test]
+    fn in_flight_is_bounded_without_max_concurrent() {
+        let mut cfg = ForwardConfig::new(
+            ".".into(),
+            vec![UpstreamConfig::Addr {
+                transport: Transport::Dns,
+                addr: "127.0.0.1:53".parse().unwrap(),
+            }],
+        );
+        let f = Forward::new(&cfg).unwrap();
+        assert_eq!(f.inner.max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+        cfg.max_concurrent = Some(7);
+        assert_eq!(Forward::new(&cfg).unwrap().inner.max_in_flight, 7);
+    }
+
+    #[test]
     fn reply_matching() {
         let mut q = Message::new(7, MessageType::Query, OpCode::Query);
         q.add_query(Query::query(
@@ -825,17 +915,24 @@ mod tests {
         let mut r = q.clone();
         r.metadata.message_type = MessageType::Response;
         let ok = r.to_vec().unwrap();
-        assert!(matching_reply(&q, &ok).is_some());
+        assert!(matching_reply(&q, &ok).is_ok());
         let mut wrong_id = r.clone();
         wrong_id.metadata.id = 8;
-        assert!(matching_reply(&q, &wrong_id.to_vec().unwrap()).is_none());
+        let why = |b: &[u8]| matching_reply(&q, b).err();
+        assert_eq!(why(&wrong_id.to_vec().unwrap()), Some(DropReason::Id));
         let mut wrong_q = r.clone();
         wrong_q.queries[0].set_query_type(RecordType::AAAA);
-        assert!(matching_reply(&q, &wrong_q.to_vec().unwrap()).is_none());
-        assert!(
-            matching_reply(&q, &q.to_vec().unwrap()).is_none(),
+        assert_eq!(why(&wrong_q.to_vec().unwrap()), Some(DropReason::Question));
+        assert_eq!(
+            why(&q.to_vec().unwrap()),
+            Some(DropReason::Question),
             "QR unset"
         );
-        assert!(matching_reply(&q, &[0, 7, 0x80]).is_none());
+        assert_eq!(why(&[0, 7, 0x80]), Some(DropReason::Malformed));
+        assert_eq!(
+            why(&ok[..ok.len() - 3]),
+            Some(DropReason::Malformed),
+            "cut short"
+        );
     }
 }

@@ -7,6 +7,12 @@
 //! etcd does), compact the history, expire or drop open watches, stall requests, forbid a
 //! resource, stop and restart on the same port with a new resource-version history.
 //!
+//! Faults, as a sick API server or the network to it shows them: lists failing with a status
+//! (500 as when etcd times out), slow lists, a 410 storm (history compacted faster than anyone
+//! can watch: every watch from a resourceVersion and every list continuation gets 410), watches
+//! that stall (the connection stays open, nothing arrives, not even bookmarks), and connections
+//! reset mid-stream. Connections close with a TCP RST (SO_LINGER 0), as a killed process's do.
+//!
 //! ```text
 //!  test ──apply/delete──> State { objects, history, open watches } ──events──> watch bodies
 //!  kube client ──GET──> handle() ──list pages / replay history + register watch──┘
@@ -297,10 +303,24 @@ fn expired(message: String) -> Value {
     status_object(410, "Expired", &message, None)
 }
 
+/// Injected faults; see the module doc.
+#[derive(Default)]
+struct Faults {
+    /// Lists (not watches, not gets) answer this status code.
+    list_error: Option<u16>,
+    list_delay: Duration,
+    storm_410: bool,
+}
+
 struct Shared {
     state: Mutex<State>,
     stalled: watch::Sender<bool>,
     bookmark_interval: Mutex<Duration>,
+    faults: Mutex<Faults>,
+    /// Watches deliver nothing (and do not end) while true.
+    watches_stalled: watch::Sender<bool>,
+    /// Bumped to reset every open connection.
+    resets: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -331,6 +351,9 @@ impl ApiServer {
             state: Mutex::new(State::new(1)),
             stalled,
             bookmark_interval: Mutex::new(Duration::from_millis(200)),
+            faults: Mutex::new(Faults::default()),
+            watches_stalled: watch::channel(false).0,
+            resets: watch::channel(0).0,
         });
         let dir = tempfile::tempdir().expect("tempdir");
         let server = ApiServer {
@@ -451,6 +474,48 @@ impl ApiServer {
         }
     }
 
+    /// Lists of every resource answer `code` (e.g. 500) with a Status, until `None`.
+    pub fn fail_lists(&self, code: Option<u16>) {
+        self.shared.faults.lock().unwrap().list_error = code;
+    }
+
+    /// Lists answer only after `delay` (a loaded API server, a big cluster).
+    pub fn set_list_delay(&self, delay: Duration) {
+        self.shared.faults.lock().unwrap().list_delay = delay;
+    }
+
+    /// A 410 storm: open watches end with 410 Expired now, and while it lasts every watch from
+    /// a resourceVersion and every list continuation is 410 too. Fresh lists still work.
+    pub fn set_410_storm(&self, storm: bool) {
+        self.shared.faults.lock().unwrap().storm_410 = storm;
+        if storm {
+            self.expire_watches();
+        }
+    }
+
+    /// While stalled, watches (open and new) deliver nothing, not even bookmarks, and do not
+    /// end: a stuck connection. What they held back is delivered when released.
+    pub fn stall_watches(&self, stalled: bool) {
+        self.shared.watches_stalled.send_replace(stalled);
+    }
+
+    /// Resets every open connection (lists and watches in progress) with a TCP RST; the
+    /// server keeps accepting new ones.
+    pub fn reset_connections(&self) {
+        self.shared.resets.send_modify(|n| *n += 1);
+    }
+
+    /// How many list requests (not watches) of `res` have been made.
+    pub fn list_requests(&self, res: Res) -> usize {
+        let path = format!("/{}?", res.plural());
+        self.shared
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.contains(&path) && !r.contains("watch=true"))
+            .count()
+    }
+
     pub fn set_bookmark_interval(&self, interval: Duration) {
         *self.shared.bookmark_interval.lock().unwrap() = interval;
     }
@@ -525,8 +590,11 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationT
                 Err(_) => continue,
             },
         };
+        // Every close is a reset, as when the process dies.
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
         let shared = shared.clone();
         let cancel = cancel.clone();
+        let mut resets = shared.resets.subscribe();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
@@ -537,6 +605,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationT
             tokio::select! {
                 _ = conn => {}
                 _ = cancel.cancelled() => {}
+                _ = resets.changed() => {}
             }
         });
     }
@@ -716,10 +785,29 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         return get(&shared, &target, name);
     }
     if is_watch {
-        start_watch(&shared, &target, &params)
-    } else {
-        list(&shared, &target, &params)
+        return start_watch(&shared, &target, &params);
     }
+    let (delay, error) = {
+        let f = shared.faults.lock().unwrap();
+        (f.list_delay, f.list_error)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(code) = error {
+        let reason = if code == 500 {
+            "InternalError"
+        } else {
+            "Error"
+        };
+        return status_response(
+            code,
+            reason,
+            "etcdserver: request timed out (injected by the test API server)",
+            None,
+        );
+    }
+    list(&shared, &target, &params)
 }
 
 fn get(shared: &Shared, target: &Target, name: &str) -> Response<Body> {
@@ -765,7 +853,14 @@ fn list(shared: &Shared, target: &Target, params: &HashMap<String, String>) -> R
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
         .filter(|&l| l > 0);
+    let storm = shared.faults.lock().unwrap().storm_410;
     let (rv, items, offset) = match params.get("continue").filter(|c| !c.is_empty()) {
+        Some(_) if storm => {
+            return json_response(
+                410,
+                &expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into()),
+            )
+        }
         Some(token) => {
             let parsed = token
                 .split_once(':')
@@ -856,6 +951,8 @@ fn start_watch(
     params: &HashMap<String, String>,
 ) -> Response<Body> {
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let storm = shared.faults.lock().unwrap().storm_410;
+    let stalled = shared.watches_stalled.subscribe();
     {
         let mut state = shared.lock();
         let requested = params
@@ -873,15 +970,16 @@ fn start_watch(
                 }
             }
             Some(Ok(rv)) if rv > state.rv => return too_large(rv, state.rv),
-            Some(Ok(rv)) if rv < state.oldest => {
+            Some(Ok(rv)) if rv < state.oldest || storm => {
                 // The API server answers 200 and sends the 410 as an ERROR event.
-                let status = expired(format!("too old resource version: {rv} ({})", state.oldest));
+                let oldest = if storm { state.rv + 1 } else { state.oldest };
+                let status = expired(format!("too old resource version: {rv} ({oldest})"));
                 let _ = tx.send(event_line(
                     "ERROR",
                     &serde_json::to_vec(&status).expect("JSON"),
                 ));
                 drop(tx);
-                return watch_response(rx, None);
+                return watch_response(rx, None, stalled);
             }
             Some(Ok(rv)) => {
                 for e in state.history.iter().filter(|e| {
@@ -904,19 +1002,25 @@ fn start_watch(
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
         .map(Duration::from_secs);
-    watch_response(rx, timeout)
+    watch_response(rx, timeout, stalled)
 }
 
 /// A chunked body of watch event lines, ending when the server drops the watch or the
-/// requested `timeoutSeconds` pass.
-fn watch_response(rx: mpsc::UnboundedReceiver<Bytes>, timeout: Option<Duration>) -> Response<Body> {
+/// requested `timeoutSeconds` pass; while watches are stalled, neither lines nor the end.
+fn watch_response(
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    timeout: Option<Duration>,
+    stalled: watch::Receiver<bool>,
+) -> Response<Body> {
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let stream = futures::stream::unfold(rx, move |mut rx| async move {
+    let stream = futures::stream::unfold((rx, stalled), move |(mut rx, mut stalled)| async move {
         let next = match deadline {
             Some(d) => tokio::time::timeout_at(d, rx.recv()).await.ok().flatten(),
             None => rx.recv().await,
         };
-        next.map(|line| (Ok::<_, Infallible>(Frame::data(line)), rx))
+        // A stuck connection: hold until released (or the connection is dropped).
+        let _ = stalled.wait_for(|s| !*s).await;
+        next.map(|line| (Ok::<_, Infallible>(Frame::data(line)), (rx, stalled)))
     });
     Response::builder()
         .header("content-type", "application/json")
