@@ -264,7 +264,8 @@ async fn start_source(
             need_pods,
             cancel.clone(),
         )
-        .with_context(|| format!("cannot load --manifests {}", path.display()))?;
+        // Every load error starts with the file it is about (a directory's member included).
+        .context("cannot load --manifests")?;
         return Ok(None);
     }
     let k8s = config.servers.iter().find_map(|b| b.kubernetes());
@@ -285,20 +286,20 @@ async fn start_source(
         k8s.and_then(|k| k.kubeconfig.as_ref()),
         k8s.and_then(|k| k.endpoint.as_ref()),
     ) {
-        (Some(path), _, _) => kube_source::config(Some(path), None).await,
-        (None, Some(kc), _) => kube_source::config(Some(&kc.path), kc.context.as_deref()).await,
+        (Some(path), _, _) => kube_source::config(Some(path), None).await?,
+        (None, Some(kc), _) => kube_source::config(Some(&kc.path), kc.context.as_deref()).await?,
         (None, None, Some(url)) => {
             let uri = url
                 .parse()
                 .with_context(|| format!("kubernetes endpoint {url:?} is not a URL"))?;
-            Ok(kube::Config::new(uri))
+            kube::Config::new(uri)
         }
-        (None, None, None) => kube_source::config(None, None).await,
-    }
-    .context(
-        "the kubernetes plugin follows the Kubernetes API (in-cluster, KUBECONFIG or \
-         --kubeconfig FILE); to serve files instead, pass --manifests PATH",
-    )?;
+        // Only here was no source named: say where one can come from.
+        (None, None, None) => kube_source::config(None, None).await.context(
+            "the kubernetes plugin follows the Kubernetes API (in-cluster, KUBECONFIG or \
+             --kubeconfig FILE); to serve files instead, pass --manifests PATH",
+        )?,
+    };
     let api_url = kube_config.cluster_url.to_string();
     let client = kube_source::client_for(kube_config).context("kubernetes")?;
     let m = metrics.clone();

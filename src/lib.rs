@@ -11,4 +11,5 @@ pub mod fargate;
 pub mod gen;
 pub mod metrics;
 pub mod prober;
+pub mod report;
 pub mod sidecar;

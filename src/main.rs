@@ -514,7 +514,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("clusterdns: {e:#}");
+            eprintln!("clusterdns: {}", clusterdns::report::one_line(e.as_ref()));
             ExitCode::from(2)
         }
     }
