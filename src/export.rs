@@ -72,8 +72,16 @@ pub fn forward_zone(snap: &Snapshot, zone: &str, ttl: u32) -> String {
                 for ip in &svc.cluster_ips {
                     let _ = writeln!(out, "{base}\t{ttl}\tIN\t{}", addr_rr(ip));
                 }
-                let w = weight(svc.ports.len());
+                // The server's weights: shared by every cluster IP x port before equal
+                // records (one port number over UDP and TCP, the same on each IP) collapse.
+                let ips = svc.cluster_ips.len();
+                let w = weight(svc.ports.len() * ips);
+                let mut seen: Vec<u16> = Vec::new();
                 for p in &svc.ports {
+                    if seen.contains(&p.port) {
+                        continue;
+                    }
+                    seen.push(p.port);
                     let _ = writeln!(
                         out,
                         "{base}\t{ttl}\tIN\tSRV\t0 {w} {} {base}.{origin}",
@@ -83,9 +91,10 @@ pub fn forward_zone(snap: &Snapshot, zone: &str, ttl: u32) -> String {
                 for p in named(&svc.ports) {
                     let _ = writeln!(
                         out,
-                        "_{}._{}.{base}\t{ttl}\tIN\tSRV\t0 100 {} {base}.{origin}",
+                        "_{}._{}.{base}\t{ttl}\tIN\tSRV\t0 {} {} {base}.{origin}",
                         p.name.to_ascii_lowercase(),
                         p.protocol.as_str(),
+                        weight(ips),
                         p.port
                     );
                 }
@@ -105,8 +114,14 @@ pub fn forward_zone(snap: &Snapshot, zone: &str, ttl: u32) -> String {
                     }
                 }
                 for (p, eps) in &by_port {
+                    // Endpoints sharing a hostname share one record, weighted as before.
                     let w = weight(eps.len());
+                    let mut seen: Vec<&str> = Vec::new();
                     for e in eps {
+                        if seen.contains(&e.label(false)) {
+                            continue;
+                        }
+                        seen.push(e.label(false));
                         let _ = writeln!(
                             out,
                             "_{}._{}.{base}\t{ttl}\tIN\tSRV\t0 {w} {} {}.{base}.{origin}",
@@ -215,5 +230,38 @@ mod tests {
         );
         let r6 = reverse_zone(&snap, "ip6.arpa", "cluster.local", 5);
         assert!(r6.contains("PTR\tapi.demo.svc.cluster.local."), "{r6}");
+    }
+
+    /// RFC 2181 section 5: no RRset holds a record twice. The demo's gateway exposes 443
+    /// over TCP and UDP: one bare-name SRV record for it, weighted over all three ports.
+    #[test]
+    fn no_record_is_exported_twice() {
+        let snap = Snapshot::build(
+            Arc::new(Store::from_objects(&embedded_objects().unwrap())),
+            7,
+            true,
+        );
+        for z in [
+            forward_zone(&snap, "cluster.local", 5),
+            reverse_zone(&snap, "in-addr.arpa", "cluster.local", 5),
+            reverse_zone(&snap, "ip6.arpa", "cluster.local", 5),
+        ] {
+            let mut seen = std::collections::HashSet::new();
+            for line in z.lines().filter(|l| !l.starts_with(';')) {
+                assert!(seen.insert(line), "twice: {line}");
+            }
+        }
+        let z = forward_zone(&snap, "cluster.local", 5);
+        let bare: Vec<&str> = z
+            .lines()
+            .filter(|l| l.starts_with("gateway.demo.svc\t5\tIN\tSRV"))
+            .collect();
+        assert_eq!(
+            bare,
+            [
+                "gateway.demo.svc\t5\tIN\tSRV\t0 33 443 gateway.demo.svc.cluster.local.",
+                "gateway.demo.svc\t5\tIN\tSRV\t0 33 514 gateway.demo.svc.cluster.local."
+            ]
+        );
     }
 }
