@@ -92,12 +92,6 @@ fn pods_word(p: PodMode) -> &'static str {
     }
 }
 
-/// Whether text spliced into generated Corefile text stays one plain word (no spaces, braces,
-/// comments, quotes or `{$ENV}` substitution).
-pub(crate) fn one_corefile_word(s: &str) -> bool {
-    !s.is_empty() && !s.contains(|c: char| c.is_whitespace() || "{}#\"'`$".contains(c))
-}
-
 /// The built-in configuration: the EKS Corefile on non-privileged localhost ports.
 ///
 /// DNS on `opts.dns_addr` (default 127.0.0.1:1053); health 127.0.0.1:8080, ready
@@ -113,7 +107,7 @@ pub fn default_corefile(opts: &ServeOptions) -> anyhow::Result<String> {
     // The zone is spliced into Corefile text: only a valid DNS name may go there.
     let zone = parse_zone(&opts.zone).map_err(anyhow::Error::msg)?;
     let zone = zone.to_ascii();
-    if !one_corefile_word(&zone) {
+    if !corefile::one_corefile_word(&zone) {
         anyhow::bail!("invalid zone {:?}", opts.zone);
     }
     let ip = opts.dns_addr.ip();
@@ -127,7 +121,7 @@ pub fn default_corefile(opts: &ServeOptions) -> anyhow::Result<String> {
     // Upstreams that are resolv.conf files without a nameserver are left out, with a word.
     let mut upstreams = Vec::new();
     for u in &opts.upstreams {
-        if !one_corefile_word(u) {
+        if !corefile::one_corefile_word(u) {
             anyhow::bail!("invalid upstream {u:?}");
         }
         let path = std::path::Path::new(u);
