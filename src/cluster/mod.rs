@@ -6,6 +6,7 @@
 //!  API server (list/watch) ──┘                                 (ArcSwap, read by every query)
 //! ```
 
+pub mod demand;
 pub mod file_source;
 pub mod kube_source;
 pub mod labels;
