@@ -666,46 +666,7 @@ fn set_plugin_enabled(
     }
 }
 
-/// One complete list of the cluster through the API (for `placement` and `probe`), as the
-/// same stripped objects the server keeps. Fails, naming what it waited for, after `timeout`.
-pub async fn objects_from_api(
-    kubeconfig: Option<&std::path::Path>,
-    timeout: Duration,
-) -> anyhow::Result<crate::cluster::objects::ObjectSet> {
-    let config = kube_source::config(kubeconfig, None)
-        .await
-        .context("kubernetes")?;
-    let api_url = config.cluster_url.to_string();
-    let client = kube_source::client_for(config).context("kubernetes")?;
-    let view = ClusterView::new();
-    let status = Arc::new(SourceStatus::new());
-    let handle = kube_source::spawn(
-        client,
-        view.clone(),
-        status.clone(),
-        KubeSourceOptions {
-            watch_pods: true,
-            watch_nodes: true,
-            api_url: Some(api_url),
-            startup_timeout: timeout,
-            ..KubeSourceOptions::default()
-        },
-    );
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !status.ready() {
-        if tokio::time::Instant::now() >= deadline {
-            handle.abort();
-            anyhow::bail!(
-                "no complete list from the API server within {timeout:?}: {}",
-                status.not_ready_reasons().join("; ")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    handle.abort();
-    let objects = view.snapshot().store.to_objects();
-    Ok(objects)
-}
+pub use crate::cluster::one_shot::objects_from_api;
 
 /// Placement (`/debug/placement`, the mismatch gauge) and the periodic prober.
 fn start_insight(

@@ -5,6 +5,7 @@
 
 use std::fmt::Write;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use crate::cluster::model::{Port, ServiceKind};
 use crate::cluster::snapshot::{EndpointEntry, PtrTarget, Snapshot};
@@ -197,6 +198,47 @@ fn ipnet_reverse(ip: &IpAddr) -> String {
             s + "ip6.arpa."
         }
     }
+}
+
+/// `clusterdns export-zone` flags.
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// Kubernetes objects as `kubectl get -o yaml` prints them; default: the embedded demo.
+    #[arg(long, value_name = "PATH")]
+    pub manifests: Option<PathBuf>,
+    /// Read the cluster from a live API server through this kubeconfig instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub zone: String,
+    /// Print this reverse zone instead: in-addr.arpa or ip6.arpa.
+    #[arg(long, value_name = "ZONE")]
+    pub reverse: Option<String>,
+    #[arg(long, default_value_t = 5)]
+    pub ttl: u32,
+}
+
+/// `clusterdns export-zone`.
+pub async fn run(args: ExportArgs) -> anyhow::Result<u8> {
+    use crate::cluster::Store;
+    let objects =
+        crate::cluster::one_shot::load(args.manifests.as_deref(), args.kubeconfig.as_deref())
+            .await?;
+    let snap = Snapshot::build(
+        std::sync::Arc::new(Store::from_objects(&objects)),
+        crate::cluster::snapshot::now_serial(),
+        true,
+    );
+    let text = match args.reverse.as_deref() {
+        None => forward_zone(&snap, &args.zone, args.ttl),
+        Some(r @ ("in-addr.arpa" | "ip6.arpa" | "in-addr.arpa." | "ip6.arpa.")) => {
+            reverse_zone(&snap, r, &args.zone, args.ttl)
+        }
+        Some(other) => anyhow::bail!("--reverse {other}: expected in-addr.arpa or ip6.arpa"),
+    };
+    crate::output::emit(&text);
+    Ok(0)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod kube_source;
 pub mod labels;
 pub mod model;
 pub mod objects;
+pub mod one_shot;
 pub mod rebuild;
 pub mod snapshot;
 pub mod status;
