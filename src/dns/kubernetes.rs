@@ -2,6 +2,7 @@
 //! snapshot, following the Kubernetes DNS specification (schema 1.1.0) and, where it is
 //! silent, CoreDNS's plugin/kubernetes (parse.go, kubernetes.go, reverse.go).
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -629,7 +630,9 @@ impl Kubernetes {
                         continue;
                     }
                     if family_matches(ctx.qtype, &e.address) {
-                        push_once(&mut records, address_record(ctx.qname, ttl, e.address));
+                        // A service's endpoints are unique by address (the snapshot merges
+                        // its slices so), so no record repeats here.
+                        records.push(address_record(ctx.qname, ttl, e.address));
                     }
                 }
                 Outcome::or_nodata(records, Vec::new())
@@ -641,15 +644,24 @@ impl Kubernetes {
                 let weight = Self::srv_weight(pairs.len());
                 let mut answers = Vec::with_capacity(pairs.len());
                 let mut additionals: Vec<Record> = Vec::new();
+                // Sets, not scans: a headless service may have thousands of endpoints.
+                let mut seen_srv: HashSet<(&str, u16)> = HashSet::new();
+                let mut seen_glue: HashSet<IpAddr> = HashSet::new();
                 for (e, p) in &pairs {
-                    let target =
-                        self.fqdn(ctx, &[e.label(self.cfg.endpoint_pod_names), svc, ns, "svc"]);
-                    let srv = SRV::new(0, weight, p.port, target.clone());
-                    push_once(
-                        &mut answers,
-                        Record::from_rdata(ctx.qname.clone(), ttl, RData::SRV(srv)),
-                    );
-                    push_once(&mut additionals, address_record(&target, ttl, e.address));
+                    let label = e.label(self.cfg.endpoint_pod_names);
+                    let new_srv = seen_srv.insert((label, p.port));
+                    let new_glue = seen_glue.insert(e.address);
+                    if !new_srv && !new_glue {
+                        continue;
+                    }
+                    let target = self.fqdn(ctx, &[label, svc, ns, "svc"]);
+                    if new_glue {
+                        additionals.push(address_record(&target, ttl, e.address));
+                    }
+                    if new_srv {
+                        let srv = SRV::new(0, weight, p.port, target);
+                        answers.push(Record::from_rdata(ctx.qname.clone(), ttl, RData::SRV(srv)));
+                    }
                 }
                 Outcome::or_nodata(answers, additionals)
             }
