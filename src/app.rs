@@ -92,12 +92,6 @@ fn pods_word(p: PodMode) -> &'static str {
     }
 }
 
-/// Whether text spliced into generated Corefile text stays one plain word (no spaces, braces,
-/// comments, quotes or `{$ENV}` substitution).
-pub(crate) fn one_corefile_word(s: &str) -> bool {
-    !s.is_empty() && !s.contains(|c: char| c.is_whitespace() || "{}#\"'`$".contains(c))
-}
-
 /// The built-in configuration: the EKS Corefile on non-privileged localhost ports.
 ///
 /// DNS on `opts.dns_addr` (default 127.0.0.1:1053); health 127.0.0.1:8080, ready
@@ -113,7 +107,7 @@ pub fn default_corefile(opts: &ServeOptions) -> anyhow::Result<String> {
     // The zone is spliced into Corefile text: only a valid DNS name may go there.
     let zone = parse_zone(&opts.zone).map_err(anyhow::Error::msg)?;
     let zone = zone.to_ascii();
-    if !one_corefile_word(&zone) {
+    if !corefile::one_corefile_word(&zone) {
         anyhow::bail!("invalid zone {:?}", opts.zone);
     }
     let ip = opts.dns_addr.ip();
@@ -127,7 +121,7 @@ pub fn default_corefile(opts: &ServeOptions) -> anyhow::Result<String> {
     // Upstreams that are resolv.conf files without a nameserver are left out, with a word.
     let mut upstreams = Vec::new();
     for u in &opts.upstreams {
-        if !one_corefile_word(u) {
+        if !corefile::one_corefile_word(u) {
             anyhow::bail!("invalid upstream {u:?}");
         }
         let path = std::path::Path::new(u);
@@ -264,7 +258,8 @@ async fn start_source(
             need_pods,
             cancel.clone(),
         )
-        .with_context(|| format!("cannot load --manifests {}", path.display()))?;
+        // Every load error starts with the file it is about (a directory's member included).
+        .context("cannot load --manifests")?;
         return Ok(None);
     }
     let k8s = config.servers.iter().find_map(|b| b.kubernetes());
@@ -285,20 +280,20 @@ async fn start_source(
         k8s.and_then(|k| k.kubeconfig.as_ref()),
         k8s.and_then(|k| k.endpoint.as_ref()),
     ) {
-        (Some(path), _, _) => kube_source::config(Some(path), None).await,
-        (None, Some(kc), _) => kube_source::config(Some(&kc.path), kc.context.as_deref()).await,
+        (Some(path), _, _) => kube_source::config(Some(path), None).await?,
+        (None, Some(kc), _) => kube_source::config(Some(&kc.path), kc.context.as_deref()).await?,
         (None, None, Some(url)) => {
             let uri = url
                 .parse()
                 .with_context(|| format!("kubernetes endpoint {url:?} is not a URL"))?;
-            Ok(kube::Config::new(uri))
+            kube::Config::new(uri)
         }
-        (None, None, None) => kube_source::config(None, None).await,
-    }
-    .context(
-        "the kubernetes plugin follows the Kubernetes API (in-cluster, KUBECONFIG or \
-         --kubeconfig FILE); to serve files instead, pass --manifests PATH",
-    )?;
+        // Only here was no source named: say where one can come from.
+        (None, None, None) => kube_source::config(None, None).await.context(
+            "the kubernetes plugin follows the Kubernetes API (in-cluster, KUBECONFIG or \
+             --kubeconfig FILE); to serve files instead, pass --manifests PATH",
+        )?,
+    };
     let api_url = kube_config.cluster_url.to_string();
     let client = kube_source::client_for(kube_config).context("kubernetes")?;
     let m = metrics.clone();
@@ -671,46 +666,7 @@ fn set_plugin_enabled(
     }
 }
 
-/// One complete list of the cluster through the API (for `placement` and `probe`), as the
-/// same stripped objects the server keeps. Fails, naming what it waited for, after `timeout`.
-pub async fn objects_from_api(
-    kubeconfig: Option<&std::path::Path>,
-    timeout: Duration,
-) -> anyhow::Result<crate::cluster::objects::ObjectSet> {
-    let config = kube_source::config(kubeconfig, None)
-        .await
-        .context("kubernetes")?;
-    let api_url = config.cluster_url.to_string();
-    let client = kube_source::client_for(config).context("kubernetes")?;
-    let view = ClusterView::new();
-    let status = Arc::new(SourceStatus::new());
-    let handle = kube_source::spawn(
-        client,
-        view.clone(),
-        status.clone(),
-        KubeSourceOptions {
-            watch_pods: true,
-            watch_nodes: true,
-            api_url: Some(api_url),
-            startup_timeout: timeout,
-            ..KubeSourceOptions::default()
-        },
-    );
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !status.ready() {
-        if tokio::time::Instant::now() >= deadline {
-            handle.abort();
-            anyhow::bail!(
-                "no complete list from the API server within {timeout:?}: {}",
-                status.not_ready_reasons().join("; ")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    handle.abort();
-    let objects = view.snapshot().store.to_objects();
-    Ok(objects)
-}
+pub use crate::cluster::one_shot::objects_from_api;
 
 /// Placement (`/debug/placement`, the mismatch gauge) and the periodic prober.
 fn start_insight(

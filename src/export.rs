@@ -5,6 +5,7 @@
 
 use std::fmt::Write;
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use crate::cluster::model::{Port, ServiceKind};
 use crate::cluster::snapshot::{EndpointEntry, PtrTarget, Snapshot};
@@ -72,8 +73,16 @@ pub fn forward_zone(snap: &Snapshot, zone: &str, ttl: u32) -> String {
                 for ip in &svc.cluster_ips {
                     let _ = writeln!(out, "{base}\t{ttl}\tIN\t{}", addr_rr(ip));
                 }
-                let w = weight(svc.ports.len());
+                // The server's weights: shared by every cluster IP x port before equal
+                // records (one port number over UDP and TCP, the same on each IP) collapse.
+                let ips = svc.cluster_ips.len();
+                let w = weight(svc.ports.len() * ips);
+                let mut seen: Vec<u16> = Vec::new();
                 for p in &svc.ports {
+                    if seen.contains(&p.port) {
+                        continue;
+                    }
+                    seen.push(p.port);
                     let _ = writeln!(
                         out,
                         "{base}\t{ttl}\tIN\tSRV\t0 {w} {} {base}.{origin}",
@@ -83,9 +92,10 @@ pub fn forward_zone(snap: &Snapshot, zone: &str, ttl: u32) -> String {
                 for p in named(&svc.ports) {
                     let _ = writeln!(
                         out,
-                        "_{}._{}.{base}\t{ttl}\tIN\tSRV\t0 100 {} {base}.{origin}",
+                        "_{}._{}.{base}\t{ttl}\tIN\tSRV\t0 {} {} {base}.{origin}",
                         p.name.to_ascii_lowercase(),
                         p.protocol.as_str(),
+                        weight(ips),
                         p.port
                     );
                 }
@@ -105,8 +115,14 @@ pub fn forward_zone(snap: &Snapshot, zone: &str, ttl: u32) -> String {
                     }
                 }
                 for (p, eps) in &by_port {
+                    // Endpoints sharing a hostname share one record, weighted as before.
                     let w = weight(eps.len());
+                    let mut seen: Vec<&str> = Vec::new();
                     for e in eps {
+                        if seen.contains(&e.label(false)) {
+                            continue;
+                        }
+                        seen.push(e.label(false));
                         let _ = writeln!(
                             out,
                             "_{}._{}.{base}\t{ttl}\tIN\tSRV\t0 {w} {} {}.{base}.{origin}",
@@ -184,6 +200,47 @@ fn ipnet_reverse(ip: &IpAddr) -> String {
     }
 }
 
+/// `clusterdns export-zone` flags.
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// Kubernetes objects as `kubectl get -o yaml` prints them; default: the embedded demo.
+    #[arg(long, value_name = "PATH")]
+    pub manifests: Option<PathBuf>,
+    /// Read the cluster from a live API server through this kubeconfig instead.
+    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub zone: String,
+    /// Print this reverse zone instead: in-addr.arpa or ip6.arpa.
+    #[arg(long, value_name = "ZONE")]
+    pub reverse: Option<String>,
+    #[arg(long, default_value_t = 5)]
+    pub ttl: u32,
+}
+
+/// `clusterdns export-zone`.
+pub async fn run(args: ExportArgs) -> anyhow::Result<u8> {
+    use crate::cluster::Store;
+    let objects =
+        crate::cluster::one_shot::load(args.manifests.as_deref(), args.kubeconfig.as_deref())
+            .await?;
+    let snap = Snapshot::build(
+        std::sync::Arc::new(Store::from_objects(&objects)),
+        crate::cluster::snapshot::now_serial(),
+        true,
+    );
+    let text = match args.reverse.as_deref() {
+        None => forward_zone(&snap, &args.zone, args.ttl),
+        Some(r @ ("in-addr.arpa" | "ip6.arpa" | "in-addr.arpa." | "ip6.arpa.")) => {
+            reverse_zone(&snap, r, &args.zone, args.ttl)
+        }
+        Some(other) => anyhow::bail!("--reverse {other}: expected in-addr.arpa or ip6.arpa"),
+    };
+    crate::output::emit(&text);
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +272,38 @@ mod tests {
         );
         let r6 = reverse_zone(&snap, "ip6.arpa", "cluster.local", 5);
         assert!(r6.contains("PTR\tapi.demo.svc.cluster.local."), "{r6}");
+    }
+
+    /// RFC 2181 section 5: no RRset holds a record twice. The demo's gateway exposes 443
+    /// over TCP and UDP: one bare-name SRV record for it, weighted over all three ports.
+    #[test]
+    fn no_record_is_exported_twice() {
+        let snap = Snapshot::build(
+            Arc::new(Store::from_objects(&embedded_objects().unwrap())),
+            7,
+            true,
+        );
+        for z in [
+            forward_zone(&snap, "cluster.local", 5),
+            reverse_zone(&snap, "in-addr.arpa", "cluster.local", 5),
+            reverse_zone(&snap, "ip6.arpa", "cluster.local", 5),
+        ] {
+            let mut seen = std::collections::HashSet::new();
+            for line in z.lines().filter(|l| !l.starts_with(';')) {
+                assert!(seen.insert(line), "twice: {line}");
+            }
+        }
+        let z = forward_zone(&snap, "cluster.local", 5);
+        let bare: Vec<&str> = z
+            .lines()
+            .filter(|l| l.starts_with("gateway.demo.svc\t5\tIN\tSRV"))
+            .collect();
+        assert_eq!(
+            bare,
+            [
+                "gateway.demo.svc\t5\tIN\tSRV\t0 33 443 gateway.demo.svc.cluster.local.",
+                "gateway.demo.svc\t5\tIN\tSRV\t0 33 514 gateway.demo.svc.cluster.local."
+            ]
+        );
     }
 }

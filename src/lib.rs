@@ -10,5 +10,7 @@ pub mod export;
 pub mod fargate;
 pub mod gen;
 pub mod metrics;
+pub mod output;
 pub mod prober;
+pub mod report;
 pub mod sidecar;

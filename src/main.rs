@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use clusterdns::app::{self, ServeOptions};
-use clusterdns::cluster::objects::ObjectSet;
 use clusterdns::dns::PodMode;
 
 #[derive(Parser)]
@@ -27,15 +26,15 @@ enum Command {
     Serve(ServeArgs),
     /// Where every pod runs (EC2 node or micro-VM), which Fargate profile selects it, the
     /// micro-VM size it gets, and every mismatch.
-    Placement(PlacementArgs),
+    Placement(clusterdns::fargate::command::PlacementArgs),
     /// Judge from AWS CLI JSON whether micro-VM pods and node-group pods can reach each other
     /// and the DNS servers, and name the missing rule; with --active, also probe them live
     /// and flag every disagreement. Exit 0 all allowed, 1 one blocked (or a live probe failed
     /// or disagreed), 2 bad input.
-    Probe(ProbeArgs),
+    Probe(clusterdns::prober::command::ProbeArgs),
     /// Print the cluster zone (or a reverse zone) as an RFC 1035 zone file, e.g. to serve the
     /// same records from NSD or Knot.
-    ExportZone(ExportArgs),
+    ExportZone(clusterdns::export::ExportArgs),
     /// Run as a per-pod DNS cache (for micro-VM pods, which run no node-local DaemonSet):
     /// a caching forwarder on 127.0.0.1:53 that sends the pod's queries to the cluster DNS
     /// over persistent TCP, serves stale answers while it is unreachable, and probes it.
@@ -43,83 +42,6 @@ enum Command {
     /// Print a synthetic cluster (namespaces, services, endpoint slices, pods, nodes) as
     /// `kubectl get -A -o yaml` does, for benchmarks; deterministic for a seed.
     GenCluster(clusterdns::gen::GenArgs),
-}
-
-#[derive(clap::Args)]
-struct ExportArgs {
-    /// Kubernetes objects as `kubectl get -o yaml` prints them; default: the embedded demo.
-    #[arg(long, value_name = "PATH")]
-    manifests: Option<PathBuf>,
-    /// Read the cluster from a live API server through this kubeconfig instead.
-    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
-    kubeconfig: Option<PathBuf>,
-    /// The cluster domain.
-    #[arg(long, default_value = "cluster.local")]
-    zone: String,
-    /// Print this reverse zone instead: in-addr.arpa or ip6.arpa.
-    #[arg(long, value_name = "ZONE")]
-    reverse: Option<String>,
-    #[arg(long, default_value_t = 5)]
-    ttl: u32,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Format {
-    Table,
-    Json,
-}
-
-#[derive(clap::Args)]
-struct PlacementArgs {
-    /// Kubernetes objects (pods, nodes) as `kubectl get -o yaml` prints them; default: the
-    /// embedded demo cluster.
-    #[arg(long, value_name = "PATH")]
-    manifests: Option<PathBuf>,
-    /// Read pods and nodes from a live cluster through this kubeconfig instead.
-    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
-    kubeconfig: Option<PathBuf>,
-    /// `aws eks describe-fargate-profile` JSON: a file or a directory of them.
-    #[arg(long, value_name = "PATH")]
-    fargate_profiles: PathBuf,
-    #[arg(long, value_enum, default_value = "table")]
-    format: Format,
-}
-
-#[derive(clap::Args)]
-struct ProbeArgs {
-    /// A directory (or file) of AWS CLI JSON: eks describe-cluster, describe-fargate-profile,
-    /// describe-nodegroup, ec2 describe-subnets, describe-security-groups,
-    /// describe-network-acls, describe-network-interfaces.
-    #[arg(long, value_name = "PATH", required_unless_present_any = ["live_only", "targets_only"])]
-    aws: Option<PathBuf>,
-    /// Kubernetes objects as `kubectl get -o yaml` prints them; default: the embedded demo.
-    #[arg(long, value_name = "PATH")]
-    manifests: Option<PathBuf>,
-    /// Read the cluster from a live API server through this kubeconfig instead.
-    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
-    kubeconfig: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "table")]
-    format: Format,
-    /// Also probe live from here: DNS over UDP and TCP to every DNS endpoint and the DNS
-    /// service IP, TCP connect / HTTP GET to service endpoints; every disagreement with the
-    /// static verdict is listed first. Exit 1 on a failed probe or a disagreement.
-    #[arg(long)]
-    active: bool,
-    /// Live probes only, without AWS JSON (implies --active).
-    #[arg(long, conflicts_with = "aws")]
-    live_only: bool,
-    /// List the live targets and exit without sending anything.
-    #[arg(long)]
-    targets_only: bool,
-    /// Per-probe timeout in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    timeout: u64,
-    /// Probes in flight at once.
-    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
-    concurrency: u64,
-    /// Send every probe from this local address.
-    #[arg(long, value_name = "IP")]
-    source: Option<std::net::IpAddr>,
 }
 
 #[derive(clap::Args)]
@@ -239,14 +161,6 @@ struct ServeArgs {
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `clusterdns=debug`.
     #[arg(long, env = "CLUSTERDNS_LOG", default_value = "info")]
     log: String,
-}
-
-/// Writes to stdout; a reader that goes away early (`| head`) ends the output quietly
-/// instead of a panic.
-fn emit(text: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// kube-rs logs every failed API request at ERROR (its HTTP trace layer) and every 403 at WARN,
@@ -414,85 +328,6 @@ fn rewrite_conf_args(args: Vec<String>) -> Vec<String> {
     out
 }
 
-async fn objects(
-    manifests: Option<&std::path::Path>,
-    kubeconfig: Option<&std::path::Path>,
-) -> anyhow::Result<ObjectSet> {
-    if kubeconfig.is_some() {
-        return app::objects_from_api(kubeconfig, std::time::Duration::from_secs(30)).await;
-    }
-    Ok(match manifests {
-        Some(p) => clusterdns::cluster::objects::load_path(p)?,
-        None => clusterdns::cluster::file_source::embedded_objects()?,
-    })
-}
-
-async fn placement(args: PlacementArgs) -> anyhow::Result<u8> {
-    let objects = objects(args.manifests.as_deref(), args.kubeconfig.as_deref()).await?;
-    let profiles = clusterdns::fargate::load_profiles(&args.fargate_profiles)?;
-    let json = matches!(args.format, Format::Json);
-    emit(&clusterdns::fargate::placement::run_placement(
-        &objects, &profiles, json,
-    ));
-    Ok(0)
-}
-
-async fn probe(args: ProbeArgs) -> anyhow::Result<u8> {
-    use clusterdns::prober::active;
-    let objects = objects(args.manifests.as_deref(), args.kubeconfig.as_deref()).await?;
-    let json = matches!(args.format, Format::Json);
-    if args.targets_only {
-        emit(&active::render_targets(&active::targets(&objects).0, json));
-        return Ok(0);
-    }
-    let result = match (&args.aws, args.active || args.live_only) {
-        (Some(aws), false) => clusterdns::prober::report::run_static(aws, &objects, json),
-        (aws, true) => {
-            if let Some(ip) = args.source {
-                active::check_source(ip)
-                    .map_err(|e| anyhow::anyhow!("--source {ip}: not usable here: {e}"))?;
-            }
-            let opts = active::ActiveOptions {
-                timeout: std::time::Duration::from_millis(args.timeout),
-                concurrency: usize::try_from(args.concurrency).unwrap_or(1),
-                source: args.source,
-                ..Default::default()
-            };
-            active::run_active(aws.as_deref(), &objects, &opts, json).await
-        }
-        (None, false) => anyhow::bail!("--aws PATH is required without --live-only"),
-    };
-    match result {
-        Ok((out, code)) => {
-            emit(&out);
-            Ok(code)
-        }
-        Err(e) => {
-            eprintln!("clusterdns probe: {e}");
-            Ok(e.exit_code())
-        }
-    }
-}
-
-async fn export_zone(args: ExportArgs) -> anyhow::Result<u8> {
-    use clusterdns::cluster::{Snapshot, Store};
-    let objects = objects(args.manifests.as_deref(), args.kubeconfig.as_deref()).await?;
-    let snap = Snapshot::build(
-        std::sync::Arc::new(Store::from_objects(&objects)),
-        clusterdns::cluster::snapshot::now_serial(),
-        true,
-    );
-    let text = match args.reverse.as_deref() {
-        None => clusterdns::export::forward_zone(&snap, &args.zone, args.ttl),
-        Some(r @ ("in-addr.arpa" | "ip6.arpa" | "in-addr.arpa." | "ip6.arpa.")) => {
-            clusterdns::export::reverse_zone(&snap, r, &args.zone, args.ttl)
-        }
-        Some(other) => anyhow::bail!("--reverse {other}: expected in-addr.arpa or ip6.arpa"),
-    };
-    emit(&text);
-    Ok(0)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse_from(rewrite_conf_args(
         std::env::args_os()
@@ -516,16 +351,16 @@ fn main() -> ExitCode {
         match command {
             Command::Serve(args) => serve(args).await,
             Command::Sidecar(args) => sidecar(args).await,
-            Command::Placement(args) => placement(args).await,
-            Command::Probe(args) => probe(args).await,
-            Command::ExportZone(args) => export_zone(args).await,
+            Command::Placement(args) => clusterdns::fargate::command::run(args).await,
+            Command::Probe(args) => clusterdns::prober::command::run(args).await,
+            Command::ExportZone(args) => clusterdns::export::run(args).await,
             Command::GenCluster(args) => clusterdns::gen::run(&args),
         }
     });
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("clusterdns: {e:#}");
+            eprintln!("clusterdns: {}", clusterdns::report::one_line(e.as_ref()));
             ExitCode::from(2)
         }
     }

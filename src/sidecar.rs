@@ -75,7 +75,7 @@ impl Default for SidecarOptions {
 
 /// Text that is spliced into the Corefile must stay one word.
 fn word(what: &str, s: &str) -> anyhow::Result<()> {
-    if !crate::app::one_corefile_word(s) {
+    if !crate::corefile::one_corefile_word(s) {
         anyhow::bail!("{what} {s:?} is not a single word");
     }
     Ok(())

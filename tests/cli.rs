@@ -372,6 +372,52 @@ fn a_manifest_replaced_by_rename_half_written_or_swapped_like_a_configmap_is_rel
     });
 }
 
+/// `kubectl get ... -o yaml > cluster.yaml` (the README's refresh) truncates the file, then
+/// writes it when the API answers, maybe seconds later. The empty file in between is not a
+/// cluster with no services: answers keep coming from the last good state until it is written.
+#[test]
+fn a_manifest_truncated_for_rewriting_keeps_serving_until_written() {
+    let demo = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples/demo-cluster.yaml"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.yaml");
+    std::fs::write(&file, &demo).unwrap();
+    let server = start(&["--manifests", file.to_str().unwrap()]);
+    let status = |name: &str| parse_dig(&dig(server.addr, &[name])).0;
+    assert_eq!(status("nginx.demo.svc.cluster.local"), "NOERROR");
+
+    // The shell's `>`: truncated and held open, nothing written yet.
+    let mut f = std::fs::File::create(&file).unwrap();
+    // Until the server has looked at the empty file (it says so), or has emptied the cluster.
+    poll(
+        "the server to see the empty file",
+        Duration::from_secs(10),
+        || {
+            let said = server
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("is empty"));
+            (said || status("nginx.demo.svc.cluster.local") != "NOERROR").then_some(())
+        },
+    );
+    assert_eq!(
+        status("nginx.demo.svc.cluster.local"),
+        "NOERROR",
+        "an emptied file replaced the last good state"
+    );
+
+    std::io::Write::write_all(&mut f, format!("{demo}{EXTRA}").as_bytes()).unwrap();
+    drop(f);
+    poll("the rewritten file", Duration::from_secs(10), || {
+        (status("added.demo.svc.cluster.local") == "NOERROR").then_some(())
+    });
+    assert_eq!(status("nginx.demo.svc.cluster.local"), "NOERROR");
+}
+
 /// `loop` with a `forward` that points back at this server: CoreDNS's loop plugin exits with
 /// a message naming the upstream; so do we, exit status 1.
 #[test]

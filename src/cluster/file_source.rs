@@ -37,6 +37,30 @@ pub fn embedded_objects() -> Result<ObjectSet, LoadError> {
 
 type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
 
+/// A manifest file that had content in the last good load and is empty now. That is a file
+/// being rewritten (`kubectl get ... > cluster.yaml` truncates it, then writes when the API
+/// answers), not a cluster without those objects: a dump is never empty (`kind: List` with no
+/// items at least). To drop a file's objects, remove it or write an empty List.
+fn emptied<'a>(last_good: &Fingerprint, now: &'a Fingerprint) -> Option<&'a Path> {
+    now.iter()
+        .find(|(f, _, len)| {
+            *len == 0 && f.is_file() && last_good.iter().any(|(g, _, glen)| g == f && *glen > 0)
+        })
+        .map(|(f, _, _)| f.as_path())
+}
+
+/// What one reload did.
+enum Reload {
+    Loaded {
+        services: usize,
+        pods: usize,
+    },
+    /// A file is empty: see [`emptied`].
+    Emptied(PathBuf),
+    /// The files changed while they were read: what was read may be half of a write.
+    ChangedWhileReading,
+}
+
 fn fingerprint(path: &Path) -> Fingerprint {
     let files = objects::manifest_files(path).unwrap_or_default();
     let mut fp: Fingerprint = files
@@ -70,6 +94,7 @@ pub fn start(
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, LoadError> {
     let mut last = fingerprint(&path);
+    let mut last_good = last.clone();
     let store = Store::load_path(&path, keep_pods)?;
     info!(path = %path.display(), services = store.services.len(), pods = store.pods.len(), "loaded manifests");
     view.publish(Arc::new(store), true);
@@ -115,18 +140,41 @@ pub fn start(
             pending = None;
             retry = None;
             last = fingerprint(&path);
-            let (p, v) = (path.clone(), view.clone());
+            let (p, v, good) = (path.clone(), view.clone(), last_good.clone());
             let loaded = tokio::task::spawn_blocking(move || {
+                let before = fingerprint(&p);
+                if let Some(f) = emptied(&good, &before) {
+                    return Ok((Reload::Emptied(f.to_owned()), before));
+                }
                 let store = Store::load_path(&p, keep_pods)?;
-                let counts = (store.services.len(), store.pods.len());
+                if fingerprint(&p) != before {
+                    return Ok((Reload::ChangedWhileReading, before));
+                }
+                let (services, pods) = (store.services.len(), store.pods.len());
                 v.publish(Arc::new(store), true);
                 release_freed_memory();
-                Ok::<_, LoadError>(counts)
+                Ok::<_, LoadError>((Reload::Loaded { services, pods }, before))
             })
             .await;
             match loaded {
-                Ok(Ok((services, pods))) => {
+                Ok(Ok((Reload::Loaded { services, pods }, read))) => {
+                    last_good = read;
                     info!(path = %path.display(), services, pods, "manifests changed: reloaded")
+                }
+                Ok(Ok((Reload::Emptied(file), _))) => {
+                    // Its next write brings an event (or a poll sees it); one retry covers a
+                    // write that left none.
+                    warn!(
+                        "{} is empty (being rewritten?): still serving the last good state; \
+                         remove the file or write an empty List to drop its objects",
+                        file.display()
+                    );
+                    if !is_retry {
+                        retry = Some(Instant::now() + RETRY_AFTER_ERROR);
+                    }
+                }
+                Ok(Ok((Reload::ChangedWhileReading, _))) => {
+                    pending = Some(Instant::now() + SETTLE_WRITING);
                 }
                 Ok(Err(e)) => {
                     error!("manifests not reloaded, still serving the last good state: {e}");

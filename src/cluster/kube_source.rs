@@ -61,10 +61,12 @@ use super::view::ClusterView;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("kubeconfig {path}: {source}")]
+    /// kube-rs's text for an unreadable file quotes the path twice and repeats the OS
+    /// error; this one names the path once and then only the reason.
+    #[error("kubeconfig {path:?}: {}", kubeconfig_reason(error))]
     Kubeconfig {
         path: PathBuf,
-        source: kube::config::KubeconfigError,
+        error: kube::config::KubeconfigError,
     },
     #[error("kubeconfig context {context:?}: {source}")]
     Context {
@@ -77,6 +79,13 @@ pub enum SourceError {
     Infer(#[source] kube::config::InferConfigError),
     #[error("Kubernetes client: {0}")]
     Client(#[source] kube::Error),
+}
+
+fn kubeconfig_reason(error: &kube::config::KubeconfigError) -> String {
+    match error {
+        kube::config::KubeconfigError::ReadConfig(io, _) => format!("cannot read: {io}"),
+        other => crate::report::one_line(other),
+    }
 }
 
 /// The client configuration: the kubeconfig file `kubeconfig` if given; else `KUBECONFIG` (or
@@ -92,15 +101,15 @@ pub async fn config(
     };
     match (kubeconfig, context) {
         (Some(path), _) => {
-            let file = Kubeconfig::read_from(path).map_err(|source| SourceError::Kubeconfig {
+            let file = Kubeconfig::read_from(path).map_err(|error| SourceError::Kubeconfig {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?;
             kube::Config::from_custom_kubeconfig(file, &options)
                 .await
-                .map_err(|source| SourceError::Kubeconfig {
+                .map_err(|error| SourceError::Kubeconfig {
                     path: path.to_path_buf(),
-                    source,
+                    error,
                 })
         }
         // A named context only exists in a kubeconfig, so there is nothing to fall back to.

@@ -6,11 +6,13 @@
 //!  API server (list/watch) ──┘                                 (ArcSwap, read by every query)
 //! ```
 
+pub mod demand;
 pub mod file_source;
 pub mod kube_source;
 pub mod labels;
 pub mod model;
 pub mod objects;
+pub mod one_shot;
 pub mod rebuild;
 pub mod snapshot;
 pub mod status;

@@ -126,7 +126,7 @@ pub struct Pod {
     pub pod_security_groups: Option<Box<str>>,
     /// What the pod asks for (the larger of its containers' sum and its largest init
     /// container), for micro-VM sizing: two numbers instead of every container spec.
-    pub demand: Option<crate::fargate::Demand>,
+    pub demand: Option<super::demand::Demand>,
     /// The `CapacityProvisioned` annotation Fargate sets.
     pub capacity: Option<Box<str>>,
     pub phase: Option<Box<str>>,
@@ -370,12 +370,12 @@ impl Pod {
                 .as_ref()
                 .and_then(|a| a.get(POD_SG_ANNOTATION))
                 .map(|v| boxed(v)),
-            demand: spec.and_then(|s| crate::fargate::pod_demand(s).ok()),
+            demand: spec.and_then(|s| super::demand::pod_demand(s).ok()),
             capacity: pod
                 .metadata
                 .annotations
                 .as_ref()
-                .and_then(|a| a.get(crate::fargate::sizing::CAPACITY_ANNOTATION))
+                .and_then(|a| a.get(super::demand::CAPACITY_ANNOTATION))
                 .map(|v| boxed(v)),
             phase: status.and_then(|s| s.phase.as_deref()).map(boxed),
             scheduler_name: spec.and_then(|s| s.scheduler_name.as_deref()).map(boxed),

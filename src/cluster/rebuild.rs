@@ -9,7 +9,7 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::fargate::sizing::CAPACITY_ANNOTATION;
+use super::demand::CAPACITY_ANNOTATION;
 
 use super::model::{Port, ServiceKind, POD_SG_ANNOTATION, SERVICE_NAME_LABEL};
 use super::objects::ObjectSet;

@@ -19,10 +19,17 @@ mod config;
 pub mod gotemplate;
 mod lexer;
 mod plugins;
+pub mod rr;
 mod values;
 
 pub use config::*;
 pub use values::parse_go_duration;
+
+/// Whether text spliced into generated Corefile text stays one plain word (no spaces, braces,
+/// comments, quotes or `{$ENV}` substitution).
+pub(crate) fn one_corefile_word(s: &str) -> bool {
+    !s.is_empty() && !s.contains(|c: char| c.is_whitespace() || "{}#\"'`$".contains(c))
+}
 
 /// A position in a Corefile or in a file it imports. Lines and columns count from 1;
 /// columns count characters.

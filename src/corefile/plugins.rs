@@ -1049,8 +1049,7 @@ fn check_record(
         _ => None,
     };
     if let Some(text) = literal {
-        crate::dns::plugins::template::parse_rr(text)
-            .map_err(|m| err(format!("invalid record {:?}: {m}", w.text)))?;
+        super::rr::parse_rr(text).map_err(|m| err(format!("invalid record {:?}: {m}", w.text)))?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! A response cache in front of the whole pipeline for answers that depend only on the
 //! question and the cluster snapshot (the kubernetes handler's). A hit copies the stored bytes
-//! and patches the query id and the question's letter case: no parsing into `Message`, no
+//! and patches the query id: no parsing into `Message`, no
 //! record building, no name compression work. Entries are tagged with the snapshot generation,
 //! so a change in the cluster makes every older entry a miss at once: answers are never stale.
 //!
@@ -122,9 +122,10 @@ pub fn peek(bytes: &[u8]) -> Option<Peek<'_>> {
 /// The longest wire-form name (RFC 1035 3.1).
 const MAX_NAME: usize = 255;
 
-/// What makes two questions the same for the cache, without allocating: the name lowercased
-/// into a stack buffer, and the header and EDNS bits that are copied into responses (RD, CD,
-/// EDNS presence for the OPT record, DO).
+/// What makes two questions the same for the cache, without allocating: the name as sent
+/// (letter case included: answers keep the question's case in the names they derive from it,
+/// SRV targets and SOA names too, so `A.b` and `a.b` need different bytes), and the header and
+/// EDNS bits that are copied into responses (RD, CD, EDNS presence for the OPT record, DO).
 struct Key {
     name: [u8; MAX_NAME],
     len: usize,
@@ -141,9 +142,7 @@ impl Key {
             return None;
         }
         let mut name = [0u8; MAX_NAME];
-        for (d, s) in name.iter_mut().zip(p.qname) {
-            *d = s.to_ascii_lowercase();
-        }
+        name[..p.qname.len()].copy_from_slice(p.qname);
         let bits = u8::from(p.recursion_desired())
             | u8::from(p.checking_disabled()) << 1
             | u8::from(p.edns_payload.is_some()) << 2
@@ -167,7 +166,7 @@ impl Key {
             && e.qclass == self.qclass
             && e.bits == self.bits
             && e.limit == self.limit
-            && *e.qname_lower == *self.name()
+            && *e.qname == *self.name()
     }
 }
 
@@ -194,7 +193,7 @@ type Shard = HashMap<u64, Entry, std::hash::BuildHasherDefault<PassThrough>>;
 
 struct Entry {
     /// The rest of the key: two questions with the same hash may still differ.
-    qname_lower: Box<[u8]>,
+    qname: Box<[u8]>,
     qtype: u16,
     qclass: u16,
     bits: u8,
@@ -360,7 +359,7 @@ impl ResponseCache {
     }
 
     /// Writes the stored response for this question at this generation into `out`, with the
-    /// query's id and letter case, if it fits `max_len`.
+    /// query's id, if it fits `max_len`.
     pub fn get(
         &self,
         p: &Peek,
@@ -401,18 +400,13 @@ impl ResponseCache {
             shuffle_run(out, run);
         }
         out[0..2].copy_from_slice(&p.id.to_be_bytes());
-        // The question starts at 12 in every response we store and has the same length as
-        // the query's; answer owner names point at it, so they echo the case too.
-        out[12..12 + p.qname.len()].copy_from_slice(p.qname);
         Some(meta)
     }
 
     /// Stores `response` (for the question `p`) at `generation`. The response must carry the
     /// question at offset 12 uncompressed, which every encoder does.
     pub fn put(&self, p: &Peek, generation: u64, response: &[u8], meta: Meta) {
-        if response.len() < 12 + p.qname.len()
-            || !response[12..12 + p.qname.len()].eq_ignore_ascii_case(p.qname)
-        {
+        if response.len() < 12 + p.qname.len() || response[12..12 + p.qname.len()] != *p.qname {
             return;
         }
         let question_end = 12 + p.qname.len() + 4;
@@ -452,7 +446,7 @@ impl ResponseCache {
         shard.insert(
             hash,
             Entry {
-                qname_lower: key.name().into(),
+                qname: key.name().into(),
                 qtype: key.qtype,
                 qclass: key.qclass,
                 bits: key.bits,
@@ -553,7 +547,7 @@ mod tests {
     }
 
     #[test]
-    fn hits_patch_id_and_case_and_generations_invalidate() {
+    fn hits_patch_id_keep_case_and_generations_invalidate() {
         let cache = ResponseCache::default();
         let q1 = query("nginx.demo.svc.cluster.local.", false);
         let p1 = peek(&q1).unwrap();
@@ -571,9 +565,16 @@ mod tests {
             lease: None,
             truncated_for: None,
         };
-        cache.put(&p1, 1, &bytes, meta);
+        cache.put(&p1, 1, &bytes, meta.clone());
 
-        let mut q2 = query("NGINX.demo.svc.cluster.local.", false);
+        // Another letter case is another question: its answer's names carry its own case.
+        let upper = query("NGINX.demo.svc.cluster.local.", false);
+        let mut out = Vec::new();
+        assert!(cache
+            .get(&peek(&upper).unwrap(), 1, 512, &mut out)
+            .is_none());
+
+        let mut q2 = q1.clone();
         q2[0] = 0x01;
         q2[1] = 0x02;
         let p2 = peek(&q2).unwrap();
@@ -584,9 +585,8 @@ mod tests {
         let m = Message::from_vec(&hit).unwrap();
         assert_eq!(
             m.queries[0].name().to_ascii(),
-            "NGINX.demo.svc.cluster.local."
+            "nginx.demo.svc.cluster.local."
         );
-        let mut out = Vec::new();
         assert!(
             cache.get(&p2, 2, 512, &mut out).is_none(),
             "a newer snapshot misses"

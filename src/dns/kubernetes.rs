@@ -2,6 +2,7 @@
 //! snapshot, following the Kubernetes DNS specification (schema 1.1.0) and, where it is
 //! silent, CoreDNS's plugin/kubernetes (parse.go, kubernetes.go, reverse.go).
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -106,9 +107,15 @@ fn is_reverse(zone: &Name) -> bool {
     z.ends_with("in-addr.arpa.") || z.ends_with("ip6.arpa.")
 }
 
+/// Every label of `name`: hickory's `num_labels` leaves out a leading `*`, which SRV names
+/// use as a wildcard port (`*.*.svc.ns.svc.<zone>`).
+fn label_count(name: &Name) -> usize {
+    name.iter().count()
+}
+
 /// Lowercase labels of `name` left of its last `zone_labels` labels.
 fn relative_labels(name: &Name, zone_labels: usize) -> Option<Vec<String>> {
-    let n = name.num_labels() as usize;
+    let n = label_count(name);
     let mut out = Vec::with_capacity(n.saturating_sub(zone_labels));
     for label in name.iter().take(n - zone_labels) {
         out.push(std::str::from_utf8(label).ok()?.to_ascii_lowercase());
@@ -152,6 +159,14 @@ fn address_record(name: &Name, ttl: u32, ip: IpAddr) -> Record {
     match ip {
         IpAddr::V4(v4) => Record::from_rdata(name.clone(), ttl, RData::A(A(v4))),
         IpAddr::V6(v6) => Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(v6))),
+    }
+}
+
+/// Adds `record` unless the RRset has it already: RFC 2181 section 5 forbids duplicates.
+/// Answers hold a few records, so a scan is cheaper than a set.
+fn push_once(records: &mut Vec<Record>, record: Record) {
+    if !records.contains(&record) {
+        records.push(record);
     }
 }
 
@@ -223,14 +238,21 @@ impl Kubernetes {
     pub fn lookup(&self, qname: &Name, qtype: RecordType) -> Option<Answer> {
         let zone = self.zone_for(qname)?;
         let snap = self.view.snapshot();
+        // Names derived from the zone (SOA owner, mname and rname, SRV and NS targets) keep
+        // the letter case of the question, as CoreDNS's do.
+        let asked_zone = qname.trim_to(zone.num_labels() as usize);
         let ctx = Ctx {
             snap: &snap,
-            zone,
+            zone: &asked_zone,
             qname,
             qtype,
         };
         let outcome = if qtype == RecordType::AXFR || qtype == RecordType::IXFR {
             return Some(Answer::rcode(ResponseCode::Refused, PLUGIN));
+        } else if qtype == RecordType::SOA && label_count(qname) != label_count(zone) {
+            // CoreDNS answers SOA itself for any name in its zones: the record at the apex,
+            // NODATA below it (existing name or not), never NXDOMAIN or fallthrough.
+            Outcome::NoData
         } else if is_reverse(zone) {
             self.reverse(&ctx)
         } else {
@@ -517,47 +539,55 @@ impl Kubernetes {
                 if explicit_port && ports.is_empty() {
                     return Outcome::NxDomain;
                 }
-                if self.cfg.ignore_empty_service && entry.ready_endpoints().next().is_none() {
+                // Under `noendpoints` CoreDNS keeps no endpoints, so every service is empty.
+                if self.cfg.ignore_empty_service
+                    && (self.cfg.noendpoints || entry.ready_endpoints().next().is_none())
+                {
                     return Outcome::NxDomain;
                 }
                 match qtype {
                     RecordType::A | RecordType::AAAA | RecordType::ANY => {
-                        let records = service
+                        let mut records = Vec::new();
+                        for ip in service
                             .cluster_ips
                             .iter()
                             .filter(|ip| family_matches(qtype, ip))
-                            .map(|ip| address_record(ctx.qname, ttl, *ip))
-                            .collect();
+                        {
+                            push_once(&mut records, address_record(ctx.qname, ttl, *ip));
+                        }
                         Outcome::or_nodata(records, Vec::new())
                     }
                     RecordType::SRV => {
                         let target = self.fqdn(ctx, &[svc, ns, "svc"]);
-                        let weight = Self::srv_weight(ports.len());
-                        let answers = ports
-                            .iter()
-                            .map(|p| {
-                                Record::from_rdata(
-                                    ctx.qname.clone(),
-                                    ttl,
-                                    RData::SRV(SRV::new(0, weight, p.port, target.clone())),
-                                )
-                            })
-                            .collect();
-                        let additionals = if ports.is_empty() {
-                            Vec::new()
-                        } else {
-                            service
-                                .cluster_ips
-                                .iter()
-                                .map(|ip| address_record(&target, ttl, *ip))
-                                .collect()
-                        };
+                        // As CoreDNS: one SRV per cluster IP and port, the weight shared
+                        // among all of them, then the duplicates (same port on each IP,
+                        // or one port number over UDP and TCP) dropped (RFC 2181 5).
+                        let weight = Self::srv_weight(ports.len() * service.cluster_ips.len());
+                        let mut answers = Vec::new();
+                        for p in &ports {
+                            let srv = SRV::new(0, weight, p.port, target.clone());
+                            push_once(
+                                &mut answers,
+                                Record::from_rdata(ctx.qname.clone(), ttl, RData::SRV(srv)),
+                            );
+                        }
+                        let mut additionals = Vec::new();
+                        if !ports.is_empty() {
+                            for ip in &service.cluster_ips {
+                                push_once(&mut additionals, address_record(&target, ttl, *ip));
+                            }
+                        }
                         Outcome::or_nodata(answers, additionals)
                     }
                     _ => Outcome::NoData,
                 }
             }
             ServiceKind::Headless => {
+                // CoreDNS: "all endpoint queries and headless service queries will result in
+                // an NXDOMAIN" under `noendpoints`.
+                if self.cfg.noendpoints {
+                    return Outcome::NxDomain;
+                }
                 let ready: Vec<&EndpointEntry> = entry.ready_endpoints().collect();
                 if ready.is_empty() {
                     return Outcome::NxDomain;
@@ -600,26 +630,37 @@ impl Kubernetes {
                         continue;
                     }
                     if family_matches(ctx.qtype, &e.address) {
+                        // A service's endpoints are unique by address (the snapshot merges
+                        // its slices so), so no record repeats here.
                         records.push(address_record(ctx.qname, ttl, e.address));
                     }
                 }
                 Outcome::or_nodata(records, Vec::new())
             }
             RecordType::SRV => {
+                // The weight counts every endpoint x port before duplicates (endpoints that
+                // share a hostname, one port number over two protocols) are dropped, as
+                // CoreDNS computes it.
                 let weight = Self::srv_weight(pairs.len());
                 let mut answers = Vec::with_capacity(pairs.len());
                 let mut additionals: Vec<Record> = Vec::new();
+                // Sets, not scans: a headless service may have thousands of endpoints.
+                let mut seen_srv: HashSet<(&str, u16)> = HashSet::new();
+                let mut seen_glue: HashSet<IpAddr> = HashSet::new();
                 for (e, p) in &pairs {
-                    let target =
-                        self.fqdn(ctx, &[e.label(self.cfg.endpoint_pod_names), svc, ns, "svc"]);
-                    answers.push(Record::from_rdata(
-                        ctx.qname.clone(),
-                        ttl,
-                        RData::SRV(SRV::new(0, weight, p.port, target.clone())),
-                    ));
-                    let glue = address_record(&target, ttl, e.address);
-                    if !additionals.contains(&glue) {
-                        additionals.push(glue);
+                    let label = e.label(self.cfg.endpoint_pod_names);
+                    let new_srv = seen_srv.insert((label, p.port));
+                    let new_glue = seen_glue.insert(e.address);
+                    if !new_srv && !new_glue {
+                        continue;
+                    }
+                    let target = self.fqdn(ctx, &[label, svc, ns, "svc"]);
+                    if new_glue {
+                        additionals.push(address_record(&target, ttl, e.address));
+                    }
+                    if new_srv {
+                        let srv = SRV::new(0, weight, p.port, target);
+                        answers.push(Record::from_rdata(ctx.qname.clone(), ttl, RData::SRV(srv)));
                     }
                 }
                 Outcome::or_nodata(answers, additionals)
@@ -682,7 +723,7 @@ impl Kubernetes {
     }
 
     fn reverse(&self, ctx: &Ctx) -> Outcome {
-        if ctx.qname.num_labels() == ctx.zone.num_labels() {
+        if label_count(ctx.qname) == label_count(ctx.zone) {
             return self.apex(ctx);
         }
         let ip = match ctx.qname.parse_arpa_name() {
@@ -694,10 +735,13 @@ impl Kubernetes {
             .ptr(&ip)
             .iter()
             .filter(|t| match t {
-                PtrTarget::Service { service, namespace }
-                | PtrTarget::Endpoint {
+                PtrTarget::Service { service, namespace } => {
+                    self.ptr_exposed(ctx.snap, namespace, service)
+                }
+                // Under `noendpoints` CoreDNS has no endpoints to reverse-map.
+                PtrTarget::Endpoint {
                     service, namespace, ..
-                } => self.ptr_exposed(ctx.snap, namespace, service),
+                } => !self.cfg.noendpoints && self.ptr_exposed(ctx.snap, namespace, service),
             })
             .collect();
         if targets.is_empty() {
@@ -743,11 +787,10 @@ impl Kubernetes {
                     )
                 }
             };
-            answers.push(Record::from_rdata(
-                ctx.qname.clone(),
-                self.cfg.ttl,
-                RData::PTR(PTR(name)),
-            ));
+            push_once(
+                &mut answers,
+                Record::from_rdata(ctx.qname.clone(), self.cfg.ttl, RData::PTR(PTR(name))),
+            );
         }
         Outcome::or_nodata(answers, Vec::new())
     }

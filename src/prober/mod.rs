@@ -15,6 +15,7 @@
 pub mod active;
 pub mod analysis;
 pub mod aws;
+pub mod command;
 pub mod paths;
 pub mod report;
 

@@ -5,12 +5,13 @@
 //! SERVFAIL, as in CoreDNS.
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Record, RecordType};
 use regex::Captures;
 use tracing::warn;
 
-use super::{fqdn, lower_fqdn};
+use super::lower_fqdn;
 use crate::corefile::gotemplate::{self, Field, Piece};
+use crate::corefile::rr::parse_rr;
 use crate::corefile::{name_in_zone, Template, TemplateConfig};
 use crate::dns::answer::Answer;
 use crate::dns::pipeline::{Flow, Handler, Request};
@@ -80,30 +81,6 @@ fn render(pieces: &[Piece], d: &Data) -> String {
         }
     }
     out
-}
-
-/// Parses one resource record in zone-file form: `NAME [TTL] [CLASS] TYPE RDATA`.
-pub fn parse_rr(text: &str) -> Result<Record, String> {
-    let mut words = text.split_whitespace();
-    let name_word = words.next().ok_or("empty record")?;
-    let name = fqdn(name_word).ok_or_else(|| format!("bad owner name {name_word:?}"))?;
-    let mut ttl = 3600;
-    let mut word = words.next().ok_or("record without a type")?;
-    if let Ok(t) = word.parse::<u32>() {
-        ttl = t;
-        word = words.next().ok_or("record without a type")?;
-    }
-    if word.eq_ignore_ascii_case("IN") || word.eq_ignore_ascii_case("CH") {
-        word = words.next().ok_or("record without a type")?;
-    }
-    let rtype: RecordType = word
-        .to_ascii_uppercase()
-        .parse()
-        .map_err(|_| format!("unknown record type {word:?}"))?;
-    let rdata_text = words.collect::<Vec<_>>().join(" ");
-    let rdata =
-        RData::try_from_str(rtype, &rdata_text).map_err(|e| format!("bad {rtype} data: {e}"))?;
-    Ok(Record::from_rdata(name, ttl, rdata))
 }
 
 impl Templates {
