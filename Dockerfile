@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# clusterdns: one statically linked binary in an image with nothing else (about 15 MB).
+# clusterdns: one statically linked binary in an image with nothing else (21 MB, 8 MB compressed).
 #
 #   docker build -t REGISTRY/clusterdns:TAG .          # or: podman build / buildah bud
 #   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/clusterdns:TAG --push .

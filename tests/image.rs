@@ -1,8 +1,8 @@
-//! The image built by .ci/build-image, run from its root filesystem (target/image/rootfs, as
+//! The image built by .ci/build-image, run from its root filesystem (target/clusterdns-image/rootfs, as
 //! `podman export` gives it) with chroot, as the non-root user of the image:
 //!
 //! ```text
-//!  target/image/rootfs ──chroot --userspec 65532──> /clusterdns serve ──> dig
+//!  target/clusterdns-image/rootfs ──chroot --userspec 65532──> /clusterdns serve ──> dig
 //!      (FROM scratch:        demo: port 53 in a network namespace of its own (file capability)
 //!       static binary)       kubeconfig: the fake API server of tests/support, in this process
 //! ```
@@ -30,7 +30,7 @@ const NONROOT: u32 = 65532;
 fn rootfs() -> Option<PathBuf> {
     let dir = std::env::var_os("CLUSTERDNS_IMAGE_ROOTFS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(REPO).join("target/image/rootfs"));
+        .unwrap_or_else(|| Path::new(REPO).join("target/clusterdns-image/rootfs"));
     if dir.join("clusterdns").is_file() {
         return Some(dir);
     }
@@ -136,12 +136,17 @@ fn the_image_holds_a_static_nonroot_binary_with_only_cap_net_bind_service() {
     let Some(root) = rootfs() else { return };
     let bin = root.join("clusterdns");
     // Static: no program interpreter (PT_INTERP) to look for in an image that has no libc.
-    let ldd = Command::new("ldd").arg(&bin).output().expect("ldd");
+    let elf = Command::new("readelf")
+        .arg("-l")
+        .arg(&bin)
+        .output()
+        .expect("readelf");
+    let headers = String::from_utf8_lossy(&elf.stdout);
+    assert!(elf.status.success(), "readelf {}", bin.display());
     assert!(
-        !ldd.status.success() || String::from_utf8_lossy(&ldd.stdout).contains("statically"),
-        "{} is dynamically linked: {}",
-        bin.display(),
-        String::from_utf8_lossy(&ldd.stdout)
+        !headers.contains("program interpreter"),
+        "{} is dynamically linked: {headers}",
+        bin.display()
     );
     let caps = Command::new("getcap").arg(&bin).output().expect("getcap");
     let caps = String::from_utf8_lossy(&caps.stdout);
@@ -186,8 +191,9 @@ fn the_image_holds_a_static_nonroot_binary_with_only_cap_net_bind_service() {
     let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
     assert!(passwd.contains(&format!("nonroot:x:{NONROOT}:{NONROOT}:")));
     // The image config built beside it: runs as the non-root user.
-    let config = std::fs::read_to_string(Path::new(REPO).join("target/image/config.txt"))
-        .unwrap_or_default();
+    let config =
+        std::fs::read_to_string(Path::new(REPO).join("target/clusterdns-image/config.txt"))
+            .unwrap_or_default();
     if !config.is_empty() {
         assert!(
             config.starts_with(&format!("{NONROOT}:{NONROOT} ")),
