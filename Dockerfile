@@ -22,7 +22,8 @@ COPY manifests/examples/demo-cluster.yaml ./manifests/examples/
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     target="$(uname -m)-unknown-linux-gnu" \
-    && RUSTFLAGS='-C target-feature=+crt-static' \
+    # getrandom(2) directly: a static binary cannot look the libc function up (dlsym).
+    && RUSTFLAGS='-C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"' \
        cargo build --locked --release --target "$target" --bin clusterdns \
     && mkdir -p /rootfs/etc/ssl/certs /rootfs/etc/coredns \
     && cp "target/$target/release/clusterdns" /rootfs/clusterdns \
