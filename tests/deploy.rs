@@ -520,9 +520,11 @@ fn check_overlay(overlay: &str, objects: &[Value]) -> Vec<String> {
     let fargate = compute_type(d).as_deref() == Some("fargate");
 
     // High availability.
-    let replicas = d.spec.replicas.unwrap_or(1);
-    if replicas < 2 {
-        fail(format!("{at}: replicas {replicas} < 2"));
+    // The HPA (checked below) owns the count; a count here would be reset by every apply.
+    if let Some(n) = d.spec.replicas {
+        fail(format!(
+            "{at}: replicas {n}: leave the count to the HorizontalPodAutoscaler"
+        ));
     }
     if spec.priority_class_name.as_deref() != Some("system-cluster-critical") {
         fail(format!(
