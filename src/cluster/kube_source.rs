@@ -121,7 +121,7 @@ pub const WATCHED: &[(&str, &str, &[&str])] = &[
     ("", "namespaces", &["list", "watch"]),
     ("", "services", &["list", "watch"]),
     ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
-    // Only for `pods verified`, Fargate placement and the prober.
+    // Pods and nodes only for `pods verified`, `--fargate-profiles` and `--aws`.
     ("", "pods", &["list", "watch"]),
     ("", "nodes", &["list", "watch"]),
 ];
