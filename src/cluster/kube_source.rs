@@ -52,7 +52,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::model::{EndpointSlice, Namespace, Node, Pod, Service, ServiceKind};
 use super::snapshot::{Changed, Key, Store};
@@ -140,6 +140,26 @@ pub fn client_for(mut config: kube::Config) -> Result<kube::Client, SourceError>
     // and relists instead.
     config.default_retry = false;
     Client::try_from(config).map_err(SourceError::Client)
+}
+
+/// Every Kubernetes API access the server makes, as RBAC spells it: (API group, resource,
+/// verbs); "" is the core group. Watches start only through `Watch::run`, which refuses a
+/// resource missing here, and tests/deploy.rs requires the ClusterRole of manifests/base to
+/// grant exactly this table: a new watch without its RBAC rule fails the tests, not a cluster.
+pub const WATCHED: &[(&str, &str, &[&str])] = &[
+    ("", "namespaces", &["list", "watch"]),
+    ("", "services", &["list", "watch"]),
+    ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+    // Pods and nodes only for `pods verified`, `--fargate-profiles` and `--aws`.
+    ("", "pods", &["list", "watch"]),
+    ("", "nodes", &["list", "watch"]),
+];
+
+/// Whether [`WATCHED`] grants `verb` on `group`/`resource`.
+pub fn watched(group: &str, resource: &str, verb: &str) -> bool {
+    WATCHED
+        .iter()
+        .any(|(g, r, verbs)| *g == group && *r == resource && verbs.contains(&verb))
 }
 
 /// The `service_kind` label of `coredns_kubernetes_dns_programming_duration_seconds`.
@@ -479,6 +499,24 @@ impl Watch {
         K::DynamicType: Default,
     {
         let kind = self.kind;
+        // kube-rs's watcher lists (paged) and watches; nothing else.
+        let dt = K::DynamicType::default();
+        let (group, resource) = (K::group(&dt), K::plural(&dt));
+        if group != kind.group()
+            || resource != kind.resource()
+            || !["list", "watch"]
+                .iter()
+                .all(|verb| watched(&group, &resource, verb))
+        {
+            // A programming error, caught by the tests: readiness names it instead of a panic.
+            let text = format!(
+                "internal error: {kind} is watched as {group:?}/{resource} but WATCHED \
+                 (the RBAC table) does not grant list and watch on it"
+            );
+            error!("kubernetes: {text}");
+            self.status.set_error(kind, text);
+            return;
+        }
         // Bookmarks are on by default; they keep a quiet watch's resourceVersion fresh.
         let config = watcher::Config::default().page_size(self.opts.page_size.max(1));
         let mut backoff = Backoff::new(self.opts.backoff_initial, self.opts.backoff_max);
@@ -1066,6 +1104,29 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_is_in_the_rbac_table() {
+        for kind in ResourceKind::ALL {
+            for verb in ["list", "watch"] {
+                assert!(
+                    watched(kind.group(), kind.resource(), verb),
+                    "{kind}: WATCHED lacks {verb}"
+                );
+            }
+        }
+        // And nothing else: every entry is a kind that is watched.
+        for (group, resource, _) in WATCHED {
+            assert!(
+                ResourceKind::ALL
+                    .iter()
+                    .any(|k| k.group() == *group && k.resource() == *resource),
+                "WATCHED grants {group:?}/{resource}, which nothing watches"
+            );
+        }
+        assert!(!watched("", "secrets", "list"));
+        assert!(!watched("", "services", "get"));
+    }
 
     #[test]
     fn paths_name_their_kind() {
