@@ -12,3 +12,4 @@ pub mod gen;
 pub mod metrics;
 pub mod prober;
 pub mod sidecar;
+pub mod webhook;
