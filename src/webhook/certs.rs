@@ -37,7 +37,7 @@ pub enum CertError {
 }
 
 /// The file contents a key was built from, to notice a change without parsing again.
-#[derive(PartialEq, Eq)]
+#[derive(PartialEq, Eq, Debug)]
 struct Source {
     cert: Vec<u8>,
     key: Vec<u8>,
@@ -76,6 +76,9 @@ fn parse(src: &Source, cert_path: &Path, key_path: &Path) -> Result<CertifiedKey
 #[derive(Debug)]
 pub struct Reloading {
     current: ArcSwap<CertifiedKey>,
+    /// What `current` was built from: the baseline the watcher compares the files with (not
+    /// what they hold when it starts, which may already be a change).
+    loaded: std::sync::Mutex<Option<Source>>,
     cert_path: PathBuf,
     key_path: PathBuf,
 }
@@ -93,6 +96,7 @@ impl Reloading {
         let key = parse(&src, cert_path, key_path)?;
         Ok(Arc::new(Reloading {
             current: ArcSwap::from_pointee(key),
+            loaded: std::sync::Mutex::new(Some(src)),
             cert_path: cert_path.to_owned(),
             key_path: key_path.to_owned(),
         }))
@@ -114,7 +118,7 @@ impl Reloading {
     ) {
         // Polling rather than inotify: Secret volumes change by symlink swaps of the parent
         // directory, and reading two small files each interval catches every kind of update.
-        let mut last = read(&self.cert_path, &self.key_path).ok();
+        let mut last = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).take();
         let mut last_error: Option<String> = None;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -131,7 +135,7 @@ impl Reloading {
                 Ok(Some((src, key)))
             });
             match result {
-                Ok(None) => {}
+                Ok(None) => tracing::trace!("webhook: certificate files unchanged"),
                 Ok(Some((src, key))) => {
                     self.current.store(Arc::new(key));
                     last = Some(src);
@@ -232,5 +236,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("--tls-cert ") && e.contains("nope"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn watch_swaps_in_a_renewed_pair_only_when_it_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, cert, key) = self_signed("wh", "ns", &[], 1).unwrap();
+        let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, &key).unwrap();
+        let r = Reloading::load(&c, &k).unwrap();
+        let first = r.leaf().unwrap();
+        let cancel = CancellationToken::new();
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = refused.clone();
+        let task = tokio::spawn(r.clone().watch(
+            Duration::from_millis(10),
+            move |ok| {
+                if !ok {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            },
+            cancel.clone(),
+        ));
+        let (_, cert2, key2) = self_signed("wh", "ns", &[], 1).unwrap();
+        std::fs::write(&c, &cert2).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while refused.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "mismatch not noticed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            r.leaf().unwrap(),
+            first,
+            "a mismatched pair is never served"
+        );
+        std::fs::write(&k, &key2).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while r.leaf().unwrap() == first {
+            assert!(std::time::Instant::now() < deadline, "not reloaded");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cancel.cancel();
+        task.await.unwrap();
     }
 }

@@ -227,7 +227,22 @@ fn bad_request(message: String) -> Reviewed {
 }
 
 fn answer(response: AdmissionResponse, outcome: Outcome) -> Reviewed {
-    match serde_json::to_vec(&response.into_review()) {
+    let encoded = serde_json::to_value(response.into_review()).map(|mut v| {
+        // kube serialises `patch: Vec<u8>` as an array of numbers; the API documents (and
+        // every client and test tool expects) the base64 string that Go writes for []byte.
+        if let Some(patch) = v.pointer_mut("/response/patch") {
+            if let Some(bytes) = patch.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                    .collect::<Vec<u8>>()
+            }) {
+                use base64::Engine;
+                *patch = Value::from(base64::engine::general_purpose::STANDARD.encode(bytes));
+            }
+        }
+        v
+    });
+    match encoded.and_then(|v| serde_json::to_vec(&v)) {
         Ok(body) => Reviewed {
             status: 200,
             body,
