@@ -194,7 +194,8 @@ struct WebhookArgs {
     /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1); reloaded with the certificate.
     #[arg(long, value_name = "FILE", required_unless_present = "generate_certs")]
     tls_key: Option<PathBuf>,
-    /// The clusterdns image the injected sidecar runs.
+    /// The clusterdns image the injected sidecar runs; `self`: the webhook's own image (read
+    /// from its Pod, named by POD_NAMESPACE and POD_NAME).
     #[arg(long, value_name = "IMAGE", required_unless_present = "generate_certs")]
     sidecar_image: Option<String>,
     /// `aws eks describe-fargate-profile` JSON (file or directory): pods these select get the
@@ -230,6 +231,9 @@ struct WebhookArgs {
     /// The webhook's own namespace (its pods are never injected).
     #[arg(long, value_name = "NS", env = "POD_NAMESPACE")]
     namespace: Option<String>,
+    /// The webhook's own pod name (for `--sidecar-image self`).
+    #[arg(long, value_name = "NAME", env = "POD_NAME")]
+    pod_name: Option<String>,
     /// Seconds between checks of the certificate files.
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
     cert_reload_interval: f64,
@@ -458,6 +462,7 @@ async fn webhook(a: WebhookArgs) -> anyhow::Result<u8> {
         sidecar_memory: a.sidecar_memory,
         sidecar_memory_limit: a.sidecar_memory_limit,
         namespace: a.namespace,
+        pod_name: a.pod_name,
         cert_reload_interval: std::time::Duration::from_secs_f64(a.cert_reload_interval),
         generate_certs,
     };

@@ -197,11 +197,17 @@ impl Webhook {
             .arg(tls.cert())
             .arg("--tls-key")
             .arg(tls.key())
-            .args(["--sidecar-image", IMAGE, "--cert-reload-interval", "0.1"])
+            .args(["--cert-reload-interval", "0.1"])
+            .args(if extra.contains(&"--sidecar-image") {
+                &[][..]
+            } else {
+                &["--sidecar-image", IMAGE][..]
+            })
             .args(extra)
             // No kubeconfig but the one passed: the tests without the API must not find one.
             .env_remove("KUBECONFIG")
             .env_remove("POD_NAMESPACE")
+            .env_remove("POD_NAME")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env("HOME", tls.dir.path())
             .env(
@@ -551,9 +557,11 @@ async fn deployment_pod_on_a_fargate_profile_gets_a_native_sidecar() {
     assert_eq!(sc.privileged, None);
     let caps = sc.capabilities.as_ref().unwrap();
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    // Only so that the image's file-capability binary may be exec'd: the bind itself comes
+    // from the sysctl below.
     assert_eq!(
-        caps.add, None,
-        "NET_BIND_SERVICE does nothing for a non-root user"
+        caps.add.as_deref(),
+        Some(&["NET_BIND_SERVICE".to_string()][..])
     );
     assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
     let res = c.resources.as_ref().unwrap();
@@ -964,8 +972,25 @@ async fn api_servers_before_1_29_get_an_ordinary_container() {
 async fn the_namespace_label_opts_in_and_is_followed() {
     let tls = Tls::new();
     let api = api(&[("team-a", true), ("team-b", false)]).await;
+    // Its own pod, for --sidecar-image self.
+    api.apply(json!({"kind": "Pod", "apiVersion": "v1",
+        "metadata": {"name": "clusterdns-webhook-5d8f7-x2x9q", "namespace": "clusterdns-system"},
+        "spec": {"containers": [{"name": "webhook", "image": "registry.example/clusterdns:9.9", "args": ["webhook"]}]}}));
     let kubeconfig = api.kubeconfig_path();
-    let wh = Webhook::start(&tls, &["--kubeconfig", kubeconfig.to_str().unwrap()]).await;
+    let wh = Webhook::start(
+        &tls,
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--sidecar-image",
+            "self",
+            "--namespace",
+            "clusterdns-system",
+            "--pod-name",
+            "clusterdns-webhook-5d8f7-x2x9q",
+        ],
+    )
+    .await;
     let reason = |ns: &'static str| {
         let wh = &wh;
         async move {
@@ -977,6 +1002,16 @@ async fn the_namespace_label_opts_in_and_is_followed() {
     };
     assert_eq!(reason("team-a").await.as_deref(), Some("namespace-label"));
     assert_eq!(reason("team-b").await.as_deref(), Some("not-selected"));
+    let object = deployment_pod("team-a", "img");
+    let r = wh
+        .review(&review_of("team-a", "CREATE", object.clone()))
+        .await;
+    let (_, pod) = patched(&object, &r);
+    assert_eq!(
+        sidecars(&pod)[0].image.as_deref(),
+        Some("registry.example/clusterdns:9.9"),
+        "--sidecar-image self: the webhook's own image"
+    );
 
     // Label team-b, unlabel team-a: the watch follows.
     let mut b = support::namespace("team-b");

@@ -554,9 +554,14 @@ pub fn sidecar_container(s: &Settings) -> Container {
             run_as_group: Some(SIDECAR_UID),
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
+            // NET_BIND_SERVICE is not what binds port 53 (a non-root process with
+            // no_new_privs never gets it); it is here because the image's binary carries it
+            // as a file capability with the effective bit, and the kernel refuses to exec
+            // such a binary (EPERM) when the capability is outside the bounding set. The
+            // restricted standard allows adding exactly this one; Fargate allows it too.
             capabilities: Some(Capabilities {
                 drop: Some(vec!["ALL".into()]),
-                add: None,
+                add: Some(vec!["NET_BIND_SERVICE".into()]),
             }),
             seccomp_profile: Some(SeccompProfile {
                 type_: "RuntimeDefault".into(),

@@ -75,6 +75,8 @@ pub struct WebhookOptions {
     pub sidecar_memory_limit: String,
     /// The webhook's namespace (its pods are never injected).
     pub namespace: Option<String>,
+    /// The webhook's own pod (for `--sidecar-image self`).
+    pub pod_name: Option<String>,
     pub cert_reload_interval: Duration,
     pub generate_certs: Option<CertOptions>,
 }
@@ -246,6 +248,33 @@ fn check_quantity(flag: &str, q: &str, memory: bool) -> anyhow::Result<()> {
     };
     r.map(|_| ())
         .map_err(|e| anyhow::anyhow!("{flag} {q}: not a Kubernetes quantity: {e}"))
+}
+
+/// `--sidecar-image self`: the image of the container running this webhook, read from its
+/// own Pod, so that a kustomize `images:` override of the Deployment reaches the sidecar too.
+async fn own_image(
+    client: Option<&kube::Client>,
+    namespace: Option<&str>,
+    pod: Option<&str>,
+) -> anyhow::Result<String> {
+    let (Some(client), Some(namespace), Some(pod)) = (client, namespace, pod) else {
+        bail!(
+            "--sidecar-image self needs the Kubernetes API and the pod's namespace and name \
+             (POD_NAMESPACE and POD_NAME from the downward API)"
+        );
+    };
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let me = tokio::time::timeout(API_TIMEOUT, api.get(pod))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {API_TIMEOUT:?}"))??;
+    let containers = me.spec.map(|s| s.containers).unwrap_or_default();
+    containers
+        .iter()
+        .find(|c| c.args.as_ref().and_then(|a| a.first()).map(String::as_str) == Some("webhook"))
+        .or(containers.first())
+        .and_then(|c| c.image.clone())
+        .ok_or_else(|| anyhow::anyhow!("pod {namespace}/{pod} has no container image"))
 }
 
 /// The cluster DNS service IPs from kube-system/kube-dns.
@@ -431,6 +460,20 @@ pub async fn run(
         })?,
         (None, true) => bail!("no --upstream and no Kubernetes API to read kube-dns from"),
     };
+    let image = if opts.sidecar_image == "self" {
+        own_image(
+            client.as_ref(),
+            opts.namespace.as_deref(),
+            opts.pod_name.as_deref(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("--sidecar-image self: {e}"))?
+    } else {
+        opts.sidecar_image.clone()
+    };
+    if image.is_empty() {
+        bail!("--sidecar-image: empty");
+    }
     let native = match opts.native_sidecar {
         NativeSidecar::Always => true,
         NativeSidecar::Never => false,
@@ -463,7 +506,7 @@ pub async fn run(
     };
 
     let ctx = Arc::new(Context::new(Settings {
-        image: opts.sidecar_image.clone(),
+        image,
         upstreams,
         zone: opts.zone.trim_end_matches('.').to_string(),
         native,
