@@ -1364,3 +1364,122 @@ async fn generated_certificates_serve_for_clusters_without_cert_manager() {
         String::from_utf8_lossy(&std::fs::read(out_dir.join("tls.crt")).unwrap()).to_string();
     assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{text}");
 }
+
+/// The manifests in manifests/webhook read back as the k8s-openapi types with nothing lost
+/// (a misspelt or misplaced field would vanish in the round trip), and say what the issue
+/// asks of a webhook that must never block pod creation.
+#[test]
+fn manifests_are_valid_and_fail_open() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::apps::v1::Deployment;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/webhook");
+    let mut kinds = Vec::new();
+    let mut deployment = None;
+    let mut webhook = None;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") || path.ends_with("kustomization.yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+            let kind = v["kind"].as_str().unwrap().to_string();
+            fn same<T: serde::de::DeserializeOwned + serde::Serialize>(v: &Value, what: &str) -> T {
+                let t: T =
+                    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_eq!(
+                    &serde_json::to_value(&t).unwrap(),
+                    v,
+                    "{what}: fields lost in the round trip"
+                );
+                t
+            }
+            let what = format!("{}: {kind}", path.display());
+            use k8s_openapi::api::{core::v1 as core, policy::v1 as policy, rbac::v1 as rbac};
+            match kind.as_str() {
+                "Deployment" => deployment = Some(same::<Deployment>(&v, &what)),
+                "MutatingWebhookConfiguration" => {
+                    webhook = Some(same::<MutatingWebhookConfiguration>(&v, &what))
+                }
+                "Service" => drop(same::<core::Service>(&v, &what)),
+                "ServiceAccount" => drop(same::<core::ServiceAccount>(&v, &what)),
+                "Namespace" => drop(same::<core::Namespace>(&v, &what)),
+                "PodDisruptionBudget" => drop(same::<policy::PodDisruptionBudget>(&v, &what)),
+                "ClusterRole" => drop(same::<rbac::ClusterRole>(&v, &what)),
+                "ClusterRoleBinding" => drop(same::<rbac::ClusterRoleBinding>(&v, &what)),
+                "Role" => drop(same::<rbac::Role>(&v, &what)),
+                "RoleBinding" => drop(same::<rbac::RoleBinding>(&v, &what)),
+                // cert-manager CRDs: no types here.
+                "Issuer" | "Certificate" => assert_eq!(v["apiVersion"], "cert-manager.io/v1"),
+                other => panic!("{what}: unexpected kind {other}"),
+            }
+            kinds.push(kind);
+        }
+    }
+    for k in [
+        "Deployment",
+        "PodDisruptionBudget",
+        "Service",
+        "MutatingWebhookConfiguration",
+        "Certificate",
+        "ClusterRole",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k} missing: {kinds:?}");
+    }
+    let d = deployment.unwrap();
+    let ns = d.metadata.namespace.clone().unwrap();
+    let spec = d.spec;
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.image.as_deref(),
+        Some("clusterdns"),
+        "overridable with kustomize images:"
+    );
+    let labels = spec.template.metadata.unwrap().labels.unwrap();
+    assert_eq!(labels["app.kubernetes.io/name"], "clusterdns-webhook");
+    // The binary accepts the Deployment's arguments (up to the point of reading the files).
+    let args = c.args.clone().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(&args)
+        .env("HOME", "/nonexistent")
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--tls-cert /tls/tls.crt"),
+        "flags parsed, then the file: {err}"
+    );
+
+    let w = &webhook.unwrap().webhooks.unwrap()[0];
+    assert_eq!(w.failure_policy.as_deref(), Some("Ignore"));
+    assert_eq!(w.side_effects, "None");
+    assert!(w.timeout_seconds.is_some_and(|t| t <= 5));
+    assert_eq!(w.reinvocation_policy.as_deref(), Some("IfNeeded"));
+    assert_eq!(w.admission_review_versions, ["v1"]);
+    let svc = w.client_config.service.as_ref().unwrap();
+    assert_eq!(
+        (svc.namespace.as_str(), svc.path.as_deref()),
+        (ns.as_str(), Some("/mutate"))
+    );
+    let exprs = w
+        .namespace_selector
+        .as_ref()
+        .unwrap()
+        .match_expressions
+        .as_ref()
+        .unwrap();
+    let excluded = exprs
+        .iter()
+        .find(|e| e.key == "kubernetes.io/metadata.name" && e.operator == "NotIn")
+        .unwrap();
+    let values = excluded.values.as_ref().unwrap();
+    assert!(
+        values.contains(&"kube-system".to_string()) && values.contains(&ns),
+        "{values:?}"
+    );
+}
