@@ -43,7 +43,7 @@ enum Command {
     /// Mutating admission webhook (HTTPS, AdmissionReview v1 on POST /mutate) that injects the
     /// DNS sidecar into the pods that will run on micro-VMs (Fargate profiles, fargate-scheduler)
     /// and the pods or namespaces that opt in with clusterdns.io/inject.
-    Webhook(WebhookArgs),
+    Webhook(Box<WebhookArgs>),
     /// Print a synthetic cluster (namespaces, services, endpoint slices, pods, nodes) as
     /// `kubectl get -A -o yaml` does, for benchmarks; deterministic for a seed.
     GenCluster(clusterdns::gen::GenArgs),
@@ -631,7 +631,7 @@ fn main() -> ExitCode {
         match command {
             Command::Serve(args) => serve(args).await,
             Command::Sidecar(args) => sidecar(args).await,
-            Command::Webhook(args) => webhook(args).await,
+            Command::Webhook(args) => webhook(*args).await,
             Command::Placement(args) => placement(args).await,
             Command::Probe(args) => probe(args).await,
             Command::ExportZone(args) => export_zone(args).await,
