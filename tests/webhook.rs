@@ -1483,3 +1483,34 @@ fn manifests_are_valid_and_fail_open() {
         "{values:?}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_turns_unready_keeps_serving_then_exits_0() {
+    let tls = Tls::new();
+    let mut wh = Webhook::start(&tls, &["--upstream", "10.100.0.10"]).await;
+    let pid = i32::try_from(wh.child.id().unwrap()).unwrap();
+    // SAFETY: signalling the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = wh.get("/readyz").await.unwrap();
+        if r.status == 503 {
+            assert!(String::from_utf8_lossy(&r.body).contains("shutting down"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never unready");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Still answering admissions while the endpoints catch up.
+    wh.review(&review_of(
+        "default",
+        "CREATE",
+        deployment_pod("default", "late"),
+    ))
+    .await;
+    let status = tokio::time::timeout(Duration::from_secs(20), wh.child.wait())
+        .await
+        .expect("exits after the lameduck")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -82,6 +82,9 @@ pub struct WebhookOptions {
 }
 
 const API_TIMEOUT: Duration = Duration::from_secs(10);
+/// After SIGTERM: not ready but still serving for this long, so the API server (which follows
+/// the Service's endpoints) stops calling this replica before its listener closes.
+const LAMEDUCK: Duration = Duration::from_secs(3);
 
 /// The webhook's metrics, in their own registry.
 pub struct WebhookMetrics {
@@ -574,16 +577,22 @@ pub async fn run(
         };
         tasks.spawn(crate::admin::serve(l, routes, cancel.clone()));
     }
+    let draining = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(server::Shared {
         ctx,
         metrics,
-        ready: Arc::new(move || {
-            if synced.load(Ordering::Acquire) {
-                vec![]
-            } else {
-                vec!["webhook: waiting for the initial list of namespaces".to_string()]
-            }
-        }),
+        ready: {
+            let draining = draining.clone();
+            Arc::new(move || {
+                if draining.load(Ordering::Acquire) {
+                    vec!["webhook: shutting down".to_string()]
+                } else if synced.load(Ordering::Acquire) {
+                    vec![]
+                } else {
+                    vec!["webhook: waiting for the initial list of namespaces".to_string()]
+                }
+            })
+        },
     });
     let serving = tokio::spawn(server::serve(listener, acceptor, shared, cancel.clone()));
     // Tests and scripts read this to find the port chosen for port 0.
@@ -593,7 +602,9 @@ pub async fn run(
     drop(out);
 
     shutdown.await;
-    tracing::info!("webhook: shutting down: finishing requests in flight");
+    tracing::info!("webhook: shutting down: not ready, serving for {LAMEDUCK:?} more");
+    draining.store(true, Ordering::Release);
+    tokio::time::sleep(LAMEDUCK).await;
     cancel.cancel();
     let _ = serving.await;
     tasks.shutdown().await;
