@@ -739,6 +739,238 @@ def run_propagation(binary, workdir, args, results, base_manifest):
 
 
 # ---------------------------------------------------------------------------------------------
+# The sidecar webhook (issue 11): admission latency, and the sidecar it injects.
+
+
+def http_ready(port, path, timeout):
+    """Seconds until GET http://127.0.0.1:port/path answers 200 (polled every 2 ms)."""
+    import http.client
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=0.2)
+            c.request("GET", path)
+            if c.getresponse().status == 200:
+                return time.monotonic() - t0
+        except OSError:
+            pass
+        time.sleep(0.002)
+    raise RuntimeError(f"127.0.0.1:{port}{path} not ready after {timeout}s")
+
+
+def admission_review(i):
+    """A Deployment's pod in namespace default (selected by the example profile fp-default),
+    as the API server posts it."""
+    pod = {
+        "kind": "Pod", "apiVersion": "v1",
+        "metadata": {"generateName": "web-7c5ddbdf54-", "namespace": "default",
+                     "labels": {"app": "web", "pod-template-hash": "7c5ddbdf54"}},
+        "spec": {"containers": [{"name": "web", "image": "nginx:1.27",
+                                 "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}}}],
+                 "dnsPolicy": "ClusterFirst", "restartPolicy": "Always",
+                 "schedulerName": "default-scheduler", "securityContext": {}},
+    }
+    gvk = {"group": "", "version": "v1", "kind": "Pod"}
+    return json.dumps({
+        "kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1",
+        "request": {"uid": f"00000000-0000-0000-0000-{i:012d}", "kind": gvk,
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "namespace": "default", "operation": "CREATE",
+                    "userInfo": {"username": "bench"}, "object": pod, "dryRun": False},
+    }).encode()
+
+
+def steady(conn, n, rate, request):
+    """n requests on one keep-alive connection, started at a fixed rate (open loop: a slow
+    answer does not lower the offered rate); latencies in ms."""
+    out = []
+    t0 = time.monotonic()
+    for i in range(n):
+        due = t0 + i / rate
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        start = time.monotonic()
+        request(conn, i)
+        out.append((time.monotonic() - start) * 1000)
+    return out
+
+
+def pct(values, q):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(q / 100 * len(v)))]
+
+
+def anon_kib(pid):
+    """RssAnon: the process's own memory, without the mapped binary's pages."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    return 0
+
+
+def run_webhook(binary, workdir, args, results):
+    """Admission latency p50/p99 at a steady rate over one HTTPS keep-alive connection (as
+    the API server holds one), against GET /healthz on the same connection (the TLS + HTTP
+    floor); the injected sidecar's start-to-ready time and idle RSS; and the latency a cached
+    query gains by going through the sidecar instead of straight to the cluster DNS."""
+    import http.client
+    import ssl
+    out = {}
+    certs = os.path.join(workdir, "webhook-certs")
+    subprocess.run([binary, "webhook", "--generate-certs", certs, "--extra-name", "localhost"],
+                   check=True, capture_output=True)
+    port = free_port()
+    wh = Server("webhook", [binary, "webhook", "--listen", f"127.0.0.1:{port}",
+                            "--tls-cert", os.path.join(certs, "tls.crt"),
+                            "--tls-key", os.path.join(certs, "tls.key"),
+                            "--sidecar-image", "clusterdns:bench", "--upstream", "10.100.0.10",
+                            "--native-sidecar", "always", "--log", "warn",
+                            "--fargate-profiles",
+                            os.path.join(REPO, "manifests/examples/fargate-profiles")],
+                port, workdir, args.server_cpus, None)
+    try:
+        ctx = ssl.create_default_context(cafile=os.path.join(certs, "ca.crt"))
+        t0 = time.monotonic()
+        while True:
+            try:
+                conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=5)
+                conn.request("GET", "/readyz")
+                r = conn.getresponse()
+                r.read()
+                if r.status == 200:
+                    break
+                time.sleep(0.01)
+            except OSError:
+                if time.monotonic() - t0 > 30:
+                    raise RuntimeError(f"webhook not up: {wh.tail()}")
+                time.sleep(0.01)
+        bodies = [admission_review(i) for i in range(64)]
+
+        def review(c, i):
+            c.request("POST", "/mutate", body=bodies[i % len(bodies)],
+                      headers={"Content-Type": "application/json"})
+            r = c.getresponse()
+            body = r.read()
+            if r.status != 200 or b'"patch"' not in body:
+                raise RuntimeError(f"admission failed: {r.status} {body[:200]}")
+
+        def healthz(c, i):
+            c.request("GET", "/healthz")
+            c.getresponse().read()
+
+        n = args.webhook_requests
+        rate = args.webhook_rate
+        steady(conn, min(200, n), rate, review)  # warm-up
+        lat = steady(conn, n, rate, review)
+        floor = steady(conn, n, rate, healthz)
+        cpu0 = cpu_seconds(wh.proc.pid)
+        out["admission"] = {
+            "rate": rate, "requests": n,
+            "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": max(lat),
+            "healthz_p50_ms": pct(floor, 50), "healthz_p99_ms": pct(floor, 99),
+            "rss_kib": memory_kib(wh.proc.pid)["rss_kib"], "cpu_s_total": cpu0,
+        }
+        log(f"webhook admission: {json.dumps(out['admission'])}")
+    finally:
+        wh.stop()
+
+    # The sidecar, forwarding to `clusterdns serve` (the demo cluster) as its cluster DNS.
+    upstream = start_clusterdns(binary, None, workdir, args.server_cpus, (f"nginx.demo.svc.{ZONE}", 1))
+    try:
+        upstream.wait_ready(args.ready_timeout)
+        resolv = os.path.join(workdir, "resolv.conf")
+        with open(resolv, "w") as f:
+            f.write(f"nameserver 127.0.0.1\nsearch default.svc.{ZONE} svc.{ZONE} {ZONE}\noptions ndots:5\n")
+        runs = []
+        for i in range(args.startup_runs * 3):
+            dns = free_port()
+            health, ready, metrics = free_port(), free_port(), free_port()
+            argv = [binary, "sidecar", "--upstream", f"127.0.0.1:{upstream.port}",
+                    "--listen", f"127.0.0.1:{dns}", "--health", f"127.0.0.1:{health}",
+                    "--ready", f"127.0.0.1:{ready}", "--metrics", f"127.0.0.1:{metrics}",
+                    "--autopath", resolv, "--log", "warn"]
+            sc = Server("sidecar", argv, dns, workdir, args.server_cpus, (f"nginx.demo.svc.{ZONE}", 1))
+            try:
+                ready_s = http_ready(ready, "/ready", 30)
+                time.sleep(2.0)  # idle: one probe round and the allocator settled
+                mem = memory_kib(sc.proc.pid)
+                runs.append({"ready_s": ready_s, "anon_kib": anon_kib(sc.proc.pid), **mem})
+                if i == 0:
+                    # Cached query latency: through the sidecar vs straight to the cluster DNS.
+                    name = f"nginx.demo.svc.{ZONE}"
+                    wait_answer(dns, name, 1, 10)
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    via, direct = [], []
+                    for _ in range(200):
+                        dns_query(dns, name, 1, sock=sock)
+                        dns_query(upstream.port, name, 1, sock=sock)
+                    for _ in range(args.cached_queries):
+                        for target, acc in ((dns, via), (upstream.port, direct)):
+                            t = time.monotonic()
+                            r = dns_query(target, name, 1, timeout=1.0, sock=sock)
+                            if not r or r[0] != 0:
+                                raise RuntimeError(f"no answer from {target}")
+                            acc.append((time.monotonic() - t) * 1e6)
+                    sock.close()
+                    out["cached_query"] = {
+                        "queries": args.cached_queries,
+                        "via_sidecar_p50_us": pct(via, 50), "via_sidecar_p99_us": pct(via, 99),
+                        "direct_p50_us": pct(direct, 50), "direct_p99_us": pct(direct, 99),
+                    }
+            finally:
+                sc.stop()
+        out["sidecar"] = {
+            "ready_ms": statistics.median(r["ready_s"] for r in runs) * 1000,
+            "ready_ms_runs": [round(r["ready_s"] * 1000, 1) for r in runs],
+            "rss_kib": statistics.median(r["rss_kib"] for r in runs),
+            "pss_kib": statistics.median(r["pss_kib"] for r in runs),
+            "anon_kib": statistics.median(r["anon_kib"] for r in runs),
+            "hwm_kib": max(r["hwm_kib"] for r in runs),
+        }
+        time.sleep(1.0)
+        out["server_demo_rss_kib"] = memory_kib(upstream.proc.pid)["rss_kib"]
+        log(f"sidecar: {json.dumps(out['sidecar'])} cached: {json.dumps(out.get('cached_query'))}")
+    finally:
+        upstream.stop()
+    results["webhook"] = out
+
+
+def webhook_markdown(results):
+    w = results["webhook"]
+    a, sc, q = w["admission"], w["sidecar"], w["cached_query"]
+    added = q["via_sidecar_p50_us"] - q["direct_p50_us"]
+    L = ["### Sidecar webhook (`clusterdns webhook`) and the sidecar it injects", ""]
+    L.append(f"Admission: {a['requests']} AdmissionReviews (a Deployment's pod selected by a "
+             f"Fargate profile, patched) at a steady {a['rate']}/s over one HTTPS keep-alive "
+             "connection; the floor is GET /healthz on the same connection at the same rate. "
+             "Sidecar: `clusterdns sidecar --autopath` forwarding to `clusterdns serve` (demo), "
+             f"median of {len(sc['ready_ms_runs'])} starts; cached query: "
+             f"{q['queries']} sequential UDP queries for a cluster name, alternating between the "
+             "sidecar (cache hit) and the server directly, from one Python client.")
+    L.append("")
+    L.append("| figure | measured | reference (same run) | ratio | target |")
+    L.append("|---|---:|---:|---:|---|")
+    L.append(f"| admission latency p50 | {a['p50_ms']:.3f} ms | {a['healthz_p50_ms']:.3f} ms (GET /healthz) | "
+             f"{ratio(a['p50_ms'], a['healthz_p50_ms'])} | |")
+    L.append(f"| admission latency p99 | {a['p99_ms']:.3f} ms | {a['healthz_p99_ms']:.3f} ms (GET /healthz) | "
+             f"{ratio(a['p99_ms'], a['healthz_p99_ms'])} | well under timeoutSeconds 5 |")
+    L.append(f"| webhook RSS after the run | {a['rss_kib'] / 1024:.1f} MiB | | | |")
+    L.append(f"| sidecar start to ready | {sc['ready_ms']:.1f} ms | | | < 100 ms |")
+    L.append(f"| sidecar idle RSS | {sc['rss_kib'] / 1024:.1f} MiB (anonymous {sc['anon_kib'] / 1024:.1f}, "
+             f"PSS {sc['pss_kib'] / 1024:.1f}) | "
+             f"{w['server_demo_rss_kib'] / 1024:.1f} MiB (`serve`, demo) | "
+             f"{ratio(sc['rss_kib'], w['server_demo_rss_kib'])} | <= 8 MiB |")
+    L.append(f"| cached query via the sidecar, p50 / p99 | {q['via_sidecar_p50_us']:.0f} / "
+             f"{q['via_sidecar_p99_us']:.0f} us | {q['direct_p50_us']:.0f} / {q['direct_p99_us']:.0f} us "
+             f"(server directly) | {ratio(q['via_sidecar_p50_us'], q['direct_p50_us'])} | |")
+    L.append(f"| added latency per cached query (p50) | {added:.0f} us | | | |")
+    L.append("")
+    return "\n".join(L)
+
+
+# ---------------------------------------------------------------------------------------------
 # Report.
 
 
@@ -778,6 +1010,8 @@ def machine():
 
 
 def first_line(argv, needle):
+    if shutil.which(argv[0]) is None:
+        return None
     out = subprocess.run(argv, capture_output=True, text=True, check=False)
     for line in (out.stdout + out.stderr).splitlines():
         if needle in line:
@@ -1008,6 +1242,12 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (zones, logs)")
     ap.add_argument("--json", default=os.path.join(HERE, "results.json"))
     ap.add_argument("--md", help="also write the Markdown report to this file")
+    ap.add_argument("--only", choices=["webhook"],
+                    help="run one section alone (webhook: admission latency and the sidecar)")
+    ap.add_argument("--webhook-rate", type=int, default=200,
+                    help="AdmissionReviews per second of the webhook section (200)")
+    ap.add_argument("--webhook-requests", type=int, help="AdmissionReviews timed (4000; quick 400)")
+    ap.add_argument("--cached-queries", type=int, help="cached queries timed per path (5000; quick 500)")
     args = ap.parse_args()
     if os.cpu_count() < 2:
         args.client_cpus = args.server_cpus = ""
@@ -1015,6 +1255,25 @@ def main():
     args.changes = args.changes or (20 if args.quick else 1000)
     args.startup_runs = 1 if args.quick else 3
     args.ready_timeout = 180
+    args.webhook_requests = args.webhook_requests or (400 if args.quick else 4000)
+    args.cached_queries = args.cached_queries or (500 if args.quick else 5000)
+    if args.only == "webhook":
+        # Needs nothing but the binary (no dnsperf, NSD or Knot).
+        binary = build(args)
+        workdir = tempfile.mkdtemp(prefix="clusterdns-bench-")
+        results = {"mode": "quick" if args.quick else "full", "machine": machine(),
+                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        try:
+            run_webhook(binary, workdir, args, results)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        md = webhook_markdown(results)
+        if args.md:
+            with open(args.md, "w") as f:
+                f.write(md)
+        print(json.dumps(results["webhook"], indent=2), file=sys.stderr)
+        print(md)
+        return
     check_tools()
     binary = build(args)
     workdir = tempfile.mkdtemp(prefix="clusterdns-bench-")
@@ -1047,6 +1306,7 @@ def main():
         run_memory_and_startup(binary, clusters, workdir, args, results)
         run_propagation(binary, workdir, args, results, None)
         run_api_source(sizes, workdir, args, results)
+        run_webhook(binary, workdir, args, results)
         results["targets"] = targets(results)
     finally:
         if args.keep:
@@ -1055,7 +1315,7 @@ def main():
             shutil.rmtree(workdir, ignore_errors=True)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=2)
-    md = markdown(results)
+    md = markdown(results) + "\n" + webhook_markdown(results)
     if args.md:
         with open(args.md, "w") as f:
             f.write(md)

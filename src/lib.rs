@@ -14,3 +14,4 @@ pub mod output;
 pub mod prober;
 pub mod report;
 pub mod sidecar;
+pub mod webhook;

@@ -39,6 +39,10 @@ enum Command {
     /// a caching forwarder on 127.0.0.1:53 that sends the pod's queries to the cluster DNS
     /// over persistent TCP, serves stale answers while it is unreachable, and probes it.
     Sidecar(SidecarArgs),
+    /// Mutating admission webhook (HTTPS, AdmissionReview v1 on POST /mutate) that injects the
+    /// DNS sidecar into the pods that will run on micro-VMs (Fargate profiles, fargate-scheduler)
+    /// and the pods or namespaces that opt in with clusterdns.io/inject.
+    Webhook(Box<WebhookArgs>),
     /// Print a synthetic cluster (namespaces, services, endpoint slices, pods, nodes) as
     /// `kubectl get -A -o yaml` does, for benchmarks; deterministic for a seed.
     GenCluster(clusterdns::gen::GenArgs),
@@ -92,6 +96,82 @@ struct SidecarArgs {
     /// ndots:5 costs one query instead of one per search domain. Usually /etc/resolv.conf.
     #[arg(long, value_name = "RESOLV-CONF")]
     autopath: Option<PathBuf>,
+    /// Log filter (tracing's EnvFilter syntax).
+    #[arg(long, env = "CLUSTERDNS_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(clap::Args)]
+struct WebhookArgs {
+    /// HTTPS address the API server calls.
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        required_unless_present = "generate_certs"
+    )]
+    listen: Option<SocketAddr>,
+    /// Serving certificate (PEM, chain allowed); reloaded when the file changes.
+    #[arg(long, value_name = "FILE", required_unless_present = "generate_certs")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1); reloaded with the certificate.
+    #[arg(long, value_name = "FILE", required_unless_present = "generate_certs")]
+    tls_key: Option<PathBuf>,
+    /// The clusterdns image the injected sidecar runs; `self`: the webhook's own image (read
+    /// from its Pod, named by POD_NAMESPACE and POD_NAME).
+    #[arg(long, value_name = "IMAGE", required_unless_present = "generate_certs")]
+    sidecar_image: Option<String>,
+    /// `aws eks describe-fargate-profile` JSON (file or directory): pods these select get the
+    /// sidecar, and a warning when it makes their micro-VM bigger.
+    #[arg(long, value_name = "PATH")]
+    fargate_profiles: Option<PathBuf>,
+    /// The cluster DNS service IP the sidecar forwards to (repeatable or comma-separated).
+    /// Default: read kube-system/kube-dns through the API.
+    #[arg(long, value_name = "IP", value_delimiter = ',')]
+    upstream: Vec<String>,
+    /// The cluster domain (the pods' search path).
+    #[arg(long, value_name = "ZONE", default_value = "cluster.local")]
+    zone: String,
+    /// Kubeconfig for the API (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Plain-HTTP Prometheus metrics address (they are also on the HTTPS port at /metrics).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
+    /// Inject a native sidecar (init container with restartPolicy: Always, Kubernetes 1.29+):
+    /// auto decides from the API server's version.
+    #[arg(long, value_enum, default_value = "auto")]
+    native_sidecar: clusterdns::webhook::NativeSidecar,
+    /// The sidecar's CPU request.
+    #[arg(long, value_name = "QUANTITY", default_value = "10m")]
+    sidecar_cpu: String,
+    /// The sidecar's memory request.
+    #[arg(long, value_name = "QUANTITY", default_value = "16Mi")]
+    sidecar_memory: String,
+    /// The sidecar's memory limit.
+    #[arg(long, value_name = "QUANTITY", default_value = "64Mi")]
+    sidecar_memory_limit: String,
+    /// The webhook's own namespace (its pods are never injected).
+    #[arg(long, value_name = "NS", env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// The webhook's own pod name (for `--sidecar-image self`).
+    #[arg(long, value_name = "NAME", env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Seconds between checks of the certificate files.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    cert_reload_interval: f64,
+    /// Write a self-signed CA and a serving certificate (ca.crt, tls.crt, tls.key) for
+    /// `--service`.`--namespace`.svc into DIR, print how to install them, and exit.
+    #[arg(long, value_name = "DIR")]
+    generate_certs: Option<PathBuf>,
+    /// With --generate-certs: the webhook's Service name.
+    #[arg(long, value_name = "NAME", default_value = "clusterdns-webhook")]
+    service: String,
+    /// With --generate-certs: extra DNS names or IPs in the certificate.
+    #[arg(long, value_name = "NAME")]
+    extra_name: Vec<String>,
+    /// With --generate-certs: validity in days.
+    #[arg(long, value_name = "DAYS", default_value_t = 365)]
+    days: u32,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "CLUSTERDNS_LOG", default_value = "info")]
     log: String,
@@ -268,6 +348,52 @@ async fn sidecar(args: SidecarArgs) -> anyhow::Result<u8> {
     .await
 }
 
+async fn webhook(a: WebhookArgs) -> anyhow::Result<u8> {
+    use clusterdns::webhook::{run, CertOptions, WebhookOptions};
+    init_tracing(&a.log);
+    if !(a.cert_reload_interval > 0.0 && a.cert_reload_interval <= 3600.0) {
+        anyhow::bail!(
+            "--cert-reload-interval {}: expected 0-3600 seconds",
+            a.cert_reload_interval
+        );
+    }
+    let generate_certs = a.generate_certs.map(|dir| CertOptions {
+        dir,
+        service: a.service,
+        namespace: a
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "clusterdns-system".into()),
+        extra_names: a.extra_name,
+        days: a.days,
+    });
+    let opts = WebhookOptions {
+        listen: a.listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8443))),
+        tls_cert: a.tls_cert.unwrap_or_default(),
+        tls_key: a.tls_key.unwrap_or_default(),
+        sidecar_image: a.sidecar_image.unwrap_or_default(),
+        fargate_profiles: a.fargate_profiles,
+        upstreams: a
+            .upstream
+            .iter()
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect(),
+        zone: a.zone,
+        kubeconfig: a.kubeconfig,
+        metrics: a.metrics,
+        native_sidecar: a.native_sidecar,
+        sidecar_cpu: a.sidecar_cpu,
+        sidecar_memory: a.sidecar_memory,
+        sidecar_memory_limit: a.sidecar_memory_limit,
+        namespace: a.namespace,
+        pod_name: a.pod_name,
+        cert_reload_interval: std::time::Duration::from_secs_f64(a.cert_reload_interval),
+        generate_certs,
+    };
+    run(opts, shutdown_signal()).await
+}
+
 /// Starts the server, prints where it listens, and serves until a signal or a fatal error.
 async fn run(opts: ServeOptions) -> anyhow::Result<u8> {
     let running = app::start(opts).await?;
@@ -351,6 +477,7 @@ fn main() -> ExitCode {
         match command {
             Command::Serve(args) => serve(args).await,
             Command::Sidecar(args) => sidecar(args).await,
+            Command::Webhook(args) => webhook(*args).await,
             Command::Placement(args) => clusterdns::fargate::command::run(args).await,
             Command::Probe(args) => clusterdns::prober::command::run(args).await,
             Command::ExportZone(args) => clusterdns::export::run(args).await,

@@ -314,6 +314,8 @@ struct Faults {
 
 struct Shared {
     state: Mutex<State>,
+    /// What `GET /version` answers (major, minor, gitVersion).
+    version: Mutex<(String, String, String)>,
     stalled: watch::Sender<bool>,
     bookmark_interval: Mutex<Duration>,
     faults: Mutex<Faults>,
@@ -349,6 +351,7 @@ impl ApiServer {
         let (stalled, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(1)),
+            version: Mutex::new(("1".into(), "31".into(), "v1.31.0".into())),
             stalled,
             bookmark_interval: Mutex::new(Duration::from_millis(200)),
             faults: Mutex::new(Faults::default()),
@@ -518,6 +521,12 @@ impl ApiServer {
 
     pub fn set_bookmark_interval(&self, interval: Duration) {
         *self.shared.bookmark_interval.lock().unwrap() = interval;
+    }
+
+    /// What `GET /version` reports: `major`, `minor` as the API server writes them (EKS
+    /// writes minors like `28+`) and the gitVersion.
+    pub fn set_version(&self, major: &str, minor: &str, git_version: &str) {
+        *self.shared.version.lock().unwrap() = (major.into(), minor.into(), git_version.into());
     }
 
     /// Every request so far, as `GET /path?query`.
@@ -761,6 +770,18 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             "MethodNotAllowed",
             "the fake API server only serves GET",
             None,
+        );
+    }
+    if path == "/version" {
+        let (major, minor, git_version) = shared.version.lock().unwrap().clone();
+        return json_response(
+            200,
+            &json!({
+                "major": major, "minor": minor, "gitVersion": git_version,
+                "gitCommit": "0000000000000000000000000000000000000000",
+                "gitTreeState": "clean", "buildDate": "2025-01-01T00:00:00Z",
+                "goVersion": "go1.23.0", "compiler": "gc", "platform": "linux/amd64",
+            }),
         );
     }
     let Some(target) = parse_path(&path) else {
