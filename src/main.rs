@@ -173,6 +173,9 @@ struct SidecarArgs {
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "CLUSTERDNS_LOG", default_value = "info")]
     log: String,
+    /// DNS-over-TCP connection limits and timeouts.
+    #[command(flatten)]
+    tcp: clusterdns::dns::tcp::TcpLimits,
 }
 
 #[derive(clap::Parser)]
@@ -239,6 +242,9 @@ struct ServeArgs {
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `clusterdns=debug`.
     #[arg(long, env = "CLUSTERDNS_LOG", default_value = "info")]
     log: String,
+    /// DNS-over-TCP connection limits and timeouts.
+    #[command(flatten)]
+    tcp: clusterdns::dns::tcp::TcpLimits,
 }
 
 /// Writes to stdout; a reader that goes away early (`| head`) ends the output quietly
@@ -312,6 +318,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
             list => list.to_vec(),
         },
         sidecar: None,
+        tcp: args.tcp,
     };
     run(opts).await
 }
@@ -338,6 +345,7 @@ async fn sidecar(args: SidecarArgs) -> anyhow::Result<u8> {
             probe_name: args.probe_name,
             autopath: args.autopath,
         }),
+        tcp: args.tcp,
         ..ServeOptions::default()
     })
     .await
