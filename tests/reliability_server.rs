@@ -173,7 +173,7 @@ fn raise_own_limit(want: u64) -> u64 {
         }
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// A port free for UDP and TCP on 127.0.0.1 right now (two servers are started on it).

@@ -113,7 +113,7 @@ pub fn raise_open_file_limit() -> std::io::Result<u64> {
         }
         lim.rlim_cur = lim.rlim_max;
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// The current soft open-file limit.
@@ -126,7 +126,7 @@ fn open_file_limit() -> u64 {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 1024;
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// The default total: the limit less a reserve for everything else that needs a descriptor.
