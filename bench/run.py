@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+import reliability
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 ZONE = "cluster.local"
@@ -274,7 +276,7 @@ remote-control:
     return Server("nsd", ["nsd", "-d", "-c", conf], port, workdir, cpus, probe)
 
 
-def start_knot(zones, workdir, cpus, probe):
+def start_knot(zones, workdir, cpus, probe, extra_server=""):
     port = free_port()
     d = os.path.join(workdir, "knot")
     os.makedirs(os.path.join(d, "db"), exist_ok=True)
@@ -287,7 +289,7 @@ def start_knot(zones, workdir, cpus, probe):
     udp-workers: 1
     tcp-workers: 1
     background-workers: 1
-database:
+{extra_server}database:
     storage: "{d}/db"
 log:
   - target: stderr
@@ -1008,7 +1010,12 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (zones, logs)")
     ap.add_argument("--json", default=os.path.join(HERE, "results.json"))
     ap.add_argument("--md", help="also write the Markdown report to this file")
+    ap.add_argument("--only", help="run only these sections, comma-separated: restart (rolling "
+                    "restart), tcp (thousands of TCP clients vs Knot); results go to "
+                    "results-SECTIONS.json unless --json is given")
     args = ap.parse_args()
+    if args.only:
+        return main_only(args, ap)
     if os.cpu_count() < 2:
         args.client_cpus = args.server_cpus = ""
     args.duration = args.duration or (2 if args.quick else 10)
@@ -1047,6 +1054,7 @@ def main():
         run_memory_and_startup(binary, clusters, workdir, args, results)
         run_propagation(binary, workdir, args, results, None)
         run_api_source(sizes, workdir, args, results)
+        run_reliability(binary, clusters[0], workdir, args, results, {"restart", "tcp"})
         results["targets"] = targets(results)
     finally:
         if args.keep:
@@ -1055,7 +1063,64 @@ def main():
             shutil.rmtree(workdir, ignore_errors=True)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=2)
-    md = markdown(results)
+    md = markdown(results) + reliability.markdown(sys.modules[__name__], results)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(md)
+    print(md)
+
+
+def run_reliability(binary, cluster, workdir, args, results, sections):
+    """The issue-15 sections (bench/reliability.py) on the given (small) cluster."""
+    _, path, zones = cluster
+    qfiles, _, _ = query_files(zones[0][1], zones[1][1], workdir, random.Random(args.seed), [])
+    me = sys.modules[__name__]
+    if "restart" in sections:
+        reliability.run_rolling_restart(me, binary, path, qfiles["clusterip"], workdir, args,
+                                        results)
+    if "tcp" in sections:
+        reliability.run_tcp_clients(me, binary, path, zones, qfiles["clusterip"], workdir, args,
+                                    results)
+
+
+def main_only(args, ap):
+    sections = set(args.only.split(","))
+    unknown = sections - {"restart", "tcp"}
+    if unknown:
+        ap.error(f"--only: unknown section(s) {', '.join(sorted(unknown))} (restart, tcp)")
+    if os.cpu_count() < 2:
+        args.client_cpus = args.server_cpus = ""
+    args.duration = args.duration or (2 if args.quick else 10)
+    args.ready_timeout = 180
+    if args.json == os.path.join(HERE, "results.json"):
+        args.json = os.path.join(HERE, f"results-{'-'.join(sorted(sections))}.json")
+    check_tools()
+    binary = build(args)
+    workdir = tempfile.mkdtemp(prefix="clusterdns-bench-")
+    log(f"work dir {workdir}")
+    results = {
+        "mode": "quick" if args.quick else "full",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "sections": sorted(sections),
+    }
+    try:
+        services, pods = (200, 2000) if args.quick else (1000, 10000)
+        path = gen_cluster(binary, workdir, services, pods, args.seed)
+        zones = export_zones(binary, path, workdir, f"{services}svc")
+        run_reliability(binary, (None, path, zones), workdir, args, results, sections)
+    finally:
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=2)
+    m = results["machine"]
+    md = (f"Machine: {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}; {m['dnsperf']}, "
+          f"{m['knot']}. Shared with other work while measured: compare the ratios, measured "
+          "in the same run, not the absolute figures.\n"
+          + reliability.markdown(sys.modules[__name__], results))
     if args.md:
         with open(args.md, "w") as f:
             f.write(md)

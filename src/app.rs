@@ -564,7 +564,13 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
             metrics.clone(),
             server_label(&key, addr),
         ));
-        tasks.spawn(b.serve_observed(router.clone(), Some(observer), tcp.clone(), cancel.clone()));
+        let timeouts = blocks.iter().find_map(|&i| config.servers[i].timeouts());
+        tasks.spawn(b.serve_observed(
+            router.clone(),
+            Some(observer),
+            tcp.for_listener(timeouts),
+            cancel.clone(),
+        ));
         routers.insert(key, router);
     }
     metrics.set_blocks(block_stats(&config, &built, &plan, &dns_addrs, &keys));

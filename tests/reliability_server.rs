@@ -887,3 +887,44 @@ fn pipelined_queries_are_all_answered_and_a_slow_one_blocks_none() {
     // And UDP meanwhile.
     assert!(udp_answered(dns, 5));
 }
+
+/// CoreDNS's `timeouts` plugin sets a block's TCP timeouts over the flags' defaults (idle 10 s).
+#[test]
+fn corefile_timeouts_override_the_flags() {
+    let corefile = ".:0 {\n    bind 127.0.0.1\n    timeouts {\n        idle 1s\n    }\n    template IN A a.test {\n        answer \"{{ .Name }} 5 IN A 192.0.2.9\"\n    }\n}\n";
+    let server = start(corefile, &[], None, &[]);
+    let mut s = tcp_connect(server.dns, None).unwrap();
+    tcp_ask(&mut s, 1, "a.test").unwrap();
+    let asked = Instant::now();
+    assert!(
+        closed_by_server(&mut s, Duration::from_secs(6)),
+        "idle connection still open after 6 s"
+    );
+    assert!(asked.elapsed() >= Duration::from_millis(900));
+}
+
+#[test]
+fn corefile_timeouts_errors_say_where_and_what() {
+    let parse = |text: &str| {
+        clusterdns::corefile::parse_str(text, std::path::Path::new("Corefile"), &|_| None)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        parse(".:53 {\n    timeouts\n}\n"),
+        "Corefile:2:5: timeouts: give at least one of read, write, idle (or leave the plugin out)"
+    );
+    let e = parse(".:53 {\n    timeouts {\n        read 0s\n    }\n}\n");
+    assert!(e.starts_with("Corefile:3:"), "{e}");
+    assert!(e.contains("read 0s: must be between 1s and 24h"), "{e}");
+    let e = parse(".:53 {\n    timeouts {\n        slow 5s\n    }\n}\n");
+    assert!(e.starts_with("Corefile:3:"), "{e}");
+    assert!(e.contains("slow"), "{e}");
+    assert!(clusterdns::corefile::parse_str(
+        ".:53 {\n    timeouts {\n        read 15s\n        write 30s\n        idle 1m\n    }\n}\n",
+        std::path::Path::new("Corefile"),
+        &|_| None,
+    )
+    .is_ok());
+}

@@ -154,17 +154,17 @@ impl Bound {
     /// Serves until `cancel` fires, then stops taking queries and answers those already
     /// received (bounded by [`DRAIN`]), with the default TCP limits.
     pub async fn serve(self, pipeline: Arc<dyn Responder>, cancel: CancellationToken) {
-        let tcp = TcpServing::new(tcp::TcpLimits::default());
+        let tcp = TcpServing::new(tcp::TcpLimits::default()).for_listener(None);
         self.serve_observed(pipeline, None, tcp, cancel).await
     }
 
     /// [`Bound::serve`], telling `observer` about every query (metrics), with the TCP limits
-    /// of `tcp` (shared by every listener of the process).
+    /// of `tcp` (counts shared by every listener of the process, timeouts of this one).
     pub async fn serve_observed(
         self,
         pipeline: Arc<dyn Responder>,
         observer: Option<Arc<dyn QueryObserver>>,
-        tcp: Arc<TcpServing>,
+        tcp: tcp::ListenerTcp,
         cancel: CancellationToken,
     ) {
         let service = Arc::new(Service {

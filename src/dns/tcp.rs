@@ -52,9 +52,9 @@ fn duration(s: &str) -> Result<Duration, String> {
     crate::corefile::parse_go_duration(s)
 }
 
-/// Limits on DNS-over-TCP clients. CoreDNS has none of these in its Corefile (its Go server
-/// has fixed timeouts: read 3 s, write 5 s, idle 10 s, which are our defaults), so they are
-/// flags of `serve` and `sidecar`, and apply to every listener of the process.
+/// Limits on DNS-over-TCP clients. CoreDNS's Corefile has no connection limits, so these are
+/// flags of `serve` and `sidecar`, for every listener of the process; a block's `timeouts`
+/// plugin overrides the three timeouts for its listeners ([`TcpServing::for_listener`]).
 #[derive(Clone, Debug, clap::Args)]
 pub struct TcpLimits {
     /// Open TCP connections at most, over all listeners; more are accepted and closed at
@@ -137,6 +137,21 @@ fn auto_max_connections(fd_limit: u64) -> usize {
         .max(1)
 }
 
+/// The timeouts of one listener's connections.
+#[derive(Clone, Copy, Debug)]
+struct TcpTimeouts {
+    idle: Duration,
+    read: Duration,
+    write: Duration,
+}
+
+/// What one listener's accept loop needs: the shared limits and the timeouts of its blocks.
+#[derive(Clone)]
+pub struct ListenerTcp {
+    gate: Arc<TcpServing>,
+    timeouts: TcpTimeouts,
+}
+
 /// The limits plus the count of open connections, shared by every TCP listener.
 pub struct TcpServing {
     limits: TcpLimits,
@@ -190,6 +205,22 @@ impl TcpServing {
     /// The total limit in force (the default resolved).
     pub fn max_connections(&self) -> usize {
         self.max_total
+    }
+
+    /// For one listener: the Corefile's `timeouts` of its blocks, if any, over the flags.
+    pub fn for_listener(
+        self: &Arc<Self>,
+        block: Option<&crate::corefile::TimeoutsConfig>,
+    ) -> ListenerTcp {
+        let l = &self.limits;
+        ListenerTcp {
+            gate: self.clone(),
+            timeouts: TcpTimeouts {
+                idle: block.and_then(|b| b.idle).unwrap_or(l.idle_timeout),
+                read: block.and_then(|b| b.read).unwrap_or(l.read_timeout),
+                write: block.and_then(|b| b.write).unwrap_or(l.write_timeout),
+            },
+        }
     }
 
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refused> {
@@ -251,7 +282,7 @@ fn out_of_resources(e: &std::io::Error) -> bool {
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     service: Arc<Service>,
-    tcp: Arc<TcpServing>,
+    tcp: ListenerTcp,
     cancel: CancellationToken,
 ) {
     let mut conns = JoinSet::new();
@@ -336,7 +367,7 @@ pub(crate) async fn accept_loop(
 }
 
 fn admit(
-    tcp: &Arc<TcpServing>,
+    tcp: &ListenerTcp,
     stream: TcpStream,
     src: SocketAddr,
     service: &Arc<Service>,
@@ -344,7 +375,7 @@ fn admit(
     conns: &mut JoinSet<()>,
     refused: &mut Burst,
 ) {
-    match tcp.admit(src.ip()) {
+    match tcp.gate.admit(src.ip()) {
         Ok(place) => {
             if let Some((d, n)) = refused.end() {
                 info!(refused = n, over = ?d, "tcp: accepting connections again");
@@ -353,7 +384,7 @@ fn admit(
                 stream,
                 src,
                 service.clone(),
-                tcp.clone(),
+                tcp.timeouts,
                 place,
                 cancel.clone(),
             ));
@@ -361,10 +392,11 @@ fn admit(
         Err(why) => {
             if refused.hit() {
                 let (what, limit) = match why {
-                    Refused::Total => ("open connections", tcp.max_total),
-                    Refused::PerClient => {
-                        ("connections from one client", tcp.limits.max_per_client)
-                    }
+                    Refused::Total => ("open connections", tcp.gate.max_total),
+                    Refused::PerClient => (
+                        "connections from one client",
+                        tcp.gate.limits.max_per_client,
+                    ),
                 };
                 warn!(
                     client = %src.ip(),
@@ -393,12 +425,11 @@ async fn connection(
     mut stream: TcpStream,
     src: SocketAddr,
     service: Arc<Service>,
-    tcp: Arc<TcpServing>,
+    limits: TcpTimeouts,
     _place: Admitted,
     cancel: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let limits = &tcp.limits;
     let mut buf: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
     let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
@@ -441,7 +472,7 @@ async fn connection(
             buf = Vec::new();
         }
         if !out.is_empty() {
-            match tokio::time::timeout(limits.write_timeout, stream.write_all(&out)).await {
+            match tokio::time::timeout(limits.write, stream.write_all(&out)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     debug!(%src, error = %e, "tcp write");
@@ -470,13 +501,13 @@ async fn connection(
             None
         } else if let Some(t) = partial_since {
             Some(match closing {
-                Some(end) => (t + limits.read_timeout).min(end),
-                None => t + limits.read_timeout,
+                Some(end) => (t + limits.read).min(end),
+                None => t + limits.read,
             })
         } else if in_flight.is_empty() {
             Some(match closing {
                 Some(end) => (active + QUIET).min(end),
-                None => active + limits.idle_timeout,
+                None => active + limits.idle,
             })
         } else {
             None
