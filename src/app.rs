@@ -524,7 +524,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         Ok(n) => tracing::debug!(open_file_limit = n, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
-    let tcp = crate::dns::tcp::TcpServing::new(opts.tcp.clone());
+    let tcp = crate::dns::tcp::TcpServing::observed(opts.tcp.clone(), Some(metrics.clone()));
     let bound = bind_all(&keys).await?;
     metrics.set_legacy(opts.legacy_metrics);
     watch_source_metrics(&metrics, &view, status.clone());

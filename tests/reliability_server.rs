@@ -133,6 +133,26 @@ fn start(corefile: &str, args: &[&str], nofile: Option<(u64, u64)>, http: &[&str
     }
 }
 
+/// GET `path`: the body (empty when nothing answers).
+fn http_body(addr: SocketAddr, path: &str) -> String {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of the sample `series` (name and labels as printed) in a Prometheus text page.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
 fn sigterm(pid: i32) {
     // SAFETY: plain kill(2) to our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
@@ -707,13 +727,18 @@ fn hold(dns: SocketAddr, from: Option<IpAddr>, id: u16) -> TcpStream {
 
 #[test]
 fn tcp_connection_limits_per_client_and_in_total() {
+    let corefile = SIMPLE.replace(
+        "bind 127.0.0.1\n",
+        "bind 127.0.0.1\n    prometheus 127.0.0.1:0\n",
+    );
     let server = start(
-        SIMPLE,
+        &corefile,
         &["--tcp-max-per-client", "4", "--tcp-max-connections", "10"],
         None,
-        &[],
+        &["prometheus"],
     );
     let dns = server.dns;
+    let metrics = server.http["prometheus"];
     let mut held: Vec<TcpStream> = (0..4).map(|i| hold(dns, ip(1), i)).collect();
     // The fifth from the same client is closed at once; another client still gets in.
     let mut fifth = tcp_connect(dns, ip(1)).unwrap();
@@ -733,6 +758,14 @@ fn tcp_connection_limits_per_client_and_in_total() {
     );
     // UDP is unaffected; a place freed is taken again.
     assert!(udp_answered(dns, 1));
+    let page = http_body(metrics, "/metrics");
+    assert_eq!(
+        sample(&page, "clusterdns_tcp_connections"),
+        Some(10.0),
+        "{page}"
+    );
+    assert!(sample(&page, "clusterdns_tcp_refused_total{reason=\"per_client\"}") >= Some(1.0));
+    assert!(sample(&page, "clusterdns_tcp_refused_total{reason=\"total\"}") >= Some(1.0));
     drop(held.pop());
     drop(hold(dns, ip(4), 300));
     assert_eq!(

@@ -137,6 +137,15 @@ fn auto_max_connections(fd_limit: u64) -> usize {
         .max(1)
 }
 
+/// What the TCP side reports; `metrics` implements it, so this module never names a metric.
+pub trait TcpObserver: Send + Sync {
+    /// Open connections now, over all listeners.
+    fn connections(&self, open: usize);
+    /// A connection closed at once over a limit (`total`, `per_client`), or an accept that
+    /// failed for want of descriptors (`descriptors`).
+    fn refused(&self, reason: &'static str);
+}
+
 /// The timeouts of one listener's connections.
 #[derive(Clone, Copy, Debug)]
 struct TcpTimeouts {
@@ -157,6 +166,7 @@ pub struct TcpServing {
     limits: TcpLimits,
     max_total: usize,
     open: Mutex<Open>,
+    observer: Option<Arc<dyn TcpObserver>>,
 }
 
 #[derive(Default)]
@@ -187,11 +197,19 @@ impl Drop for Admitted {
                 open.per_client.remove(&self.ip);
             }
         }
+        if let Some(o) = &self.gate.observer {
+            o.connections(open.total);
+        }
     }
 }
 
 impl TcpServing {
     pub fn new(limits: TcpLimits) -> Arc<TcpServing> {
+        Self::observed(limits, None)
+    }
+
+    /// [`TcpServing::new`], reporting connections and refusals to `observer`.
+    pub fn observed(limits: TcpLimits, observer: Option<Arc<dyn TcpObserver>>) -> Arc<TcpServing> {
         let max_total = limits
             .max_connections
             .unwrap_or_else(|| auto_max_connections(open_file_limit()));
@@ -199,7 +217,14 @@ impl TcpServing {
             limits,
             max_total,
             open: Mutex::new(Open::default()),
+            observer,
         })
+    }
+
+    fn refused(&self, reason: &'static str) {
+        if let Some(o) = &self.observer {
+            o.refused(reason);
+        }
     }
 
     /// The total limit in force (the default resolved).
@@ -226,14 +251,19 @@ impl TcpServing {
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refused> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open.total >= self.max_total {
+            self.refused("total");
             return Err(Refused::Total);
         }
         let per = open.per_client.entry(ip).or_insert(0);
         if self.limits.max_per_client != 0 && *per as usize >= self.limits.max_per_client {
+            self.refused("per_client");
             return Err(Refused::PerClient);
         }
         *per += 1;
         open.total += 1;
+        if let Some(o) = &self.observer {
+            o.connections(open.total);
+        }
         Ok(Admitted {
             gate: self.clone(),
             ip,
@@ -311,6 +341,7 @@ pub(crate) async fn accept_loop(
                     admit(&tcp, stream, src, &service, &cancel, &mut conns, &mut refused);
                 }
                 Err(e) if out_of_resources(&e) => {
+                    tcp.gate.refused("descriptors");
                     if exhausted.hit() {
                         warn!(
                             listener = ?local,
