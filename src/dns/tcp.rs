@@ -463,6 +463,8 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
+    // A cache hit is copied here, then framed into `out` (try_fast overwrites it).
+    let mut hit: Vec<u8> = Vec::new();
     let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
     // Last time the client sent something or got an answer (the idle clock).
     let mut active = Instant::now();
@@ -482,9 +484,8 @@ async fn connection(
             let query = &buf[used + 2..used + 2 + n];
             used += 2 + n;
             let start = std::time::Instant::now();
-            let mut reply = Vec::new();
-            match service.try_fast(query, src, Proto::Tcp, start, &mut reply) {
-                Ok(()) => frame(&mut out, &reply),
+            match service.try_fast(query, src, Proto::Tcp, start, &mut hit) {
+                Ok(()) => frame(&mut out, &hit),
                 Err(stamp) => match start_slow(&service, query, src, Proto::Tcp, start, stamp) {
                     Slow::Done(Some(r)) => frame(&mut out, &r),
                     Slow::Done(None) => {}
