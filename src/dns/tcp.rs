@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  listener ─accept─> gate (total and per-client limits) ─> one task per connection:
-//!     read_buf ─> length-prefixed frames ─> Service (cache hits inline, the rest polled
+//!     read ─> length-prefixed frames ─> Service (cache hits inline, the rest polled
 //!     side by side) ─> replies written as they complete
 //!     deadlines: idle (nothing asked), read (a query started but not finished),
 //!                write (a client that does not read its answers)
@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
@@ -444,6 +444,13 @@ fn admit(
 
 type Pending = super::server::SlowFuture;
 
+/// Room taken for each read: a few queries; a pipelined burst is read in several.
+const READ_CHUNK: usize = 1024;
+
+fn waiting(in_flight: &Option<FuturesUnordered<Pending>>) -> usize {
+    in_flight.as_ref().map_or(0, |f| f.len())
+}
+
 /// Appends `reply` to `out` with its two-byte length.
 fn frame(out: &mut Vec<u8>, reply: &[u8]) {
     let n = reply.len().min(u16::MAX as usize);
@@ -465,7 +472,9 @@ async fn connection(
     let mut out: Vec<u8> = Vec::new();
     // A cache hit is copied here, then framed into `out` (try_fast overwrites it).
     let mut hit: Vec<u8> = Vec::new();
-    let mut in_flight: FuturesUnordered<Pending> = FuturesUnordered::new();
+    // Allocated when a query must wait, dropped when none does: an idle connection (most of
+    // thousands of sidecars' connections) holds no buffers and no queue.
+    let mut in_flight: Option<FuturesUnordered<Pending>> = None;
     // Last time the client sent something or got an answer (the idle clock).
     let mut active = Instant::now();
     // When the first byte of the query not yet complete arrived (the read clock).
@@ -476,7 +485,7 @@ async fn connection(
     loop {
         // Answer every complete query read so far, as far as the in-flight bound allows.
         let mut used = 0;
-        while in_flight.len() < MAX_IN_FLIGHT && buf.len() - used >= 2 {
+        while waiting(&in_flight) < MAX_IN_FLIGHT && buf.len() - used >= 2 {
             let n = u16::from_be_bytes([buf[used], buf[used + 1]]) as usize;
             if buf.len() - used < 2 + n {
                 break;
@@ -489,7 +498,7 @@ async fn connection(
                 Err(stamp) => match start_slow(&service, query, src, Proto::Tcp, start, stamp) {
                     Slow::Done(Some(r)) => frame(&mut out, &r),
                     Slow::Done(None) => {}
-                    Slow::Waiting(fut) => in_flight.push(fut),
+                    Slow::Waiting(fut) => in_flight.get_or_insert_with(Default::default).push(fut),
                 },
             }
         }
@@ -499,9 +508,11 @@ async fn connection(
             (false, Some(t)) if used == 0 => Some(t),
             (false, _) => Some(Instant::now()),
         };
-        if buf.is_empty() && buf.capacity() > 4096 {
-            // A burst of pipelined queries is over: idle connections stay small.
+        if buf.is_empty() {
             buf = Vec::new();
+        }
+        if in_flight.as_ref().is_some_and(|f| f.is_empty()) {
+            in_flight = None;
         }
         if !out.is_empty() {
             match tokio::time::timeout(limits.write, stream.write_all(&out)).await {
@@ -515,28 +526,26 @@ async fn connection(
                     return;
                 }
             }
-            out.clear();
-            if out.capacity() > 4096 {
-                out = Vec::new();
-            }
+            out = Vec::new();
             active = Instant::now();
         }
         let now = Instant::now();
         // After end of stream a half-read query can never complete.
-        if in_flight.is_empty() && (eof || (buf.is_empty() && closing.is_some_and(|t| now >= t))) {
+        let n_waiting = waiting(&in_flight);
+        if n_waiting == 0 && (eof || (buf.is_empty() && closing.is_some_and(|t| now >= t))) {
             break;
         }
         // The next deadline: a half-read query must complete in time; otherwise an idle
         // connection (nothing in flight) closes; when shutting down, a quiet one closes soon.
         // None while the client waits on us.
-        let deadline = if in_flight.len() >= MAX_IN_FLIGHT {
+        let deadline = if n_waiting >= MAX_IN_FLIGHT {
             None
         } else if let Some(t) = partial_since {
             Some(match closing {
                 Some(end) => (t + limits.read).min(end),
                 None => t + limits.read,
             })
-        } else if in_flight.is_empty() {
+        } else if n_waiting == 0 {
             Some(match closing {
                 Some(end) => (active + QUIET).min(end),
                 None => active + limits.idle,
@@ -544,14 +553,10 @@ async fn connection(
         } else {
             None
         };
-        let reading =
-            !eof && in_flight.len() < MAX_IN_FLIGHT && closing.is_none_or(|end| now < end);
-        if buf.capacity() - buf.len() < 512 {
-            buf.reserve(512);
-        }
+        let reading = !eof && n_waiting < MAX_IN_FLIGHT && closing.is_none_or(|end| now < end);
         tokio::select! {
             biased;
-            Some(r) = in_flight.next(), if !in_flight.is_empty() => {
+            Some(r) = async { in_flight.as_mut()?.next().await }, if n_waiting > 0 => {
                 if let Some(r) = r {
                     frame(&mut out, &r);
                 }
@@ -560,29 +565,34 @@ async fn connection(
                 closing = Some(Instant::now() + CLOSE_GRACE);
                 // Whatever already arrived is answered, even if tokio has not seen it yet.
                 loop {
+                    buf.reserve(READ_CHUNK);
                     match stream.try_read_buf(&mut buf) {
                         Ok(0) => {
                             eof = true;
                             break;
                         }
-                        Ok(_) => {
-                            active = Instant::now();
-                            if buf.capacity() - buf.len() < 512 {
-                                buf.reserve(512);
-                            }
-                        }
+                        Ok(_) => active = Instant::now(),
                         Err(_) => break,
                     }
                 }
             }
-            r = stream.read_buf(&mut buf), if reading => match r {
-                Ok(0) => eof = true,
-                Ok(_) => active = Instant::now(),
-                Err(e) => {
+            // Wait for data without a buffer; take one only to read what arrived.
+            r = stream.readable(), if reading => {
+                if let Err(e) = r {
                     debug!(%src, error = %e, "tcp read");
                     return;
                 }
-            },
+                buf.reserve(READ_CHUNK);
+                match stream.try_read_buf(&mut buf) {
+                    Ok(0) => eof = true,
+                    Ok(_) => active = Instant::now(),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        debug!(%src, error = %e, "tcp read");
+                        return;
+                    }
+                }
+            }
             _ = async { sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
                 if partial_since.is_some() {
                     debug!(%src, shutdown = closing.is_some(), "tcp: query not complete in time, closing");
