@@ -610,3 +610,46 @@ async fn connection(
     }
     let _ = stream.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_total_leaves_room_for_other_descriptors() {
+        assert_eq!(auto_max_connections(1024), 768);
+        assert_eq!(auto_max_connections(20_000), 19_000);
+        assert_eq!(auto_max_connections(1 << 20), (1 << 20) - 1000);
+        assert_eq!(auto_max_connections(1), 1);
+    }
+
+    #[test]
+    fn limits_count_per_client_and_in_total_and_free_places_on_drop() {
+        let gate = TcpServing::new(TcpLimits {
+            max_connections: Some(3),
+            max_per_client: 2,
+            ..TcpLimits::default()
+        });
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = gate.admit(a).unwrap();
+        let _a2 = gate.admit(a).unwrap();
+        assert_eq!(gate.admit(a).err(), Some(Refused::PerClient));
+        let _b1 = gate.admit(b).unwrap();
+        assert_eq!(gate.admit(b).err(), Some(Refused::Total));
+        drop(a1);
+        let _b2 = gate.admit(b).unwrap();
+        assert_eq!(gate.open.lock().unwrap().total, 3);
+    }
+
+    #[test]
+    fn a_burst_is_reported_once_with_its_count() {
+        let mut b = Burst::default();
+        assert!(b.end().is_none());
+        assert!(b.hit());
+        assert!(!b.hit());
+        assert!(!b.hit());
+        assert_eq!(b.end().map(|(_, n)| n), Some(3));
+        assert!(b.hit(), "a new burst starts after the end");
+    }
+}
