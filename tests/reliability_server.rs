@@ -960,3 +960,31 @@ fn corefile_timeouts_errors_say_where_and_what() {
     )
     .is_ok());
 }
+
+#[test]
+fn bad_tcp_flags_are_refused_with_the_flag_named() {
+    for (flag, value, says) in [
+        ("--tcp-idle-timeout", "0", "a timeout must be more than 0"),
+        ("--tcp-read-timeout", "5x", "unknown unit 'x'"),
+        ("--tcp-max-per-client", "many", "invalid value 'many'"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_clusterdns"))
+            .args([
+                "serve",
+                "--dns-addr",
+                "127.0.0.1:0",
+                "--upstream",
+                "none",
+                flag,
+                value,
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} accepted");
+        assert!(
+            err.contains(flag) && err.contains(says),
+            "{flag} {value}: {err}"
+        );
+    }
+}

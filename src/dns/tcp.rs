@@ -48,8 +48,12 @@ const CLOSE_GRACE: Duration = Duration::from_millis(300);
 const BACKOFF_START: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// A Go duration (`10s`, `1m30s`), more than zero: a zero timeout would close every client.
 fn duration(s: &str) -> Result<Duration, String> {
-    crate::corefile::parse_go_duration(s)
+    match crate::corefile::parse_go_duration(s)? {
+        d if d.is_zero() => Err(format!("'{s}': a timeout must be more than 0")),
+        d => Ok(d),
+    }
 }
 
 /// Limits on DNS-over-TCP clients. CoreDNS's Corefile has no connection limits, so these are
