@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+import reliability
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 ZONE = "cluster.local"
@@ -274,7 +276,7 @@ remote-control:
     return Server("nsd", ["nsd", "-d", "-c", conf], port, workdir, cpus, probe)
 
 
-def start_knot(zones, workdir, cpus, probe):
+def start_knot(zones, workdir, cpus, probe, extra_server=""):
     port = free_port()
     d = os.path.join(workdir, "knot")
     os.makedirs(os.path.join(d, "db"), exist_ok=True)
@@ -287,7 +289,7 @@ def start_knot(zones, workdir, cpus, probe):
     udp-workers: 1
     tcp-workers: 1
     background-workers: 1
-database:
+{extra_server}database:
     storage: "{d}/db"
 log:
   - target: stderr
@@ -1221,6 +1223,14 @@ def yes(b):
     return "yes" if b else "**no**"
 
 
+# Sections that `--only` runs alone: name -> (what it measures,).
+ONLY_SECTIONS = {
+    "restart": ("rolling restart",),
+    "tcp": ("thousands of TCP clients vs Knot",),
+    "webhook": ("admission latency and the injected sidecar",),
+}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: small cluster, 2 s per mix")
@@ -1242,38 +1252,24 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (zones, logs)")
     ap.add_argument("--json", default=os.path.join(HERE, "results.json"))
     ap.add_argument("--md", help="also write the Markdown report to this file")
-    ap.add_argument("--only", choices=["webhook"],
-                    help="run one section alone (webhook: admission latency and the sidecar)")
+    ap.add_argument("--only", help="run only these sections, comma-separated: " + ", ".join(
+        f"{k} ({v[0]})" for k, v in ONLY_SECTIONS.items()) + "; results go to "
+                    "results-SECTIONS.json unless --json is given")
     ap.add_argument("--webhook-rate", type=int, default=200,
                     help="AdmissionReviews per second of the webhook section (200)")
     ap.add_argument("--webhook-requests", type=int, help="AdmissionReviews timed (4000; quick 400)")
     ap.add_argument("--cached-queries", type=int, help="cached queries timed per path (5000; quick 500)")
     args = ap.parse_args()
+    args.webhook_requests = args.webhook_requests or (400 if args.quick else 4000)
+    args.cached_queries = args.cached_queries or (500 if args.quick else 5000)
+    if args.only:
+        return main_only(args, ap)
     if os.cpu_count() < 2:
         args.client_cpus = args.server_cpus = ""
     args.duration = args.duration or (2 if args.quick else 10)
     args.changes = args.changes or (20 if args.quick else 1000)
     args.startup_runs = 1 if args.quick else 3
     args.ready_timeout = 180
-    args.webhook_requests = args.webhook_requests or (400 if args.quick else 4000)
-    args.cached_queries = args.cached_queries or (500 if args.quick else 5000)
-    if args.only == "webhook":
-        # Needs nothing but the binary (no dnsperf, NSD or Knot).
-        binary = build(args)
-        workdir = tempfile.mkdtemp(prefix="clusterdns-bench-")
-        results = {"mode": "quick" if args.quick else "full", "machine": machine(),
-                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        try:
-            run_webhook(binary, workdir, args, results)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        md = webhook_markdown(results)
-        if args.md:
-            with open(args.md, "w") as f:
-                f.write(md)
-        print(json.dumps(results["webhook"], indent=2), file=sys.stderr)
-        print(md)
-        return
     check_tools()
     binary = build(args)
     workdir = tempfile.mkdtemp(prefix="clusterdns-bench-")
@@ -1307,6 +1303,7 @@ def main():
         run_propagation(binary, workdir, args, results, None)
         run_api_source(sizes, workdir, args, results)
         run_webhook(binary, workdir, args, results)
+        run_reliability(binary, clusters[0], workdir, args, results, {"restart", "tcp"})
         results["targets"] = targets(results)
     finally:
         if args.keep:
@@ -1315,7 +1312,72 @@ def main():
             shutil.rmtree(workdir, ignore_errors=True)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=2)
-    md = markdown(results) + "\n" + webhook_markdown(results)
+    md = (markdown(results) + "\n" + webhook_markdown(results)
+          + reliability.markdown(sys.modules[__name__], results)
+          + (webhook_markdown(results) if "webhook" in sections else ""))
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(md)
+    print(md)
+
+
+def run_reliability(binary, cluster, workdir, args, results, sections):
+    """The issue-15 sections (bench/reliability.py) on the given (small) cluster."""
+    _, path, zones = cluster
+    qfiles, _, _ = query_files(zones[0][1], zones[1][1], workdir, random.Random(args.seed), [])
+    me = sys.modules[__name__]
+    if "restart" in sections:
+        reliability.run_rolling_restart(me, binary, path, qfiles["clusterip"], workdir, args,
+                                        results)
+    if "tcp" in sections:
+        reliability.run_tcp_clients(me, binary, path, zones, qfiles["clusterip"], workdir, args,
+                                    results)
+
+
+def main_only(args, ap):
+    sections = set(args.only.split(","))
+    unknown = sections - set(ONLY_SECTIONS)
+    if unknown:
+        ap.error(f"--only: unknown section(s) {', '.join(sorted(unknown))} "
+                 f"({', '.join(ONLY_SECTIONS)})")
+    if os.cpu_count() < 2:
+        args.client_cpus = args.server_cpus = ""
+    args.duration = args.duration or (2 if args.quick else 10)
+    args.ready_timeout = 180
+    if args.json == os.path.join(HERE, "results.json"):
+        args.json = os.path.join(HERE, f"results-{'-'.join(sorted(sections))}.json")
+    if sections & {"restart", "tcp"}:
+        check_tools()  # dnsperf and Knot; the webhook section needs only the binary
+    binary = build(args)
+    workdir = tempfile.mkdtemp(prefix="clusterdns-bench-")
+    log(f"work dir {workdir}")
+    results = {
+        "mode": "quick" if args.quick else "full",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "sections": sorted(sections),
+    }
+    try:
+        if sections & {"restart", "tcp"}:
+            services, pods = (200, 2000) if args.quick else (1000, 10000)
+            path = gen_cluster(binary, workdir, services, pods, args.seed)
+            zones = export_zones(binary, path, workdir, f"{services}svc")
+            run_reliability(binary, (None, path, zones), workdir, args, results, sections)
+        if "webhook" in sections:
+            run_webhook(binary, workdir, args, results)
+    finally:
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=2)
+    m = results["machine"]
+    md = (f"Machine: {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}; {m['dnsperf']}, "
+          f"{m['knot']}. Shared with other work while measured: compare the ratios, measured "
+          "in the same run, not the absolute figures.\n"
+          + reliability.markdown(sys.modules[__name__], results)
+          + (webhook_markdown(results) if "webhook" in sections else ""))
     if args.md:
         with open(args.md, "w") as f:
             f.write(md)

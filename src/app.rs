@@ -61,6 +61,8 @@ pub struct ServeOptions {
     pub upstreams: Vec<String>,
     /// Sidecar mode: serve this generated Corefile (no cluster data) and probe its upstreams.
     pub sidecar: Option<crate::sidecar::SidecarOptions>,
+    /// Connection limits and timeouts of DNS over TCP, for every listener.
+    pub tcp: crate::dns::tcp::TcpLimits,
 }
 
 impl Default for ServeOptions {
@@ -80,6 +82,7 @@ impl Default for ServeOptions {
             pods: PodMode::Insecure,
             upstreams: Vec::new(),
             sidecar: None,
+            tcp: Default::default(),
         }
     }
 }
@@ -511,6 +514,12 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     let built = build::build_all(&config, &env)?;
     let plan = build::listeners(&config)?;
     let keys: Vec<ListenKey> = plan.keys().copied().collect();
+    // Before any socket: the TCP connection limit's default is derived from the result.
+    match crate::dns::tcp::raise_open_file_limit() {
+        Ok(n) => tracing::debug!(open_file_limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    let tcp = crate::dns::tcp::TcpServing::observed(opts.tcp.clone(), Some(metrics.clone()));
     let bound = bind_all(&keys).await?;
     metrics.set_legacy(opts.legacy_metrics);
     watch_source_metrics(&metrics, &view, status.clone());
@@ -550,7 +559,13 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
             metrics.clone(),
             server_label(&key, addr),
         ));
-        tasks.spawn(b.serve_observed(router.clone(), Some(observer), cancel.clone()));
+        let timeouts = blocks.iter().find_map(|&i| config.servers[i].timeouts());
+        tasks.spawn(b.serve_observed(
+            router.clone(),
+            Some(observer),
+            tcp.for_listener(timeouts),
+            cancel.clone(),
+        ));
         routers.insert(key, router);
     }
     metrics.set_blocks(block_stats(&config, &built, &plan, &dns_addrs, &keys));

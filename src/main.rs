@@ -99,6 +99,9 @@ struct SidecarArgs {
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "CLUSTERDNS_LOG", default_value = "info")]
     log: String,
+    /// DNS-over-TCP connection limits and timeouts.
+    #[command(flatten)]
+    tcp: clusterdns::dns::tcp::TcpLimits,
 }
 
 #[derive(clap::Args)]
@@ -241,6 +244,9 @@ struct ServeArgs {
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `clusterdns=debug`.
     #[arg(long, env = "CLUSTERDNS_LOG", default_value = "info")]
     log: String,
+    /// DNS-over-TCP connection limits and timeouts.
+    #[command(flatten)]
+    tcp: clusterdns::dns::tcp::TcpLimits,
 }
 
 /// kube-rs logs every failed API request at ERROR (its HTTP trace layer) and every 403 at WARN,
@@ -317,6 +323,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
             list => list.to_vec(),
         },
         sidecar: None,
+        tcp: args.tcp,
     };
     run(opts).await
 }
@@ -343,6 +350,7 @@ async fn sidecar(args: SidecarArgs) -> anyhow::Result<u8> {
             probe_name: args.probe_name,
             autopath: args.autopath,
         }),
+        tcp: args.tcp,
         ..ServeOptions::default()
     })
     .await

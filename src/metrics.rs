@@ -136,6 +136,9 @@ pub struct Metrics {
     /// Every live DNS probe by outcome (ok, timeout, refused, error): failures between scrapes
     /// are counted even when the latest probe answered.
     pub probe_results: IntCounterVec,
+    /// DNS-over-TCP connections open now, and those refused (dns::tcp).
+    pub tcp_connections: IntGauge,
+    pub tcp_refused: IntCounterVec,
 }
 
 /// One answered query, as the server saw it.
@@ -320,6 +323,23 @@ impl Metrics {
         .expect("valid metric");
         reg.register(Box::new(probe_results.clone()))
             .expect("registered once");
+        let tcp_connections = IntGauge::new(
+            "clusterdns_tcp_connections",
+            "DNS-over-TCP connections open now, over all listeners.",
+        )
+        .expect("valid metric");
+        reg.register(Box::new(tcp_connections.clone()))
+            .expect("registered once");
+        let tcp_refused = counter(
+            &reg,
+            "clusterdns_tcp_refused_total",
+            "DNS-over-TCP connections closed at once over a limit (reason total or per_client), \
+             and accepts that failed for want of file descriptors (reason descriptors).",
+            &["reason"],
+        );
+        for reason in ["total", "per_client", "descriptors"] {
+            tcp_refused.with_label_values(&[reason]);
+        }
         let process = prometheus::process_collector::ProcessCollector::for_self();
         let _ = reg.register(Box::new(process));
 
@@ -401,6 +421,8 @@ impl Metrics {
             probe_up,
             probe_latency,
             probe_results,
+            tcp_connections,
+            tcp_refused,
             registry: reg,
             blocks: ArcSwap::from_pointee(Vec::new()),
             refreshers: Mutex::new(Vec::new()),
@@ -947,6 +969,17 @@ impl ServerObserver {
             })
         });
         same(s).then(|| s.clone())
+    }
+}
+
+impl crate::dns::tcp::TcpObserver for Metrics {
+    fn connections(&self, open: usize) {
+        self.tcp_connections
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    fn refused(&self, reason: &'static str) {
+        self.tcp_refused.with_label_values(&[reason]).inc();
     }
 }
 

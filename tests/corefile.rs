@@ -303,7 +303,7 @@ fn broken_corefiles_name_file_line_and_column() {
         ),
         (
             ".:53 {\n    errorz\n}\n",
-            "Corefile:2:5: unknown plugin 'errorz' (supported: reload, bind, ready, health, prometheus, errors, log, loadbalance, rewrite, autopath, acl, cache, template, hosts, kubernetes, loop, forward)",
+            "Corefile:2:5: unknown plugin 'errorz' (supported: timeouts, reload, bind, ready, health, prometheus, errors, log, loadbalance, rewrite, autopath, acl, cache, template, hosts, kubernetes, loop, forward)",
         ),
         (
             ".:53 {\n    cache 30 {\n        succes 9984\n    }\n}\n",

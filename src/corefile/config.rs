@@ -180,6 +180,7 @@ impl Eq for Pattern {}
 /// The plugins this server understands, in CoreDNS's execution order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PluginKind {
+    Timeouts,
     Reload,
     Bind,
     Ready,
@@ -202,7 +203,8 @@ pub enum PluginKind {
 impl PluginKind {
     /// CoreDNS's `plugin.cfg` order restricted to the supported plugins; the order a query
     /// passes through them, whatever the order of the lines.
-    pub const ORDER: [PluginKind; 17] = [
+    pub const ORDER: [PluginKind; 18] = [
+        Self::Timeouts,
         Self::Reload,
         Self::Bind,
         Self::Ready,
@@ -224,6 +226,7 @@ impl PluginKind {
 
     pub fn name(self) -> &'static str {
         match self {
+            Self::Timeouts => "timeouts",
             Self::Reload => "reload",
             Self::Bind => "bind",
             Self::Ready => "ready",
@@ -260,6 +263,7 @@ impl PluginKind {
 /// One configured plugin.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PluginConfig {
+    Timeouts(TimeoutsConfig),
     Reload(ReloadConfig),
     Bind(BindConfig),
     Ready(ReadyConfig),
@@ -308,6 +312,7 @@ macro_rules! accessors {
 }
 
 accessors! {
+    timeouts: Timeouts(TimeoutsConfig),
     reload: Reload(ReloadConfig),
     bind: Bind(BindConfig),
     ready: Ready(ReadyConfig),
@@ -325,6 +330,15 @@ accessors! {
     kubernetes: Kubernetes(KubernetesConfig),
     loop_detect: Loop(LoopConfig),
     forward: Forward(ForwardConfig),
+}
+
+/// `timeouts { read DUR write DUR idle DUR }`: DNS-over-TCP timeouts of the block's
+/// listeners; those not given keep the process-wide values (the `--tcp-*-timeout` flags).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimeoutsConfig {
+    pub read: Option<Duration>,
+    pub write: Option<Duration>,
+    pub idle: Option<Duration>,
 }
 
 /// `reload [INTERVAL] [JITTER]`.

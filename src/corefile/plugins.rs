@@ -125,6 +125,7 @@ fn build_plugins(directives: &[Directive], block_zones: &[String]) -> Result<Plu
             (PluginKind::Template, _) => out.push(PluginConfig::Template(TemplateConfig {
                 templates: vec![template(d, block_zones)?],
             })),
+            (PluginKind::Timeouts, _) => out.push(PluginConfig::Timeouts(timeouts(d)?)),
             (PluginKind::Reload, _) => out.push(PluginConfig::Reload(reload(d)?)),
             (PluginKind::Ready, _) => out.push(PluginConfig::Ready(ReadyConfig {
                 addr: listen_addr(d, "ready [ADDR]", ReadyConfig::default().addr)?,
@@ -433,6 +434,43 @@ fn bind(d: &Directive, c: &mut BindConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// CoreDNS's `timeouts`: at least one of read, write, idle, each from 1 s to 24 h.
+fn timeouts(d: &Directive) -> Result<TimeoutsConfig> {
+    const SUPPORTED: &[&str] = &["read", "write", "idle"];
+    let a = Args::new(
+        d,
+        "timeouts",
+        "timeouts { read DURATION write DURATION idle DURATION }",
+    );
+    a.done()?;
+    let mut c = TimeoutsConfig::default();
+    let opts = options(d, "timeouts", SUPPORTED)?;
+    if opts.is_empty() {
+        return Err(CorefileError::at(
+            &d.name.pos,
+            "timeouts: give at least one of read, write, idle (or leave the plugin out)",
+        ));
+    }
+    for o in opts {
+        let name = o.name.text.as_str();
+        let slot = match name {
+            "read" => &mut c.read,
+            "write" => &mut c.write,
+            "idle" => &mut c.idle,
+            _ => return Err(unknown_option(o, "timeouts", SUPPORTED)),
+        };
+        let oa = Args::opt(o, "timeouts", "read|write|idle DURATION");
+        let w = oa.req("DURATION")?;
+        let dur = oa.duration(w)?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&dur) {
+            return Err(oa.err(w, format!("{name} {}: must be between 1s and 24h", w.text)));
+        }
+        oa.done()?;
+        *slot = Some(dur);
+    }
+    Ok(c)
 }
 
 fn health(d: &Directive) -> Result<HealthConfig> {

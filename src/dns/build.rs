@@ -258,8 +258,10 @@ pub fn build_block(block: &ServerBlock, env: &BuildEnv) -> Result<BuiltBlock, Bu
     let mut autopath: Option<(Arc<Autopath>, usize)> = None;
     for plugin in &block.plugins {
         match plugin {
-            // Server-level plugins: listeners, HTTP endpoints, the reload loop.
-            PluginConfig::Reload(_)
+            // Server-level plugins: listeners and their TCP timeouts, HTTP endpoints, the
+            // reload loop.
+            PluginConfig::Timeouts(_)
+            | PluginConfig::Reload(_)
             | PluginConfig::Bind(_)
             | PluginConfig::Ready(_)
             | PluginConfig::Health(_)

@@ -18,6 +18,7 @@ pub mod kubernetes;
 pub mod pipeline;
 pub mod plugins;
 pub mod server;
+pub mod tcp;
 pub mod wire;
 pub mod zone;
 

@@ -11,20 +11,20 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::fastpath;
 use super::pipeline::{FastLookup, Proto, Request, Responder, Stamp};
+use super::tcp::{self, TcpServing};
 use super::wire::{self, Incoming};
 
-/// CoreDNS closes idle TCP connections after 10 s as well.
-const TCP_IDLE: Duration = Duration::from_secs(10);
-/// How long shutdown waits for queries in flight.
-const DRAIN: Duration = Duration::from_secs(5);
+/// How long shutdown waits for queries in flight once the sockets stop taking new ones: a
+/// process with `health { lameduck D }` must exit within D + 1 s (Kubernetes' grace period
+/// is sized from it), so a forwarded query still waiting for its upstream is given up.
+const DRAIN: Duration = Duration::from_millis(800);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -58,22 +58,28 @@ fn udp_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::U
 }
 
 /// A TCP listener on `addr`; on IPv6, v6-only, so `[::]` and `0.0.0.0` (both bound for a
-/// block without `bind`) do not collide as tokio's dual-stack default would.
-fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// block without `bind`) do not collide as tokio's dual-stack default would. With
+/// `reuse_port`, a second server (the next version, in a rolling restart) can listen on the
+/// same port while this one drains, as for UDP.
+fn tcp_listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     sock.set_reuse_address(true)?;
+    sock.set_reuse_port(reuse_port)?;
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
     }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
-    sock.listen(1024)?;
+    // Sidecars reconnecting together after a restart arrive at once; the kernel caps this at
+    // net.core.somaxconn (4096 by default since Linux 5.4).
+    sock.listen(4096)?;
     TcpListener::from_std(sock.into())
 }
 
 impl Bound {
-    /// Binds UDP (one SO_REUSEPORT socket per core) and TCP on `addr`. Port 0 picks a port
+    /// Binds UDP (one SO_REUSEPORT socket per core) and TCP (SO_REUSEPORT too) on `addr`.
+    /// Port 0 picks a port
     /// free for both protocols, with a single plain UDP socket: Linux may give a reuseport
     /// socket asking for any port the port of another process of the same user, which would
     /// then receive some of our queries.
@@ -100,7 +106,7 @@ impl Bound {
                 addr,
                 source,
             })?;
-            let tcp = match tcp_listener(local) {
+            let tcp = match tcp_listener(local, reuse_port) {
                 Ok(t) => t,
                 Err(source) => {
                     last_err = Some(ServerError::Bind {
@@ -145,16 +151,20 @@ impl Bound {
         self.addr
     }
 
-    /// Serves until `cancel` fires, then drains queries in flight (bounded by 5 s).
+    /// Serves until `cancel` fires, then stops taking queries and answers those already
+    /// received (bounded by [`DRAIN`]), with the default TCP limits.
     pub async fn serve(self, pipeline: Arc<dyn Responder>, cancel: CancellationToken) {
-        self.serve_observed(pipeline, None, cancel).await
+        let tcp = TcpServing::new(tcp::TcpLimits::default()).for_listener(None);
+        self.serve_observed(pipeline, None, tcp, cancel).await
     }
 
-    /// [`Bound::serve`], telling `observer` about every query (metrics).
+    /// [`Bound::serve`], telling `observer` about every query (metrics), with the TCP limits
+    /// of `tcp` (counts shared by every listener of the process, timeouts of this one).
     pub async fn serve_observed(
         self,
         pipeline: Arc<dyn Responder>,
         observer: Option<Arc<dyn QueryObserver>>,
+        tcp: tcp::ListenerTcp,
         cancel: CancellationToken,
     ) {
         let service = Arc::new(Service {
@@ -165,7 +175,7 @@ impl Bound {
         for sock in self.udp {
             tasks.spawn(udp_loop(sock, service.clone(), cancel.clone()));
         }
-        tasks.spawn(tcp_loop(self.tcp, service, cancel.clone()));
+        tasks.spawn(tcp::accept_loop(self.tcp, service, tcp, cancel.clone()));
         cancel.cancelled().await;
         let _ =
             tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
@@ -210,7 +220,7 @@ impl Service {
     /// The response cache first: a plain question answered before is one hash lookup and a
     /// copy into `out` (dns::fastpath). Err carries what the slow path needs to store its
     /// answer.
-    fn try_fast(
+    pub(super) fn try_fast(
         &self,
         bytes: &[u8],
         src: SocketAddr,
@@ -535,21 +545,35 @@ fn source(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
 /// Reads datagrams in batches, answers what the response cache knows at once, runs the
 /// pipeline for the rest, and sends the batch's replies together. An answer that must wait
 /// (an upstream exchange) finishes in a task of its own, so it never holds up the socket.
+///
+/// On `cancel` the socket is detached first, then the datagrams already queued are answered:
+/// none is lost, and a server sharing the port gets every later one (see [`detach`]).
 async fn udp_loop(sock: Arc<UdpSocket>, service: Arc<Service>, cancel: CancellationToken) {
     use std::os::fd::AsRawFd;
     let fd = sock.as_raw_fd();
     let mut b = Batch::new();
     let mut waiting = JoinSet::new();
+    let mut closing = false;
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => break,
+            _ = cancel.cancelled() => {
+                detach(&sock).await;
+                closing = true;
+            }
             r = sock.readable() => if let Err(e) = r {
                 warn!(error = %e, "udp socket");
                 break;
             },
         }
         loop {
-            let n = match sock.try_io(tokio::io::Interest::READABLE, || b.recv(fd)) {
+            // Closing: read the socket itself, not tokio's idea of whether it is readable,
+            // which may not know of the last datagrams yet.
+            let read = if closing {
+                b.recv(fd)
+            } else {
+                sock.try_io(tokio::io::Interest::READABLE, || b.recv(fd))
+            };
+            let n = match read {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -570,24 +594,26 @@ async fn udp_loop(sock: Arc<UdpSocket>, service: Arc<Service>, cancel: Cancellat
                 let reply = match service.try_fast(bytes, src, Proto::Udp, start, &mut b.replies[k])
                 {
                     Ok(()) => true,
-                    Err(stamp) => match slow_udp(&service, bytes, src, start, stamp) {
-                        Slow::Done(Some(r)) => {
-                            b.replies[k] = r;
-                            true
-                        }
-                        Slow::Done(None) => false,
-                        Slow::Waiting(fut) => {
-                            let sock = sock.clone();
-                            waiting.spawn(async move {
-                                if let Some(r) = fut.await {
-                                    if let Err(e) = sock.send_to(&r, src).await {
-                                        debug!(error = %e, %src, "udp send");
+                    Err(stamp) => {
+                        match start_slow(&service, bytes, src, Proto::Udp, start, stamp) {
+                            Slow::Done(Some(r)) => {
+                                b.replies[k] = r;
+                                true
+                            }
+                            Slow::Done(None) => false,
+                            Slow::Waiting(fut) => {
+                                let sock = sock.clone();
+                                waiting.spawn(async move {
+                                    if let Some(r) = fut.await {
+                                        if let Err(e) = sock.send_to(&r, src).await {
+                                            debug!(error = %e, %src, "udp send");
+                                        }
                                     }
-                                }
-                            });
-                            false
+                                });
+                                false
+                            }
                         }
-                    },
+                    }
                 };
                 if reply {
                     b.reply_to.push(socket2::SockAddr::from(src));
@@ -600,28 +626,55 @@ async fn udp_loop(sock: Arc<UdpSocket>, service: Arc<Service>, cancel: Cancellat
                 tokio::task::coop::consume_budget().await;
             }
         }
+        if closing {
+            break;
+        }
     }
     while waiting.join_next().await.is_some() {}
 }
 
-type SlowFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Vec<u8>>> + Send>>;
+/// Connects the socket to its own address. In a SO_REUSEPORT group Linux gives a connected
+/// UDP socket only its peer's datagrams, so from now on every query goes to the other
+/// members (the next server on the port), while those already queued here stay to be read;
+/// closing instead would drop them. Sending to any address still works.
+async fn detach(sock: &UdpSocket) {
+    let Ok(local) = sock.local_addr() else {
+        return;
+    };
+    let peer = match local.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, local.port()))
+        }
+        ip if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, local.port()))
+        }
+        _ => local,
+    };
+    if let Err(e) = sock.connect(peer).await {
+        debug!(error = %e, %local, "udp: cannot detach from the port before draining");
+    }
+}
 
-enum Slow {
+pub(super) type SlowFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<Vec<u8>>> + Send>>;
+
+pub(super) enum Slow {
     Done(Option<Vec<u8>>),
     Waiting(SlowFuture),
 }
 
-/// Runs the pipeline for one datagram as far as it goes without waiting.
-fn slow_udp(
+/// Runs the pipeline for one query as far as it goes without waiting.
+pub(super) fn start_slow(
     service: &Arc<Service>,
     bytes: &[u8],
     src: SocketAddr,
+    proto: Proto,
     start: Instant,
     stamp: Option<Stamp>,
 ) -> Slow {
     let (service, bytes) = (service.clone(), bytes.to_vec());
     let mut fut: SlowFuture =
-        Box::pin(async move { service.slow(&bytes, src, Proto::Udp, start, stamp).await });
+        Box::pin(async move { service.slow(&bytes, src, proto, start, stamp).await });
     // A future may be polled with one waker and later with another: the task it moves to
     // polls it again at once and registers its own.
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -649,63 +702,6 @@ async fn send_all(sock: &UdpSocket, fd: std::os::fd::RawFd, b: &mut Batch) {
                 debug!(error = %e, "udp send");
                 sent += 1;
             }
-        }
-    }
-}
-
-async fn tcp_loop(listener: TcpListener, service: Arc<Service>, cancel: CancellationToken) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok((stream, src)) => {
-                    conns.spawn(tcp_conn(stream, src, service.clone(), cancel.clone()));
-                }
-                Err(e) => {
-                    warn!(error = %e, "tcp accept");
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    while conns.join_next().await.is_some() {}
-}
-
-async fn tcp_conn(
-    mut stream: TcpStream,
-    src: SocketAddr,
-    service: Arc<Service>,
-    cancel: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
-    let mut buf = Vec::with_capacity(512);
-    loop {
-        let mut len = [0u8; 2];
-        let read = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)) => r,
-        };
-        match read {
-            Ok(Ok(_)) => {}
-            _ => return, // idle, closed or reset
-        }
-        let n = u16::from_be_bytes(len) as usize;
-        buf.resize(n, 0);
-        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf)).await {
-            Ok(Ok(_)) => {}
-            _ => return,
-        }
-        let Some(reply) = service.process(&buf, src, Proto::Tcp).await else {
-            continue;
-        };
-        let mut out = Vec::with_capacity(reply.len() + 2);
-        out.extend_from_slice(&(reply.len().min(u16::MAX as usize) as u16).to_be_bytes());
-        out.extend_from_slice(&reply);
-        if stream.write_all(&out).await.is_err() {
-            return;
         }
     }
 }
