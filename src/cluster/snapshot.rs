@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::model::{Endpoint, EndpointSlice, Namespace, Node, Pod, Port, Service, ServiceKind};
 use super::objects::ObjectSet;
+use super::zones::{ClientZones, PodNodes, PodNodesBuilder};
 
 /// (namespace, name)
 pub type Key = (Arc<str>, Arc<str>);
@@ -31,6 +32,9 @@ pub struct Store {
     /// the indexes whose tables changed (compared by pointer).
     pub pods: Arc<HashMap<Key, Arc<Pod>>>,
     pub nodes: Arc<HashMap<Arc<str>, Arc<Node>>>,
+    /// Pod IP -> node of the pods not kept in `pods` (file source without a need for pods):
+    /// all that zone-aware answers need of them (cluster::zones).
+    pub pod_nodes: Arc<PodNodes>,
 }
 
 fn key(ns: &str, name: &str) -> Key {
@@ -84,6 +88,7 @@ impl Store {
             legacy_endpoints: Arc::new(legacy),
             pods: Arc::new(pods),
             nodes: Arc::new(nodes),
+            pod_nodes: Arc::default(),
         }
     }
 
@@ -125,6 +130,7 @@ pub struct StoreBuilder {
     legacy: HashMap<Key, Vec<Arc<EndpointSlice>>>,
     pods: HashMap<Key, Arc<Pod>>,
     nodes: HashMap<Arc<str>, Arc<Node>>,
+    pod_nodes: PodNodesBuilder,
     /// Objects of kinds DNS does not use.
     pub skipped: usize,
     pub drop_pods: bool,
@@ -139,6 +145,7 @@ impl StoreBuilder {
             legacy_endpoints: Arc::new(self.legacy),
             pods: Arc::new(self.pods),
             nodes: Arc::new(self.nodes),
+            pod_nodes: Arc::new(self.pod_nodes.finish()),
         }
     }
 }
@@ -157,6 +164,7 @@ impl super::objects::Fork for StoreBuilder {
         self.legacy.extend(later.legacy);
         self.pods.extend(later.pods);
         self.nodes.extend(later.nodes);
+        self.pod_nodes.join(later.pod_nodes);
         self.skipped += later.skipped;
     }
 }
@@ -189,6 +197,9 @@ impl super::objects::Sink for StoreBuilder {
     }
     fn pod(&mut self, o: k8s_openapi::api::core::v1::Pod) {
         if self.drop_pods {
+            if let Some(pod) = Pod::from_api(&o) {
+                self.pod_nodes.add_pod(&pod);
+            }
             return;
         }
         if let Some(pod) = Pod::from_api(&o) {
@@ -210,6 +221,12 @@ impl super::objects::Sink for StoreBuilder {
     }
     fn wants(&self, api_version: &str, kind: &str) -> bool {
         !(self.drop_pods && api_version == "v1" && kind == "Pod")
+    }
+    fn wants_pod_placement(&self) -> bool {
+        self.drop_pods
+    }
+    fn pod_placement(&mut self, ips: &[IpAddr], node: Option<&str>) {
+        self.pod_nodes.add(ips, node);
     }
 }
 
@@ -501,6 +518,8 @@ pub struct Snapshot {
     pub synced: bool,
     index: Arc<ServiceIndex>,
     pods_by_ip: Arc<HashMap<IpAddr, Vec<Arc<Pod>>>>,
+    /// Pod IP -> zone, for zone-aware answers (cluster::zones).
+    client_zones: Arc<ClientZones>,
     pub dns_service_ips: Vec<IpAddr>,
     /// The store the snapshot was built from, for placement and debugging views.
     pub store: Arc<Store>,
@@ -553,7 +572,8 @@ impl Snapshot {
     pub fn build(store: Arc<Store>, serial: u32, synced: bool) -> Snapshot {
         let index = Arc::new(ServiceIndex::build(&store));
         let pods_by_ip = Arc::new(pods_by_ip(&store));
-        Snapshot::assemble(store, index, pods_by_ip, serial, synced)
+        let zones = Arc::new(client_zones(&store, None));
+        Snapshot::assemble(store, index, pods_by_ip, zones, serial, synced)
     }
 
     /// Like [`Snapshot::build`], reusing `prev`'s indexes whose tables did not change: a pod
@@ -584,13 +604,25 @@ impl Snapshot {
         } else {
             Arc::new(pods_by_ip(&store))
         };
-        Snapshot::assemble(store, index, pods_by_ip, serial, synced)
+        let client_zones = if Arc::ptr_eq(&prev.store.pods, &store.pods)
+            && Arc::ptr_eq(&prev.store.nodes, &store.nodes)
+            && Arc::ptr_eq(&prev.store.pod_nodes, &store.pod_nodes)
+        {
+            prev.client_zones.clone()
+        } else {
+            Arc::new(client_zones(
+                &store,
+                Some((&prev.store, &prev.client_zones)),
+            ))
+        };
+        Snapshot::assemble(store, index, pods_by_ip, client_zones, serial, synced)
     }
 
     fn assemble(
         store: Arc<Store>,
         index: Arc<ServiceIndex>,
         pods_by_ip: Arc<HashMap<IpAddr, Vec<Arc<Pod>>>>,
+        client_zones: Arc<ClientZones>,
         serial: u32,
         synced: bool,
     ) -> Snapshot {
@@ -604,6 +636,7 @@ impl Snapshot {
             synced,
             index,
             pods_by_ip,
+            client_zones,
             dns_service_ips,
             store,
         }
@@ -620,6 +653,22 @@ fn pods_by_ip(store: &Store) -> HashMap<IpAddr, Vec<Arc<Pod>>> {
         }
     }
     pods_by_ip
+}
+
+/// Pod IP -> zone from the kept pods and the placement-only ones; the pod table of `prev`
+/// (the previous store and its zones) is reused when only nodes changed.
+fn client_zones(store: &Store, prev: Option<(&Store, &ClientZones)>) -> ClientZones {
+    let pods = match prev {
+        Some((old, zones))
+            if Arc::ptr_eq(&old.pods, &store.pods)
+                && Arc::ptr_eq(&old.pod_nodes, &store.pod_nodes) =>
+        {
+            zones.pods().clone()
+        }
+        _ if store.pods.is_empty() => store.pod_nodes.clone(),
+        _ => Arc::new(PodNodes::from_pods(store.pods.values())),
+    };
+    ClientZones::new(pods, &store.nodes)
 }
 
 /// `<name>.<namespace>` lowercased: how the labels stand in a query name.
@@ -1085,6 +1134,11 @@ impl Snapshot {
     }
 
     /// The pods with this IP.
+    /// The zone of the pod with this IP, through its node's `topology.kubernetes.io/zone`.
+    pub fn pod_zone(&self, ip: &IpAddr) -> Option<&Arc<str>> {
+        self.client_zones.pod_zone(ip)
+    }
+
     pub fn pods_at(&self, ip: &IpAddr) -> &[Arc<Pod>] {
         self.pods_by_ip.get(ip).map_or(&[], Vec::as_slice)
     }
