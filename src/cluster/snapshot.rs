@@ -337,6 +337,16 @@ impl EndpointEntry {
         }
     }
 
+    /// The EndpointSlice's `zone` of this endpoint.
+    pub fn zone(&self) -> Option<&str> {
+        self.source().zone.as_deref()
+    }
+
+    /// The slice's `hints.forZones` for this endpoint.
+    pub fn for_zones(&self) -> Option<&[Arc<str>]> {
+        self.source().for_zones.as_deref()
+    }
+
     pub fn node_name(&self) -> Option<&str> {
         self.source().node_name.as_deref()
     }

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::RwLock;
 
+use super::zonal::{ClientZone, ZonalTag};
+
 /// Shards keep readers and the occasional writer from contending on one lock.
 const SHARDS: usize = 16;
 /// Entries per shard before the shard is cleared (a crude but O(1) bound on memory).
@@ -30,6 +32,8 @@ pub struct Peek<'a> {
     /// EDNS payload size when an OPT record is present.
     pub edns_payload: Option<u16>,
     pub do_bit: bool,
+    /// Who asked (set by the server): zone-dependent answers are kept per client zone.
+    pub client: Option<std::net::IpAddr>,
 }
 
 impl Peek<'_> {
@@ -116,6 +120,7 @@ pub fn peek(bytes: &[u8]) -> Option<Peek<'_>> {
         qclass,
         edns_payload,
         do_bit,
+        client: None,
     })
 }
 
@@ -133,6 +138,8 @@ struct Key {
     bits: u8,
     /// 0 for whole answers; the client's size limit for truncated ones.
     limit: u16,
+    /// For zone-dependent answers: the client zone they were made for (dns::zonal).
+    zone: Option<ClientZone>,
 }
 
 impl Key {
@@ -155,6 +162,7 @@ impl Key {
             qclass: p.qclass,
             bits,
             limit: 0,
+            zone: None,
         })
     }
 
@@ -167,6 +175,7 @@ impl Key {
             && e.qclass == self.qclass
             && e.bits == self.bits
             && e.limit == self.limit
+            && e.zone == self.zone
             && *e.qname_lower == *self.name()
     }
 }
@@ -199,6 +208,10 @@ struct Entry {
     qclass: u16,
     bits: u8,
     limit: u16,
+    zone: Option<ClientZone>,
+    /// This question's answers depend on the client's zone: look again with it (the entry
+    /// holds no response).
+    zonal: bool,
     generation: u64,
     bytes: Box<[u8]>,
     /// Where the TTL fields are, for answers whose TTLs count down (`Meta::lease`).
@@ -208,12 +221,14 @@ struct Entry {
     shuffle: Option<RecordRun>,
 }
 
-/// A run of equal-size answer records: `count` records of `size` bytes from `start`.
+/// A run of equal-size answer records: `count` records of `size` bytes from `start`,
+/// shuffled as two groups split at `split` (zone-first answers; `count` for one group).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RecordRun {
     start: usize,
     count: usize,
     size: usize,
+    split: usize,
 }
 
 /// The answer section as equal-size A or AAAA records with compressed owner names (what
@@ -242,11 +257,32 @@ fn address_run(bytes: &[u8], question_end: usize) -> Option<RecordRun> {
         start: question_end,
         count,
         size: size?,
+        split: count,
     })
 }
 
-/// Fisher-Yates over the records of `run`, with a per-thread xorshift: no locks, no syscalls.
+/// Shuffles each group of `run` on its own: records never move across the split.
 fn shuffle_run(out: &mut [u8], run: RecordRun) {
+    let split = run.split.min(run.count);
+    shuffle_group(
+        out,
+        RecordRun {
+            count: split,
+            ..run
+        },
+    );
+    shuffle_group(
+        out,
+        RecordRun {
+            start: run.start + split * run.size,
+            count: run.count - split,
+            ..run
+        },
+    );
+}
+
+/// Fisher-Yates over the records of `run`, with a per-thread xorshift: no locks, no syscalls.
+fn shuffle_group(out: &mut [u8], run: RecordRun) {
     use std::cell::Cell;
     thread_local!(static STATE: Cell<u64> = Cell::new(rand::random::<u64>() | 1));
     let mut tmp = [0u8; 28];
@@ -291,6 +327,8 @@ pub struct Meta {
     /// A UDP reply truncated (TC) to this many bytes: replayed only to clients with exactly
     /// this limit (e.g. 512 for every client without EDNS), which would get the same bytes.
     pub truncated_for: Option<u16>,
+    /// Zone-aware answers: the client zone it was made for (kept per zone), the result.
+    pub zonal: ZonalTag,
 }
 
 /// Offsets of the TTL fields of every record after the question (the OPT record's "TTL" holds
@@ -350,8 +388,14 @@ impl Default for ResponseCache {
 
 impl ResponseCache {
     fn hash(&self, key: &Key) -> u64 {
-        self.hasher
-            .hash_one((key.name(), key.qtype, key.qclass, key.bits, key.limit))
+        self.hasher.hash_one((
+            key.name(),
+            key.qtype,
+            key.qclass,
+            key.bits,
+            key.limit,
+            key.zone.as_ref().map(ClientZone::key_bytes),
+        ))
     }
 
     fn shard(&self, hash: u64) -> &RwLock<Shard> {
@@ -368,10 +412,33 @@ impl ResponseCache {
         max_len: usize,
         out: &mut Vec<u8>,
     ) -> Option<Meta> {
+        self.get_zoned(p, generation, max_len, out, || ClientZone::Unknown)
+    }
+
+    /// [`ResponseCache::get`], with the client's zone from `client_zone` when (and only
+    /// when) the stored answers of this question depend on it.
+    pub fn get_zoned(
+        &self,
+        p: &Peek,
+        generation: u64,
+        max_len: usize,
+        out: &mut Vec<u8>,
+        client_zone: impl FnOnce() -> ClientZone,
+    ) -> Option<Meta> {
         let mut key = Key::of(p)?;
-        let whole = self.hash(&key);
+        let mut whole = self.hash(&key);
         let mut shard = self.shard(whole).read().ok()?;
-        let fits = |e: &&Entry| e.generation == generation && e.bytes.len() <= max_len;
+        let zonal = shard
+            .get(&whole)
+            .is_some_and(|e| e.zonal && e.generation == generation && key.matches(e));
+        if zonal {
+            drop(shard);
+            key.zone = Some(client_zone());
+            whole = self.hash(&key);
+            shard = self.shard(whole).read().ok()?;
+        }
+        let fits =
+            |e: &&Entry| e.generation == generation && !e.zonal && e.bytes.len() <= max_len;
         let mut entry = shard.get(&whole).filter(|e| key.matches(e)).filter(fits);
         if entry.is_none() && max_len < usize::from(u16::MAX) {
             // The whole answer does not fit: the reply truncated for this limit, if stored.
@@ -438,8 +505,33 @@ impl ResponseCache {
             Box::default()
         };
         let Some(mut key) = Key::of(p) else { return };
+        if let Some(zone) = meta.zonal.client_zone.clone() {
+            // The plain key says "ask again with the client's zone".
+            self.insert(&key, generation, Box::default(), Box::default(), meta.clone(), None, true);
+            key.zone = Some(zone);
+        }
         key.limit = meta.truncated_for.unwrap_or(0);
-        let hash = self.hash(&key);
+        let shuffle = shuffle.map(|mut run: RecordRun| {
+            if let Some(k) = meta.zonal.first_group {
+                run.split = usize::from(k).min(run.count);
+            }
+            run
+        });
+        self.insert(&key, generation, response.into(), ttls, meta, shuffle, false);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
+        &self,
+        key: &Key,
+        generation: u64,
+        bytes: Box<[u8]>,
+        ttls: Box<[u16]>,
+        meta: Meta,
+        shuffle: Option<RecordRun>,
+        zonal: bool,
+    ) {
+        let hash = self.hash(key);
         let Ok(mut shard) = self.shard(hash).write() else {
             return;
         };
@@ -457,8 +549,10 @@ impl ResponseCache {
                 qclass: key.qclass,
                 bits: key.bits,
                 limit: key.limit,
+                zone: key.zone.clone(),
+                zonal,
                 generation,
-                bytes: response.into(),
+                bytes,
                 ttls,
                 meta,
                 shuffle,
@@ -499,6 +593,7 @@ mod shuffle_tests {
             shuffled: true,
             lease: None,
             truncated_for: None,
+            zonal: Default::default(),
         };
         cache.put(&p, 1, &bytes, meta);
         let mut orders = std::collections::HashSet::new();
@@ -570,6 +665,7 @@ mod tests {
             shuffled: false,
             lease: None,
             truncated_for: None,
+            zonal: Default::default(),
         };
         cache.put(&p1, 1, &bytes, meta);
 
@@ -656,6 +752,7 @@ mod tests {
             shuffled: false,
             lease: Some(lease),
             truncated_for: None,
+            zonal: Default::default(),
         };
         cache.put(&p, 1, &bytes, meta);
         let mut out = Vec::new();

@@ -540,6 +540,7 @@ impl Inner {
                         cacheable: false,
                         shuffled: false,
                         lease: None,
+                        zonal: Default::default(),
                     });
                 }
                 Err(e) => {

@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod plugins;
 pub mod server;
 pub mod wire;
+pub mod zonal;
 pub mod zone;
 
 pub use answer::Answer;

@@ -185,6 +185,8 @@ pub struct Observed<'a> {
     pub request_size: usize,
     pub response_size: usize,
     pub do_bit: bool,
+    /// How a zone-aware answer went (dns::zonal), for its metric.
+    pub zonal: Option<crate::dns::zonal::ZonalResult>,
 }
 
 pub trait QueryObserver: Send + Sync {
@@ -218,9 +220,10 @@ impl Service {
         start: Instant,
         out: &mut Vec<u8>,
     ) -> Result<(), Option<Stamp>> {
-        let Some(p) = fastpath::peek(bytes) else {
+        let Some(mut p) = fastpath::peek(bytes) else {
             return Err(None);
         };
+        p.client = Some(src.ip());
         let max = match proto {
             Proto::Udp => p.max_udp(),
             Proto::Tcp => u16::MAX as usize,
@@ -239,6 +242,7 @@ impl Service {
                         request_size: bytes.len(),
                         response_size: out.len(),
                         do_bit: p.do_bit,
+                        zonal: meta.zonal.result,
                     });
                 }
                 Ok(())
@@ -260,7 +264,8 @@ impl Service {
         let mut seen = None;
         let reply = process_inner(&*self.responder, bytes, src, proto, &mut seen).await;
         if let (Some(stamp), Some(s), Some(out)) = (stamp, &seen, &reply) {
-            if let Some(p) = fastpath::peek(bytes).filter(|_| s.cacheable) {
+            if let Some(mut p) = fastpath::peek(bytes).filter(|_| s.cacheable) {
+                p.client = Some(src.ip());
                 // A truncated UDP reply is kept for clients with the same size limit only
                 // (dnsperf's and glibc's 512 bytes without EDNS, for big SRV answers).
                 let truncated = out.len() >= 4 && out[2] & 0x02 != 0;
@@ -281,6 +286,7 @@ impl Service {
                             shuffled: s.shuffled,
                             lease: s.lease.clone(),
                             truncated_for,
+                            zonal: s.zonal.clone(),
                         },
                     );
                 }
@@ -289,13 +295,14 @@ impl Service {
         let Some(obs) = &self.observer else {
             return reply;
         };
-        let (qtype, rcode, plugin, zone, do_bit) = match &seen {
+        let (qtype, rcode, plugin, zone, do_bit, zonal) = match &seen {
             Some(s) => (
                 Some(s.qtype),
                 s.rcode,
                 s.plugin,
                 s.zone.as_deref().unwrap_or("dropped"),
                 s.do_bit,
+                s.zonal.result,
             ),
             // Malformed or refused before any handler: CoreDNS's zone "dropped".
             None => (
@@ -308,6 +315,7 @@ impl Service {
                 "",
                 "dropped",
                 false,
+                None,
             ),
         };
         obs.observe(&Observed {
@@ -321,6 +329,7 @@ impl Service {
             request_size: bytes.len(),
             response_size: reply.as_ref().map(Vec::len).unwrap_or(0),
             do_bit,
+            zonal,
         });
         reply
     }
@@ -336,6 +345,7 @@ struct Seen {
     plugin: &'static str,
     zone: Option<Arc<str>>,
     do_bit: bool,
+    zonal: crate::dns::zonal::ZonalTag,
 }
 
 /// Handles one message: parse, resolve, encode. `None` means no reply.
@@ -377,6 +387,7 @@ async fn process_inner(
         rcode: answer.rcode,
         plugin: answer.plugin,
         zone: answer.zone.clone(),
+        zonal: answer.zonal.clone(),
         do_bit: req
             .message
             .edns
