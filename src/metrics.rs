@@ -333,8 +333,8 @@ impl Metrics {
         .expect("valid metric");
         reg.register(Box::new(zonal.clone()))
             .expect("registered once");
-        let zonal_answers = crate::dns::zonal::ZonalResult::ALL
-            .map(|r| zonal.with_label_values(&[r.as_str()]));
+        let zonal_answers =
+            crate::dns::zonal::ZonalResult::ALL.map(|r| zonal.with_label_values(&[r.as_str()]));
         let process = prometheus::process_collector::ProcessCollector::for_self();
         let _ = reg.register(Box::new(process));
 

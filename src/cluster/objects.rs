@@ -115,9 +115,10 @@ struct PlacementSpec {
 }
 
 #[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct PlacementStatus {
+    #[serde(rename = "podIP")]
     pod_ip: Option<String>,
+    #[serde(rename = "podIPs")]
     pod_ips: Option<Vec<PlacementIp>>,
 }
 

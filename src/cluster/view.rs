@@ -98,10 +98,7 @@ impl ClusterView {
 /// An IPv4 client on a dual-stack socket arrives as `::ffff:a.b.c.d`.
 fn canonical(ip: &std::net::IpAddr) -> std::net::IpAddr {
     match ip {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(std::net::IpAddr::V4)
-            .unwrap_or(*ip),
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(*ip),
         v4 => *v4,
     }
 }

@@ -253,8 +253,14 @@ mod tests {
             ("10.0.0.0/16".parse().unwrap(), Arc::from("a")),
             ("10.0.1.0/24".parse().unwrap(), Arc::from("b")),
         ]);
-        assert_eq!(s.zone(&"10.0.1.7".parse().unwrap()).map(|z| &**z), Some("b"));
-        assert_eq!(s.zone(&"10.0.2.7".parse().unwrap()).map(|z| &**z), Some("a"));
+        assert_eq!(
+            s.zone(&"10.0.1.7".parse().unwrap()).map(|z| &**z),
+            Some("b")
+        );
+        assert_eq!(
+            s.zone(&"10.0.2.7".parse().unwrap()).map(|z| &**z),
+            Some("a")
+        );
         assert_eq!(s.zone(&"10.1.0.1".parse().unwrap()), None);
     }
 }

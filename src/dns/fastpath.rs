@@ -437,8 +437,7 @@ impl ResponseCache {
             whole = self.hash(&key);
             shard = self.shard(whole).read().ok()?;
         }
-        let fits =
-            |e: &&Entry| e.generation == generation && !e.zonal && e.bytes.len() <= max_len;
+        let fits = |e: &&Entry| e.generation == generation && !e.zonal && e.bytes.len() <= max_len;
         let mut entry = shard.get(&whole).filter(|e| key.matches(e)).filter(fits);
         if entry.is_none() && max_len < usize::from(u16::MAX) {
             // The whole answer does not fit: the reply truncated for this limit, if stored.
@@ -507,7 +506,15 @@ impl ResponseCache {
         let Some(mut key) = Key::of(p) else { return };
         if let Some(zone) = meta.zonal.client_zone.clone() {
             // The plain key says "ask again with the client's zone".
-            self.insert(&key, generation, Box::default(), Box::default(), meta.clone(), None, true);
+            self.insert(
+                &key,
+                generation,
+                Box::default(),
+                Box::default(),
+                meta.clone(),
+                None,
+                true,
+            );
             key.zone = Some(zone);
         }
         key.limit = meta.truncated_for.unwrap_or(0);
@@ -517,7 +524,15 @@ impl ResponseCache {
             }
             run
         });
-        self.insert(&key, generation, response.into(), ttls, meta, shuffle, false);
+        self.insert(
+            &key,
+            generation,
+            response.into(),
+            ttls,
+            meta,
+            shuffle,
+            false,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
