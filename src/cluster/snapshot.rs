@@ -1283,6 +1283,7 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
                     pod_name: Some(format!("Pod-{ip}").into()),
                     node_name: None,
                     zone: None,
+                    for_zones: None,
                 })
                 .collect(),
             ports: Arc::from(Vec::new()),
@@ -1303,6 +1304,7 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
             ports: Vec::new(),
             publish_not_ready: false,
             has_selector: true,
+            prefer_close: false,
             labels: Default::default(),
         })
     }

@@ -627,6 +627,103 @@ mod shuffle_tests {
 }
 
 #[cfg(test)]
+mod zone_tests {
+    use super::*;
+    use crate::dns::zonal::{ClientZone, ZonalResult, ZonalTag};
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    fn response(name: &Name, last: u8) -> Vec<u8> {
+        let mut r = Message::new(7, MessageType::Response, OpCode::Query);
+        r.add_query(Query::query(name.clone(), RecordType::A));
+        for i in 1..=last {
+            r.add_answer(Record::from_rdata(
+                name.clone(),
+                5,
+                RData::A(A::new(10, 0, 0, i)),
+            ));
+        }
+        r.to_vec().unwrap()
+    }
+
+    fn meta(zone: &str, first_group: Option<u16>, shuffled: bool) -> Meta {
+        Meta {
+            zone: None,
+            plugin: "kubernetes",
+            rcode: hickory_proto::op::ResponseCode::NoError,
+            shuffled,
+            lease: None,
+            truncated_for: None,
+            zonal: ZonalTag {
+                client_zone: Some(ClientZone::Known(zone.into())),
+                result: Some(ZonalResult::InZone),
+                first_group,
+            },
+        }
+    }
+
+    #[test]
+    fn zone_dependent_answers_are_kept_per_client_zone() {
+        let name = Name::from_ascii("db.shop.svc.cluster.local.").unwrap();
+        let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(name.clone(), RecordType::A));
+        let qb = q.to_vec().unwrap();
+        let p = peek(&qb).unwrap();
+        let cache = ResponseCache::default();
+        cache.put(&p, 1, &response(&name, 1), meta("a", None, false));
+        cache.put(&p, 1, &response(&name, 2), meta("b", None, false));
+        let count = |zone: ClientZone| {
+            let mut out = Vec::new();
+            cache.get_zoned(&p, 1, 4096, &mut out, || zone)?;
+            Some(Message::from_vec(&out).unwrap().answers.len())
+        };
+        assert_eq!(count(ClientZone::Known("a".into())), Some(1));
+        assert_eq!(count(ClientZone::Known("b".into())), Some(2));
+        assert_eq!(
+            count(ClientZone::Known("c".into())),
+            None,
+            "no entry for zone c"
+        );
+        assert_eq!(count(ClientZone::Unknown), None);
+        let mut out = Vec::new();
+        assert!(
+            cache.get(&p, 1, 4096, &mut out).is_none(),
+            "the zone marker is never replayed as an answer"
+        );
+    }
+
+    #[test]
+    fn replays_shuffle_within_each_group_only() {
+        let name = Name::from_ascii("kafka.shop.svc.cluster.local.").unwrap();
+        let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(name.clone(), RecordType::A));
+        let qb = q.to_vec().unwrap();
+        let p = peek(&qb).unwrap();
+        let cache = ResponseCache::default();
+        cache.put(&p, 1, &response(&name, 8), meta("a", Some(3), true));
+        let mut orders = std::collections::HashSet::new();
+        for _ in 0..40 {
+            let mut out = Vec::new();
+            cache
+                .get_zoned(&p, 1, 4096, &mut out, || ClientZone::Known("a".into()))
+                .expect("stored");
+            let ips: Vec<String> = Message::from_vec(&out)
+                .unwrap()
+                .answers
+                .iter()
+                .map(|a| a.data.to_string())
+                .collect();
+            let mut near = ips[..3].to_vec();
+            near.sort();
+            assert_eq!(near, ["10.0.0.1", "10.0.0.2", "10.0.0.3"], "{ips:?}");
+            orders.insert(ips);
+        }
+        assert!(orders.len() > 1, "never shuffled");
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};

@@ -33,6 +33,7 @@ impl Kubernetes {
     /// The zone-aware answer of a headless service for the client in `ctx`, or None for the
     /// plain one (not zone-aware, no client, or a fallback to every endpoint, which is the
     /// plain answer). Records what it decided in `ctx.zonal`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn zone_aware(
         &self,
         ctx: &Ctx,
