@@ -428,17 +428,17 @@ impl ResponseCache {
         let mut key = Key::of(p)?;
         let mut whole = self.hash(&key);
         let mut shard = self.shard(whole).read().ok()?;
-        let zonal = shard
-            .get(&whole)
-            .is_some_and(|e| e.zonal && e.generation == generation && key.matches(e));
-        if zonal {
+        let fits = |e: &&Entry| e.generation == generation && !e.zonal && e.bytes.len() <= max_len;
+        // One lookup for every other answer: only a zone marker sends us to a second.
+        let mut entry = shard.get(&whole).filter(|e| key.matches(e));
+        if entry.is_some_and(|e| e.zonal && e.generation == generation) {
             drop(shard);
             key.zone = Some(client_zone());
             whole = self.hash(&key);
             shard = self.shard(whole).read().ok()?;
+            entry = shard.get(&whole).filter(|e| key.matches(e));
         }
-        let fits = |e: &&Entry| e.generation == generation && !e.zonal && e.bytes.len() <= max_len;
-        let mut entry = shard.get(&whole).filter(|e| key.matches(e)).filter(fits);
+        let mut entry = entry.filter(fits);
         if entry.is_none() && max_len < usize::from(u16::MAX) {
             // The whole answer does not fit: the reply truncated for this limit, if stored.
             drop(shard);
