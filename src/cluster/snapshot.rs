@@ -1504,3 +1504,42 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
         assert_eq!(a.endpoints_named("h", false).count(), 1);
     }
 }
+
+#[cfg(test)]
+mod zone_tests {
+    use super::*;
+
+    /// Pods not kept still give their IP -> node, from a List item (YAML fast path), a
+    /// document of their own and JSON; the snapshot turns that into zones through the nodes.
+    #[test]
+    fn pods_not_kept_still_locate_clients_in_zones() {
+        let yaml = "apiVersion: v1\nkind: List\nitems:\n\
+- apiVersion: v1\n  kind: Pod\n  metadata: {name: a, namespace: x}\n  spec: {nodeName: n1}\n  status: {podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}]}\n\
+- apiVersion: v1\n  kind: Pod\n  metadata: {name: h, namespace: x}\n  spec: {nodeName: n1, hostNetwork: true}\n  status: {podIP: 10.9.0.1}\n\
+- apiVersion: v1\n  kind: Node\n  metadata: {name: n1, labels: {topology.kubernetes.io/zone: z1}}\n\
+---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x}\nspec: {nodeName: n2}\nstatus: {podIP: 10.0.0.2}\n\
+---\napiVersion: v1\nkind: Node\nmetadata: {name: n2, labels: {failure-domain.beta.kubernetes.io/zone: z2}}\n";
+        let json = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "c", "namespace": "x"},
+            "spec": {"nodeName": "n2"}, "status": {"podIPs": [{"ip": "fd00::3"}]}}"#;
+        let mut b = StoreBuilder {
+            drop_pods: true,
+            ..Default::default()
+        };
+        let path = std::path::Path::new("test.yaml");
+        crate::cluster::objects::add_text_to(&mut b, yaml, path).unwrap();
+        crate::cluster::objects::add_text_to(&mut b, json, std::path::Path::new("c.json")).unwrap();
+        let store = b.finish();
+        assert!(store.pods.is_empty(), "pods are not kept");
+        assert_eq!(
+            store.pod_nodes.len(),
+            3,
+            "host-network pods claim no address"
+        );
+        let snap = Snapshot::build(Arc::new(store), 1, true);
+        let zone = |ip: &str| snap.pod_zone(&ip.parse().unwrap()).map(|z| z.to_string());
+        assert_eq!(zone("10.0.0.1").as_deref(), Some("z1"));
+        assert_eq!(zone("10.0.0.2").as_deref(), Some("z2"));
+        assert_eq!(zone("fd00::3").as_deref(), Some("z2"));
+        assert_eq!(zone("10.9.0.1"), None);
+    }
+}
