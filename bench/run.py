@@ -654,6 +654,104 @@ def run_memory_and_startup(binary, clusters, workdir, args, results):
     results["memory_startup"] = out
 
 
+def run_zonal(binary, workdir, args, settings, results):
+    """Zone-aware headless answers against plain ones, measured in the same run: the same
+    generated cluster twice, once with every headless Service `trafficDistribution:
+    PreferClose`, each with a pod `bench-client` at 127.0.0.1 (dnsperf's source address) on a
+    node in eu-west-1a, so every query comes from a client in a known zone. Throughput and CPU
+    per query on the headless-A mix, alternating plain/zonal/zonal/plain to spread the shared
+    machine's drift over both; RSS after start-up at each size."""
+    sizes = [(200, 2000)] if args.quick else [(1000, 10000), (10000, 100000)]
+    probe = (f"kube-dns.kube-system.svc.{ZONE}", 1)
+    out = {"memory": {}, "throughput": {}, "answers": {}}
+    paths = {}
+    for services, pods in sizes:
+        for variant in ("plain", "zonal"):
+            path = os.path.join(workdir, f"zonal-{variant}-{services}svc.yaml")
+            argv = [binary, "gen-cluster", "--services", str(services), "--pods", str(pods),
+                    "--seed", str(args.seed), "--client-pod", "127.0.0.1"]
+            if variant == "zonal":
+                argv.append("--prefer-close")
+            log(" ".join(argv[1:]))
+            with open(path, "w") as f:
+                subprocess.run(argv, stdout=f, check=True)
+            paths[(services, variant)] = path
+    for services, pods in sizes:
+        label = f"{services} svc / {pods} pods"
+        out["memory"][label] = {}
+        for variant in ("plain", "zonal"):
+            srv = start_clusterdns(binary, paths[(services, variant)], workdir,
+                                   args.server_cpus, probe)
+            try:
+                ready = srv.wait_ready(args.ready_timeout)
+                time.sleep(1.0)
+                out["memory"][label][variant] = {"ready_s": ready, **memory_kib(srv.proc.pid)}
+            finally:
+                srv.stop()
+        log(f"zonal memory {label}: {json.dumps(out['memory'][label])}")
+    services, pods = sizes[-1]
+    zones = export_zones(binary, paths[(services, "plain")], workdir, "zonal")
+    files, _, _ = query_files(zones[0][1], zones[1][1], workdir, random.Random(args.seed), [])
+    qfile = files["headless10"]
+    with open(qfile) as f:
+        sample = f.readline().split()[0]
+    runs = {"plain": [], "zonal": []}
+    for variant in ("plain", "zonal", "zonal", "plain"):
+        srv = start_clusterdns(binary, paths[(services, variant)], workdir, args.server_cpus, probe)
+        try:
+            srv.wait_ready(args.ready_timeout)
+            r = dns_query(srv.port, sample, 1, timeout=1.0)
+            out["answers"][variant] = len(r[1]) if r else None
+            log(f"  zonal throughput: {variant}")
+            runs[variant].append(measure(srv, qfile, settings, args.client_cpus, args.duration,
+                                         args.latency_qps, workdir, f"zonal-{variant}"))
+        finally:
+            srv.stop()
+    for variant, rs in runs.items():
+        out["throughput"][variant] = {
+            k: statistics.mean(r[k] for r in rs)
+            for k in ("qps", "cpu_us_per_query_saturated", "cpu_us_per_query", "p50_ms", "lost")
+            if all(r.get(k) is not None for r in rs)
+        }
+    out["cluster"] = f"{services} svc / {pods} pods"
+    results["zonal"] = out
+
+
+def zonal_markdown(z):
+    t = z["throughput"]
+    p, q = t["plain"], t["zonal"]
+    lines = [
+        f"### Zone-aware headless answers ({z['cluster']}; machine shared: compare ratios)",
+        "",
+        "Headless A queries (services with 10 endpoints) from a client pod in eu-west-1a; "
+        "`zonal`: every headless Service `trafficDistribution: PreferClose` (answers: the "
+        f"endpoints of eu-west-1a, {z['answers'].get('zonal')} of "
+        f"{z['answers'].get('plain')} for the sample name); `plain`: the same cluster without it.",
+        "",
+        "| figure | plain | zone-aware | zone-aware / plain | target |",
+        "|---|---|---|---|---|",
+        f"| QPS at saturation | {fmt(p['qps'])} | {fmt(q['qps'])} | {ratio(q['qps'], p['qps'])} | >= 0.90x |",
+        f"| CPU per query at saturation (µs) | {fmt(p['cpu_us_per_query_saturated'], 2)} | "
+        f"{fmt(q['cpu_us_per_query_saturated'], 2)} | "
+        f"{ratio(q['cpu_us_per_query_saturated'], p['cpu_us_per_query_saturated'])} | <= 1.10x |",
+        f"| CPU per query at fixed rate (µs) | {fmt(p['cpu_us_per_query'], 2)} | "
+        f"{fmt(q['cpu_us_per_query'], 2)} | {ratio(q['cpu_us_per_query'], p['cpu_us_per_query'])} | |",
+        f"| latency p50 at fixed rate (ms) | {fmt(p.get('p50_ms'), 3)} | {fmt(q.get('p50_ms'), 3)} | "
+        f"{ratio(q.get('p50_ms'), p.get('p50_ms'))} | |",
+        f"| lost | {fmt(p['lost'])} | {fmt(q['lost'])} | | 0 |",
+        "",
+        "| cluster | RSS plain | RSS zone-aware | zone-aware / plain | ready (zone-aware) | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, m in z["memory"].items():
+        a, b = m["plain"], m["zonal"]
+        lines.append(
+            f"| {label} | {a['rss_kib'] / 1024:.1f} MiB | {b['rss_kib'] / 1024:.1f} MiB | "
+            f"{ratio(b['rss_kib'], a['rss_kib'])} | {b['ready_s']:.2f} s | <= 64 MiB |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def run_api_source(sizes, workdir, args, results):
     """Start-up, memory and propagation through the Kubernetes API source: the
     `propagation` bench (benches/propagation.rs) runs the fake API server of tests/support
@@ -1259,6 +1357,8 @@ def main():
                     help="AdmissionReviews per second of the webhook section (200)")
     ap.add_argument("--webhook-requests", type=int, help="AdmissionReviews timed (4000; quick 400)")
     ap.add_argument("--cached-queries", type=int, help="cached queries timed per path (5000; quick 500)")
+    ap.add_argument("--zonal", action="store_true",
+                    help="run only the zone-aware section (writes bench/results-zonal.json)")
     args = ap.parse_args()
     args.webhook_requests = args.webhook_requests or (400 if args.quick else 4000)
     args.cached_queries = args.cached_queries or (500 if args.quick else 5000)
@@ -1285,6 +1385,24 @@ def main():
         "machine": machine(),
         "settings": settings,
     }
+    if args.zonal:
+        try:
+            run_zonal(binary, workdir, args, settings, results)
+        finally:
+            if args.keep:
+                log(f"kept {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+        path = args.json if args.json != os.path.join(HERE, "results.json") else os.path.join(
+            HERE, "results-zonal.json")
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+        md = zonal_markdown(results["zonal"])
+        if args.md:
+            with open(args.md, "w") as f:
+                f.write(md)
+        print(md)
+        return
     try:
         sizes = [(200, 2000)] if args.quick else [(1000, 10000), (10000, 100000)]
         clusters = []

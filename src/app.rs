@@ -266,6 +266,11 @@ async fn start_source(
         return Ok(None);
     }
     let k8s = config.servers.iter().find_map(|b| b.kubernetes());
+    let zone_first = config
+        .servers
+        .iter()
+        .filter_map(|b| b.kubernetes())
+        .any(|k| k.zone_first);
     if k8s.is_none() {
         // No kubernetes plugin (a forward-only Corefile, the sidecar): no cluster data to
         // wait for, so the view is complete (and /ready true) from the start.
@@ -304,9 +309,9 @@ async fn start_source(
         startup_timeout: k8s
             .map(|k| k.startup_timeout)
             .unwrap_or(Duration::from_secs(5)),
-        // Pods cost memory in big clusters: watched only where answers (pods verified),
-        // placement or the prober need them.
-        watch_pods: need_pods,
+        // Pods cost memory in big clusters: watched only where answers (pods verified,
+        // zone_first ordering), placement or the prober need them.
+        watch_pods: need_pods || zone_first,
         // Nodes are few and tell micro-VM endpoints from node-group ones.
         watch_nodes: true,
         api_url: Some(api_url),
@@ -713,7 +718,10 @@ fn start_insight(
     }
     if let Some(aws) = opts.aws.clone() {
         // Bad AWS JSON is a start-up error, said once with the file and path.
-        crate::prober::aws::load(&aws).with_context(|| format!("--aws {}", aws.display()))?;
+        let model =
+            crate::prober::aws::load(&aws).with_context(|| format!("--aws {}", aws.display()))?;
+        // Where clients that are no known pod are: their subnet's zone (zone-aware answers).
+        view.set_subnet_zones(crate::prober::aws::subnet_zones(&model));
         tokio::spawn(probe_loop(
             aws,
             view.clone(),

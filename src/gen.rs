@@ -34,6 +34,13 @@ pub struct GenArgs {
     /// 50 services).
     #[arg(long)]
     pub namespaces: Option<usize>,
+    /// Give every headless Service `trafficDistribution: PreferClose` (zone-aware answers).
+    #[arg(long)]
+    pub prefer_close: bool,
+    /// Add a pod `bench-client` with this IP on the first EC2 node (zone eu-west-1a), so a
+    /// client on this address is located in a zone.
+    #[arg(long)]
+    pub client_pod: Option<Ipv4Addr>,
 }
 
 /// What was generated, printed on stderr.
@@ -448,6 +455,9 @@ pub fn write_cluster<W: Write>(args: &GenArgs, out: &mut W) -> io::Result<Summar
             Kind::Headless | Kind::StatefulSet => {
                 s.headless += 1;
                 write!(out, "    clusterIP: None\n    clusterIPs:\n    - None\n")?;
+                if args.prefer_close {
+                    writeln!(out, "    trafficDistribution: PreferClose")?;
+                }
             }
         }
         write!(
@@ -550,6 +560,16 @@ pub fn write_cluster<W: Write>(args: &GenArgs, out: &mut W) -> io::Result<Summar
             pod.ip
         )?;
     }
+    if let Some(ip) = args.client_pod {
+        write!(
+            out,
+            "- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: bench-client\n    namespace: \
+             default\n  spec:\n    containers:\n    - image: busybox\n      name: main\n    \
+             nodeName: {}\n  status:\n    phase: Running\n    podIP: {ip}\n    podIPs:\n    \
+             - ip: {ip}\n",
+            ec2_node_name(0)
+        )?;
+    }
     for i in 0..plan.ec2_nodes {
         let name = ec2_node_name(i);
         let zone = ZONES[i % ZONES.len()];
@@ -599,6 +619,8 @@ mod tests {
             pods,
             seed,
             namespaces: None,
+            prefer_close: false,
+            client_pod: None,
         }
     }
 

@@ -139,6 +139,9 @@ pub struct Metrics {
     /// DNS-over-TCP connections open now, and those refused (dns::tcp).
     pub tcp_connections: IntGauge,
     pub tcp_refused: IntCounterVec,
+    /// Zone-aware answers by result (in_zone, fallback, unknown_client), indexed in
+    /// `ZonalResult::ALL` order.
+    pub zonal_answers: [IntCounter; 3],
 }
 
 /// One answered query, as the server saw it.
@@ -340,6 +343,18 @@ impl Metrics {
         for reason in ["total", "per_client", "descriptors"] {
             tcp_refused.with_label_values(&[reason]);
         }
+        let zonal = IntCounterVec::new(
+            Opts::new(
+                "clusterdns_zonal_answers_total",
+                "Zone-aware headless answers by result: in_zone (the client's or the named zone), fallback (no endpoint there: all), unknown_client (client zone unknown: all).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        reg.register(Box::new(zonal.clone()))
+            .expect("registered once");
+        let zonal_answers =
+            crate::dns::zonal::ZonalResult::ALL.map(|r| zonal.with_label_values(&[r.as_str()]));
         let process = prometheus::process_collector::ProcessCollector::for_self();
         let _ = reg.register(Box::new(process));
 
@@ -423,6 +438,7 @@ impl Metrics {
             probe_results,
             tcp_connections,
             tcp_refused,
+            zonal_answers,
             registry: reg,
             blocks: ArcSwap::from_pointee(Vec::new()),
             refreshers: Mutex::new(Vec::new()),
@@ -998,6 +1014,9 @@ impl QueryObserver for ServerObserver {
             response_size: q.response_size,
             do_bit: q.do_bit,
         };
+        if let Some(r) = q.zonal {
+            self.metrics.zonal_answers[r as usize].inc();
+        }
         let Some(s) = self.series(&record) else {
             self.metrics.observe(&record);
             return;

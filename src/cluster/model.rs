@@ -17,6 +17,13 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const POD_SG_ANNOTATION: &str = "fargate.amazonaws.com/pod-sg";
 /// The node label Fargate sets on micro-VM nodes.
 pub const COMPUTE_TYPE_LABEL: &str = "eks.amazonaws.com/compute-type";
+/// The node label naming its availability zone (and its pre-1.17 name).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub const LEGACY_ZONE_LABEL: &str = "failure-domain.beta.kubernetes.io/zone";
+/// The annotation that asked for topology-aware routing before `trafficDistribution`
+/// (`Auto`), and its older name (`auto`).
+pub const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode";
+pub const TOPOLOGY_HINTS_ANNOTATION: &str = "service.kubernetes.io/topology-aware-hints";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ServiceKind {
@@ -84,6 +91,10 @@ pub struct Service {
     pub has_selector: bool,
     /// For the `kubernetes` plugin's `labels SELECTOR`.
     pub labels: Labels,
+    /// `spec.trafficDistribution: PreferClose` (or `PreferSameZone`), or the older
+    /// topology-mode annotation `Auto`: its owner asked for in-zone traffic, so its headless
+    /// answers are zone-aware (dns::zonal).
+    pub prefer_close: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +110,9 @@ pub struct Endpoint {
     /// Interned ([`intern`]): tens of endpoints share a node, thousands a zone.
     pub node_name: Option<Arc<str>>,
     pub zone: Option<Arc<str>>,
+    /// `hints.forZones`: the zones this endpoint should serve (topology-aware routing).
+    /// None when the slice gives no hints.
+    pub for_zones: Option<Box<[Arc<str>]>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +153,8 @@ pub struct Node {
     /// Runs a single micro-VM pod (Fargate), not an EC2 worker.
     pub micro_vm: bool,
     pub labels: BTreeMap<String, String>,
+    /// The `topology.kubernetes.io/zone` label (interned), kept even when labels are not.
+    pub zone: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +199,25 @@ pub fn intern(s: &str) -> Arc<str> {
     let name: Arc<str> = Arc::from(s);
     names.insert(name.clone());
     name
+}
+
+/// Whether the Service asks for in-zone traffic: `trafficDistribution` `PreferClose` (or its
+/// 1.33 alias `PreferSameZone`), else the topology-mode annotation `Auto` (or the older
+/// topology-aware-hints `auto`), as kube-proxy reads them.
+fn prefer_close(svc: &core::Service) -> bool {
+    let td = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.traffic_distribution.as_deref());
+    if let Some(td) = td {
+        return matches!(td, "PreferClose" | "PreferSameZone");
+    }
+    let ann = svc.metadata.annotations.as_ref();
+    let get = |k: &str| ann.and_then(|a| a.get(k)).map(String::as_str);
+    match get(TOPOLOGY_MODE_ANNOTATION).or_else(|| get(TOPOLOGY_HINTS_ANNOTATION)) {
+        Some(v) => v.eq_ignore_ascii_case("auto"),
+        None => false,
+    }
 }
 
 impl Service {
@@ -230,6 +265,7 @@ impl Service {
             publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
             has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
             labels: Labels::from_map(svc.metadata.labels.as_ref()),
+            prefer_close: prefer_close(svc),
         })
     }
 }
@@ -262,6 +298,11 @@ impl EndpointSlice {
                         .map(boxed),
                     node_name: e.node_name.as_deref().map(intern),
                     zone: e.zone.as_deref().map(intern),
+                    for_zones: e
+                        .hints
+                        .as_ref()
+                        .and_then(|h| h.for_zones.as_ref())
+                        .map(|z| z.iter().map(|z| intern(&z.name)).collect()),
                 }
             })
             .filter(|e| !e.addresses.is_empty())
@@ -305,6 +346,7 @@ impl EndpointSlice {
                     .map(boxed),
                 node_name: a.node_name.as_deref().map(intern),
                 zone: None,
+                for_zones: None,
             };
             let mut endpoints = subset
                 .addresses
@@ -389,10 +431,16 @@ impl Node {
         let labels = node.metadata.labels.clone().unwrap_or_default();
         let micro_vm = labels.get(COMPUTE_TYPE_LABEL).map(String::as_str) == Some("fargate")
             || name.starts_with("fargate-");
+        let zone = labels
+            .get(ZONE_LABEL)
+            .or_else(|| labels.get(LEGACY_ZONE_LABEL))
+            .filter(|z| !z.is_empty())
+            .map(|z| intern(z));
         Some(Node {
             name: boxed(name),
             micro_vm,
             labels,
+            zone,
         })
     }
 }

@@ -91,6 +91,77 @@ pub trait Sink {
     fn wants(&self, _api_version: &str, _kind: &str) -> bool {
         true
     }
+    /// Whether a pod that is not kept (see `wants`) should still give its IPs and node
+    /// (zone-aware answers need only that: cluster::zones).
+    fn wants_pod_placement(&self) -> bool {
+        false
+    }
+    fn pod_placement(&mut self, _ips: &[std::net::IpAddr], _node: Option<&str>) {}
+}
+
+/// The two fields of a Pod that say where its IPs are, read without the rest of the object
+/// (serde skips the other fields without building them).
+#[derive(serde::Deserialize)]
+struct PodPlacement {
+    spec: Option<PlacementSpec>,
+    status: Option<PlacementStatus>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PlacementSpec {
+    node_name: Option<String>,
+    host_network: Option<bool>,
+}
+
+#[derive(serde::Deserialize)]
+struct PlacementStatus {
+    #[serde(rename = "podIP")]
+    pod_ip: Option<String>,
+    #[serde(rename = "podIPs")]
+    pod_ips: Option<Vec<PlacementIp>>,
+}
+
+#[derive(serde::Deserialize)]
+struct PlacementIp {
+    ip: String,
+}
+
+/// A pod the sink does not keep but whose placement it wants: read just that. False when
+/// this is not such an item or it does not parse (the usual path then passes it over).
+fn placement_item<S: Sink>(
+    head: Option<(&str, &str)>,
+    sink: &mut S,
+    format: Format,
+    text: &str,
+) -> bool {
+    if head != Some(("v1", "Pod")) || sink.wants("v1", "Pod") || !sink.wants_pod_placement() {
+        return false;
+    }
+    let Some(p) = parse_one::<PodPlacement>(format, text) else {
+        return false;
+    };
+    let spec = p.spec.as_ref();
+    // hostNetwork pods share their node's address: that IP is the node's, not theirs.
+    if spec.and_then(|s| s.host_network).unwrap_or(false) {
+        return true;
+    }
+    let status = p.status.as_ref();
+    let mut ips: Vec<std::net::IpAddr> = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.trim().parse().ok())
+        .collect();
+    if ips.is_empty() {
+        ips.extend(
+            status
+                .and_then(|s| s.pod_ip.as_deref())
+                .and_then(|i| i.trim().parse::<std::net::IpAddr>().ok()),
+        );
+    }
+    sink.pod_placement(&ips, spec.and_then(|s| s.node_name.as_deref()));
+    true
 }
 
 impl Sink for ObjectSet {
@@ -382,7 +453,10 @@ fn yaml_parts<S: Fork>(text: &str, path: &Path, sink: &S) -> Result<Option<Vec<S
         |unit, part| match *unit {
             Unit::Item { document, text } => {
                 let head = yaml_item_head(text);
-                if pass_over(head, part) || typed_item(head, part, Format::YamlItem, text) {
+                if placement_item(head, part, Format::YamlItem, text)
+                    || pass_over(head, part)
+                    || typed_item(head, part, Format::YamlItem, text)
+                {
                     return Ok(());
                 }
                 let items: Vec<serde_yaml::Value> =
@@ -408,7 +482,10 @@ fn yaml_parts<S: Fork>(text: &str, path: &Path, sink: &S) -> Result<Option<Vec<S
 fn json_parts<S: Fork>(text: &str, path: &Path, sink: &S) -> Result<Option<Vec<S>>, LoadError> {
     let parse = |text: &str, part: &mut S| {
         let head = json_item_head(text);
-        if pass_over(head, part) || typed_item(head, part, Format::Json, text) {
+        if placement_item(head, part, Format::Json, text)
+            || pass_over(head, part)
+            || typed_item(head, part, Format::Json, text)
+        {
             return Ok(());
         }
         match serde_json::from_str(text) {

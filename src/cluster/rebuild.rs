@@ -60,6 +60,7 @@ impl Store {
                     cluster_ips,
                     external_name: svc.external_name.as_deref().map(str::to_string),
                     publish_not_ready_addresses: Some(svc.publish_not_ready),
+                    traffic_distribution: svc.prefer_close.then(|| "PreferClose".to_string()),
                     // Only whether there is a selector is kept, not the selector itself.
                     selector: svc.has_selector.then(|| {
                         BTreeMap::from([(
@@ -106,6 +107,16 @@ impl Store {
                         hostname: e.hostname.as_deref().map(str::to_string),
                         node_name: e.node_name.as_deref().map(str::to_string),
                         zone: e.zone.as_deref().map(str::to_string),
+                        hints: e.for_zones.as_ref().map(|z| discovery::EndpointHints {
+                            for_zones: Some(
+                                z.iter()
+                                    .map(|z| discovery::ForZone {
+                                        name: z.to_string(),
+                                    })
+                                    .collect(),
+                            ),
+                            ..Default::default()
+                        }),
                         target_ref: e.pod_name.as_deref().map(|n| core::ObjectReference {
                             kind: Some("Pod".to_string()),
                             name: Some(n.to_string()),
@@ -179,8 +190,14 @@ impl Store {
             });
         }
         for node in self.nodes.values() {
+            let mut labels = node.labels.clone();
+            if let Some(z) = &node.zone {
+                labels
+                    .entry(crate::cluster::model::ZONE_LABEL.to_string())
+                    .or_insert_with(|| z.to_string());
+            }
             set.nodes.push(core::Node {
-                metadata: meta(None, &node.name, node.labels.clone()),
+                metadata: meta(None, &node.name, labels),
                 ..Default::default()
             });
         }

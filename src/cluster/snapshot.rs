@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::model::{Endpoint, EndpointSlice, Namespace, Node, Pod, Port, Service, ServiceKind};
 use super::objects::ObjectSet;
+use super::zones::{ClientZones, PodNodes, PodNodesBuilder};
 
 /// (namespace, name)
 pub type Key = (Arc<str>, Arc<str>);
@@ -31,6 +32,9 @@ pub struct Store {
     /// the indexes whose tables changed (compared by pointer).
     pub pods: Arc<HashMap<Key, Arc<Pod>>>,
     pub nodes: Arc<HashMap<Arc<str>, Arc<Node>>>,
+    /// Pod IP -> node of the pods not kept in `pods` (file source without a need for pods):
+    /// all that zone-aware answers need of them (cluster::zones).
+    pub pod_nodes: Arc<PodNodes>,
 }
 
 fn key(ns: &str, name: &str) -> Key {
@@ -84,6 +88,7 @@ impl Store {
             legacy_endpoints: Arc::new(legacy),
             pods: Arc::new(pods),
             nodes: Arc::new(nodes),
+            pod_nodes: Arc::default(),
         }
     }
 
@@ -125,6 +130,7 @@ pub struct StoreBuilder {
     legacy: HashMap<Key, Vec<Arc<EndpointSlice>>>,
     pods: HashMap<Key, Arc<Pod>>,
     nodes: HashMap<Arc<str>, Arc<Node>>,
+    pod_nodes: PodNodesBuilder,
     /// Objects of kinds DNS does not use.
     pub skipped: usize,
     pub drop_pods: bool,
@@ -139,6 +145,7 @@ impl StoreBuilder {
             legacy_endpoints: Arc::new(self.legacy),
             pods: Arc::new(self.pods),
             nodes: Arc::new(self.nodes),
+            pod_nodes: Arc::new(self.pod_nodes.finish()),
         }
     }
 }
@@ -157,6 +164,7 @@ impl super::objects::Fork for StoreBuilder {
         self.legacy.extend(later.legacy);
         self.pods.extend(later.pods);
         self.nodes.extend(later.nodes);
+        self.pod_nodes.join(later.pod_nodes);
         self.skipped += later.skipped;
     }
 }
@@ -189,6 +197,9 @@ impl super::objects::Sink for StoreBuilder {
     }
     fn pod(&mut self, o: k8s_openapi::api::core::v1::Pod) {
         if self.drop_pods {
+            if let Some(pod) = Pod::from_api(&o) {
+                self.pod_nodes.add_pod(&pod);
+            }
             return;
         }
         if let Some(pod) = Pod::from_api(&o) {
@@ -210,6 +221,12 @@ impl super::objects::Sink for StoreBuilder {
     }
     fn wants(&self, api_version: &str, kind: &str) -> bool {
         !(self.drop_pods && api_version == "v1" && kind == "Pod")
+    }
+    fn wants_pod_placement(&self) -> bool {
+        self.drop_pods
+    }
+    fn pod_placement(&mut self, ips: &[IpAddr], node: Option<&str>) {
+        self.pod_nodes.add(ips, node);
     }
 }
 
@@ -318,6 +335,16 @@ impl EndpointEntry {
             Some(l) => l.pod_name.as_deref(),
             None => self.source().pod_name.as_deref(),
         }
+    }
+
+    /// The EndpointSlice's `zone` of this endpoint.
+    pub fn zone(&self) -> Option<&str> {
+        self.source().zone.as_deref()
+    }
+
+    /// The slice's `hints.forZones` for this endpoint.
+    pub fn for_zones(&self) -> Option<&[Arc<str>]> {
+        self.source().for_zones.as_deref()
     }
 
     pub fn node_name(&self) -> Option<&str> {
@@ -501,6 +528,8 @@ pub struct Snapshot {
     pub synced: bool,
     index: Arc<ServiceIndex>,
     pods_by_ip: Arc<HashMap<IpAddr, Vec<Arc<Pod>>>>,
+    /// Pod IP -> zone, for zone-aware answers (cluster::zones).
+    client_zones: Arc<ClientZones>,
     pub dns_service_ips: Vec<IpAddr>,
     /// The store the snapshot was built from, for placement and debugging views.
     pub store: Arc<Store>,
@@ -553,7 +582,8 @@ impl Snapshot {
     pub fn build(store: Arc<Store>, serial: u32, synced: bool) -> Snapshot {
         let index = Arc::new(ServiceIndex::build(&store));
         let pods_by_ip = Arc::new(pods_by_ip(&store));
-        Snapshot::assemble(store, index, pods_by_ip, serial, synced)
+        let zones = Arc::new(client_zones(&store, None));
+        Snapshot::assemble(store, index, pods_by_ip, zones, serial, synced)
     }
 
     /// Like [`Snapshot::build`], reusing `prev`'s indexes whose tables did not change: a pod
@@ -584,13 +614,25 @@ impl Snapshot {
         } else {
             Arc::new(pods_by_ip(&store))
         };
-        Snapshot::assemble(store, index, pods_by_ip, serial, synced)
+        let client_zones = if Arc::ptr_eq(&prev.store.pods, &store.pods)
+            && Arc::ptr_eq(&prev.store.nodes, &store.nodes)
+            && Arc::ptr_eq(&prev.store.pod_nodes, &store.pod_nodes)
+        {
+            prev.client_zones.clone()
+        } else {
+            Arc::new(client_zones(
+                &store,
+                Some((&prev.store, &prev.client_zones)),
+            ))
+        };
+        Snapshot::assemble(store, index, pods_by_ip, client_zones, serial, synced)
     }
 
     fn assemble(
         store: Arc<Store>,
         index: Arc<ServiceIndex>,
         pods_by_ip: Arc<HashMap<IpAddr, Vec<Arc<Pod>>>>,
+        client_zones: Arc<ClientZones>,
         serial: u32,
         synced: bool,
     ) -> Snapshot {
@@ -604,6 +646,7 @@ impl Snapshot {
             synced,
             index,
             pods_by_ip,
+            client_zones,
             dns_service_ips,
             store,
         }
@@ -620,6 +663,22 @@ fn pods_by_ip(store: &Store) -> HashMap<IpAddr, Vec<Arc<Pod>>> {
         }
     }
     pods_by_ip
+}
+
+/// Pod IP -> zone from the kept pods and the placement-only ones; the pod table of `prev`
+/// (the previous store and its zones) is reused when only nodes changed.
+fn client_zones(store: &Store, prev: Option<(&Store, &ClientZones)>) -> ClientZones {
+    let pods = match prev {
+        Some((old, zones))
+            if Arc::ptr_eq(&old.pods, &store.pods)
+                && Arc::ptr_eq(&old.pod_nodes, &store.pod_nodes) =>
+        {
+            zones.pods().clone()
+        }
+        _ if store.pods.is_empty() => store.pod_nodes.clone(),
+        _ => Arc::new(PodNodes::from_pods(store.pods.values())),
+    };
+    ClientZones::new(pods, &store.nodes)
 }
 
 /// `<name>.<namespace>` lowercased: how the labels stand in a query name.
@@ -1085,6 +1144,11 @@ impl Snapshot {
     }
 
     /// The pods with this IP.
+    /// The zone of the pod with this IP, through its node's `topology.kubernetes.io/zone`.
+    pub fn pod_zone(&self, ip: &IpAddr) -> Option<&Arc<str>> {
+        self.client_zones.pod_zone(ip)
+    }
+
     pub fn pods_at(&self, ip: &IpAddr) -> &[Arc<Pod>] {
         self.pods_by_ip.get(ip).map_or(&[], Vec::as_slice)
     }
@@ -1219,6 +1283,7 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
                     pod_name: Some(format!("Pod-{ip}").into()),
                     node_name: None,
                     zone: None,
+                    for_zones: None,
                 })
                 .collect(),
             ports: Arc::from(Vec::new()),
@@ -1239,6 +1304,7 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
             ports: Vec::new(),
             publish_not_ready: false,
             has_selector: true,
+            prefer_close: false,
             labels: Default::default(),
         })
     }
@@ -1436,5 +1502,44 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
         assert_eq!(b.endpoints_named("10-1-0-6", false).count(), 0, "not ready");
         let a = snap.service("a.x").unwrap();
         assert_eq!(a.endpoints_named("h", false).count(), 1);
+    }
+}
+
+#[cfg(test)]
+mod zone_tests {
+    use super::*;
+
+    /// Pods not kept still give their IP -> node, from a List item (YAML fast path), a
+    /// document of their own and JSON; the snapshot turns that into zones through the nodes.
+    #[test]
+    fn pods_not_kept_still_locate_clients_in_zones() {
+        let yaml = "apiVersion: v1\nkind: List\nitems:\n\
+- apiVersion: v1\n  kind: Pod\n  metadata: {name: a, namespace: x}\n  spec: {nodeName: n1}\n  status: {podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}]}\n\
+- apiVersion: v1\n  kind: Pod\n  metadata: {name: h, namespace: x}\n  spec: {nodeName: n1, hostNetwork: true}\n  status: {podIP: 10.9.0.1}\n\
+- apiVersion: v1\n  kind: Node\n  metadata: {name: n1, labels: {topology.kubernetes.io/zone: z1}}\n\
+---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x}\nspec: {nodeName: n2}\nstatus: {podIP: 10.0.0.2}\n\
+---\napiVersion: v1\nkind: Node\nmetadata: {name: n2, labels: {failure-domain.beta.kubernetes.io/zone: z2}}\n";
+        let json = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "c", "namespace": "x"},
+            "spec": {"nodeName": "n2"}, "status": {"podIPs": [{"ip": "fd00::3"}]}}"#;
+        let mut b = StoreBuilder {
+            drop_pods: true,
+            ..Default::default()
+        };
+        let path = std::path::Path::new("test.yaml");
+        crate::cluster::objects::add_text_to(&mut b, yaml, path).unwrap();
+        crate::cluster::objects::add_text_to(&mut b, json, std::path::Path::new("c.json")).unwrap();
+        let store = b.finish();
+        assert!(store.pods.is_empty(), "pods are not kept");
+        assert_eq!(
+            store.pod_nodes.len(),
+            3,
+            "host-network pods claim no address"
+        );
+        let snap = Snapshot::build(Arc::new(store), 1, true);
+        let zone = |ip: &str| snap.pod_zone(&ip.parse().unwrap()).map(|z| z.to_string());
+        assert_eq!(zone("10.0.0.1").as_deref(), Some("z1"));
+        assert_eq!(zone("10.0.0.2").as_deref(), Some("z2"));
+        assert_eq!(zone("fd00::3").as_deref(), Some("z2"));
+        assert_eq!(zone("10.9.0.1"), None);
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::snapshot::{now_serial, Changed, Snapshot, Store};
+use super::zones::SubnetZones;
 
 /// Readers call [`ClusterView::snapshot`] (lock-free); sources call [`ClusterView::publish`].
 #[derive(Debug)]
@@ -13,6 +14,8 @@ pub struct ClusterView {
     current: ArcSwap<Snapshot>,
     /// Bumped after every publish: answers cached by generation are invalid once it moves.
     generation: AtomicU64,
+    /// VPC subnets and their zones: where clients that are no known pod are (zones.rs).
+    subnets: ArcSwap<SubnetZones>,
 }
 
 impl Default for ClusterView {
@@ -20,6 +23,7 @@ impl Default for ClusterView {
         ClusterView {
             current: ArcSwap::from_pointee(Snapshot::unsynced()),
             generation: AtomicU64::new(0),
+            subnets: ArcSwap::from_pointee(SubnetZones::default()),
         }
     }
 }
@@ -66,7 +70,35 @@ impl ClusterView {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Sets the subnet -> zone fallback; answers cached before are invalid after it.
+    pub fn set_subnet_zones(&self, subnets: SubnetZones) {
+        self.subnets.store(Arc::new(subnets));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The availability zone of a client: the zone of its pod's node in `snap`, else that of
+    /// the VPC subnet holding the address, else None (unknown).
+    pub fn client_zone(&self, snap: &Snapshot, ip: &std::net::IpAddr) -> Option<Arc<str>> {
+        let ip = canonical(ip);
+        if let Some(z) = snap.pod_zone(&ip) {
+            return Some(z.clone());
+        }
+        let subnets = self.subnets.load();
+        if subnets.is_empty() {
+            return None;
+        }
+        subnets.zone(&ip).cloned()
+    }
+
     pub fn is_synced(&self) -> bool {
         self.current.load().synced
+    }
+}
+
+/// An IPv4 client on a dual-stack socket arrives as `::ffff:a.b.c.d`.
+fn canonical(ip: &std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(*ip),
+        v4 => *v4,
     }
 }

@@ -787,6 +787,10 @@ pub struct KubernetesConfig {
     pub ignore_empty_service: bool,
     /// How long to wait for the first sync before serving anyway; default 5s.
     pub startup_timeout: Duration,
+    /// `zonal`: CoreDNS's zone-scoped names of headless services.
+    pub zonal: bool,
+    /// `zone_first` (ours): every headless service answers with the client's zone first.
+    pub zone_first: bool,
 }
 
 impl KubernetesConfig {
@@ -806,6 +810,8 @@ impl KubernetesConfig {
             fallthrough: Fallthrough::Off,
             ignore_empty_service: false,
             startup_timeout: Duration::from_secs(5),
+            zonal: false,
+            zone_first: false,
         }
     }
 }

@@ -1163,11 +1163,14 @@ fn kubernetes(d: &Directive, block_zones: &[String]) -> Result<KubernetesConfig>
         "fallthrough",
         "ignore",
         "startup_timeout",
+        "zonal",
+        "zone_first",
     ];
     let a = Args::new(d, "kubernetes", "kubernetes [ZONES...] { ... }");
     let mut k = KubernetesConfig::with_zones(a.zones_or(a.rest(), block_zones)?);
     let mut namespaces_at: Option<&Word> = None;
     let mut labels_at: Option<&Word> = None;
+    let (mut zonal_at, mut noendpoints_at): (Option<&Word>, Option<&Word>) = (None, None);
     for o in options(d, "kubernetes", SUPPORTED)? {
         let p = "kubernetes";
         match o.name.text.as_str() {
@@ -1228,7 +1231,15 @@ fn kubernetes(d: &Directive, block_zones: &[String]) -> Result<KubernetesConfig>
                 k.ttl = oa.int(oa.req("SECONDS")?, 0, 3600)?;
                 oa.done()?;
             }
-            "noendpoints" => k.noendpoints = flag(o, p, "noendpoints")?,
+            "noendpoints" => {
+                k.noendpoints = flag(o, p, "noendpoints")?;
+                noendpoints_at = Some(&o.name);
+            }
+            "zonal" => {
+                k.zonal = flag(o, p, "zonal")?;
+                zonal_at = Some(&o.name);
+            }
+            "zone_first" => k.zone_first = flag(o, p, "zone_first")?,
             "fallthrough" => {
                 let oa = Args::opt(o, p, "fallthrough [ZONES...]");
                 k.fallthrough = oa.fallthrough(oa.rest())?;
@@ -1246,6 +1257,18 @@ fn kubernetes(d: &Directive, block_zones: &[String]) -> Result<KubernetesConfig>
             }
             _ => return Err(unknown_option(o, p, SUPPORTED)),
         }
+    }
+    if let (Some(z), Some(n)) = (zonal_at, noendpoints_at) {
+        // Zonal names are endpoint answers, which noendpoints turns off.
+        let later = if (z.pos.line, z.pos.col) > (n.pos.line, n.pos.col) {
+            z
+        } else {
+            n
+        };
+        return Err(CorefileError::at(
+            &later.pos,
+            "kubernetes: zonal and noendpoints cannot both be set (zonal names answer endpoints, which noendpoints turns off)",
+        ));
     }
     if let (Some(_), Some(l)) = (namespaces_at, labels_at) {
         return Err(CorefileError::at(

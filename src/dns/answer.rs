@@ -27,6 +27,8 @@ pub struct Answer {
     /// A cache hit that the server's response cache may replay while the lender's entry
     /// lives, with its TTLs counted down (dns::fastpath::Lease).
     pub lease: Option<std::sync::Arc<dyn super::fastpath::Lease>>,
+    /// Zone-aware answers: the client zone it was made for, how it went, its groups.
+    pub zonal: super::zonal::ZonalTag,
 }
 
 impl Answer {

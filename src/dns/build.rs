@@ -96,6 +96,8 @@ pub fn kubernetes_config(c: &corefile::KubernetesConfig) -> Result<KubernetesCon
         fallthrough,
         ignore_empty_service,
         startup_timeout: _,
+        zonal,
+        zone_first,
     } = c;
     // The API source (endpoint, tls, kubeconfig, startup_timeout) is chosen by the caller;
     // here only the answer-shaping options matter.
@@ -139,6 +141,8 @@ pub fn kubernetes_config(c: &corefile::KubernetesConfig) -> Result<KubernetesCon
         namespaces: namespaces.clone(),
         labels,
         namespace_labels,
+        zonal: *zonal,
+        zone_first: *zone_first,
     })
 }
 

@@ -154,6 +154,7 @@ impl Entry {
             cacheable: false,
             shuffled: false,
             lease: None,
+            zonal: Default::default(),
         }
     }
 

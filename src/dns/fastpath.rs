@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::RwLock;
 
+use super::zonal::{ClientZone, ZonalTag};
+
 /// Shards keep readers and the occasional writer from contending on one lock.
 const SHARDS: usize = 16;
 /// Entries per shard before the shard is cleared (a crude but O(1) bound on memory).
@@ -30,6 +32,8 @@ pub struct Peek<'a> {
     /// EDNS payload size when an OPT record is present.
     pub edns_payload: Option<u16>,
     pub do_bit: bool,
+    /// Who asked (set by the server): zone-dependent answers are kept per client zone.
+    pub client: Option<std::net::IpAddr>,
 }
 
 impl Peek<'_> {
@@ -116,6 +120,7 @@ pub fn peek(bytes: &[u8]) -> Option<Peek<'_>> {
         qclass,
         edns_payload,
         do_bit,
+        client: None,
     })
 }
 
@@ -134,6 +139,8 @@ struct Key {
     bits: u8,
     /// 0 for whole answers; the client's size limit for truncated ones.
     limit: u16,
+    /// For zone-dependent answers: the client zone they were made for (dns::zonal).
+    zone: Option<ClientZone>,
 }
 
 impl Key {
@@ -154,6 +161,7 @@ impl Key {
             qclass: p.qclass,
             bits,
             limit: 0,
+            zone: None,
         })
     }
 
@@ -166,6 +174,7 @@ impl Key {
             && e.qclass == self.qclass
             && e.bits == self.bits
             && e.limit == self.limit
+            && e.zone == self.zone
             && *e.qname == *self.name()
     }
 }
@@ -198,6 +207,10 @@ struct Entry {
     qclass: u16,
     bits: u8,
     limit: u16,
+    zone: Option<ClientZone>,
+    /// This question's answers depend on the client's zone: look again with it (the entry
+    /// holds no response).
+    zonal: bool,
     generation: u64,
     bytes: Box<[u8]>,
     /// Where the TTL fields are, for answers whose TTLs count down (`Meta::lease`).
@@ -207,12 +220,14 @@ struct Entry {
     shuffle: Option<RecordRun>,
 }
 
-/// A run of equal-size answer records: `count` records of `size` bytes from `start`.
+/// A run of equal-size answer records: `count` records of `size` bytes from `start`,
+/// shuffled as two groups split at `split` (zone-first answers; `count` for one group).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RecordRun {
     start: usize,
     count: usize,
     size: usize,
+    split: usize,
 }
 
 /// The answer section as equal-size A or AAAA records with compressed owner names (what
@@ -241,11 +256,32 @@ fn address_run(bytes: &[u8], question_end: usize) -> Option<RecordRun> {
         start: question_end,
         count,
         size: size?,
+        split: count,
     })
 }
 
-/// Fisher-Yates over the records of `run`, with a per-thread xorshift: no locks, no syscalls.
+/// Shuffles each group of `run` on its own: records never move across the split.
 fn shuffle_run(out: &mut [u8], run: RecordRun) {
+    let split = run.split.min(run.count);
+    shuffle_group(
+        out,
+        RecordRun {
+            count: split,
+            ..run
+        },
+    );
+    shuffle_group(
+        out,
+        RecordRun {
+            start: run.start + split * run.size,
+            count: run.count - split,
+            ..run
+        },
+    );
+}
+
+/// Fisher-Yates over the records of `run`, with a per-thread xorshift: no locks, no syscalls.
+fn shuffle_group(out: &mut [u8], run: RecordRun) {
     use std::cell::Cell;
     thread_local!(static STATE: Cell<u64> = Cell::new(rand::random::<u64>() | 1));
     let mut tmp = [0u8; 28];
@@ -290,6 +326,8 @@ pub struct Meta {
     /// A UDP reply truncated (TC) to this many bytes: replayed only to clients with exactly
     /// this limit (e.g. 512 for every client without EDNS), which would get the same bytes.
     pub truncated_for: Option<u16>,
+    /// Zone-aware answers: the client zone it was made for (kept per zone), the result.
+    pub zonal: ZonalTag,
 }
 
 /// Offsets of the TTL fields of every record after the question (the OPT record's "TTL" holds
@@ -349,8 +387,14 @@ impl Default for ResponseCache {
 
 impl ResponseCache {
     fn hash(&self, key: &Key) -> u64 {
-        self.hasher
-            .hash_one((key.name(), key.qtype, key.qclass, key.bits, key.limit))
+        self.hasher.hash_one((
+            key.name(),
+            key.qtype,
+            key.qclass,
+            key.bits,
+            key.limit,
+            key.zone.as_ref().map(ClientZone::key_bytes),
+        ))
     }
 
     fn shard(&self, hash: u64) -> &RwLock<Shard> {
@@ -367,11 +411,33 @@ impl ResponseCache {
         max_len: usize,
         out: &mut Vec<u8>,
     ) -> Option<Meta> {
+        self.get_zoned(p, generation, max_len, out, || ClientZone::Unknown)
+    }
+
+    /// [`ResponseCache::get`], with the client's zone from `client_zone` when (and only
+    /// when) the stored answers of this question depend on it.
+    pub fn get_zoned(
+        &self,
+        p: &Peek,
+        generation: u64,
+        max_len: usize,
+        out: &mut Vec<u8>,
+        client_zone: impl FnOnce() -> ClientZone,
+    ) -> Option<Meta> {
         let mut key = Key::of(p)?;
-        let whole = self.hash(&key);
+        let mut whole = self.hash(&key);
         let mut shard = self.shard(whole).read().ok()?;
-        let fits = |e: &&Entry| e.generation == generation && e.bytes.len() <= max_len;
-        let mut entry = shard.get(&whole).filter(|e| key.matches(e)).filter(fits);
+        let fits = |e: &&Entry| e.generation == generation && !e.zonal && e.bytes.len() <= max_len;
+        // One lookup for every other answer: only a zone marker sends us to a second.
+        let mut entry = shard.get(&whole).filter(|e| key.matches(e));
+        if entry.is_some_and(|e| e.zonal && e.generation == generation) {
+            drop(shard);
+            key.zone = Some(client_zone());
+            whole = self.hash(&key);
+            shard = self.shard(whole).read().ok()?;
+            entry = shard.get(&whole).filter(|e| key.matches(e));
+        }
+        let mut entry = entry.filter(fits);
         if entry.is_none() && max_len < usize::from(u16::MAX) {
             // The whole answer does not fit: the reply truncated for this limit, if stored.
             drop(shard);
@@ -432,8 +498,49 @@ impl ResponseCache {
             Box::default()
         };
         let Some(mut key) = Key::of(p) else { return };
+        if let Some(zone) = meta.zonal.client_zone.clone() {
+            // The plain key says "ask again with the client's zone".
+            self.insert(
+                &key,
+                generation,
+                Box::default(),
+                Box::default(),
+                meta.clone(),
+                None,
+                true,
+            );
+            key.zone = Some(zone);
+        }
         key.limit = meta.truncated_for.unwrap_or(0);
-        let hash = self.hash(&key);
+        let shuffle = shuffle.map(|mut run: RecordRun| {
+            if let Some(k) = meta.zonal.first_group {
+                run.split = usize::from(k).min(run.count);
+            }
+            run
+        });
+        self.insert(
+            &key,
+            generation,
+            response.into(),
+            ttls,
+            meta,
+            shuffle,
+            false,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
+        &self,
+        key: &Key,
+        generation: u64,
+        bytes: Box<[u8]>,
+        ttls: Box<[u16]>,
+        meta: Meta,
+        shuffle: Option<RecordRun>,
+        zonal: bool,
+    ) {
+        let hash = self.hash(key);
         let Ok(mut shard) = self.shard(hash).write() else {
             return;
         };
@@ -451,8 +558,10 @@ impl ResponseCache {
                 qclass: key.qclass,
                 bits: key.bits,
                 limit: key.limit,
+                zone: key.zone.clone(),
+                zonal,
                 generation,
-                bytes: response.into(),
+                bytes,
                 ttls,
                 meta,
                 shuffle,
@@ -493,6 +602,7 @@ mod shuffle_tests {
             shuffled: true,
             lease: None,
             truncated_for: None,
+            zonal: Default::default(),
         };
         cache.put(&p, 1, &bytes, meta);
         let mut orders = std::collections::HashSet::new();
@@ -507,6 +617,103 @@ mod shuffle_tests {
             orders.insert(ips);
         }
         assert!(orders.len() > 1, "every replay in the same order");
+    }
+}
+
+#[cfg(test)]
+mod zone_tests {
+    use super::*;
+    use crate::dns::zonal::{ClientZone, ZonalResult, ZonalTag};
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    fn response(name: &Name, last: u8) -> Vec<u8> {
+        let mut r = Message::new(7, MessageType::Response, OpCode::Query);
+        r.add_query(Query::query(name.clone(), RecordType::A));
+        for i in 1..=last {
+            r.add_answer(Record::from_rdata(
+                name.clone(),
+                5,
+                RData::A(A::new(10, 0, 0, i)),
+            ));
+        }
+        r.to_vec().unwrap()
+    }
+
+    fn meta(zone: &str, first_group: Option<u16>, shuffled: bool) -> Meta {
+        Meta {
+            zone: None,
+            plugin: "kubernetes",
+            rcode: hickory_proto::op::ResponseCode::NoError,
+            shuffled,
+            lease: None,
+            truncated_for: None,
+            zonal: ZonalTag {
+                client_zone: Some(ClientZone::Known(zone.into())),
+                result: Some(ZonalResult::InZone),
+                first_group,
+            },
+        }
+    }
+
+    #[test]
+    fn zone_dependent_answers_are_kept_per_client_zone() {
+        let name = Name::from_ascii("db.shop.svc.cluster.local.").unwrap();
+        let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(name.clone(), RecordType::A));
+        let qb = q.to_vec().unwrap();
+        let p = peek(&qb).unwrap();
+        let cache = ResponseCache::default();
+        cache.put(&p, 1, &response(&name, 1), meta("a", None, false));
+        cache.put(&p, 1, &response(&name, 2), meta("b", None, false));
+        let count = |zone: ClientZone| {
+            let mut out = Vec::new();
+            cache.get_zoned(&p, 1, 4096, &mut out, || zone)?;
+            Some(Message::from_vec(&out).unwrap().answers.len())
+        };
+        assert_eq!(count(ClientZone::Known("a".into())), Some(1));
+        assert_eq!(count(ClientZone::Known("b".into())), Some(2));
+        assert_eq!(
+            count(ClientZone::Known("c".into())),
+            None,
+            "no entry for zone c"
+        );
+        assert_eq!(count(ClientZone::Unknown), None);
+        let mut out = Vec::new();
+        assert!(
+            cache.get(&p, 1, 4096, &mut out).is_none(),
+            "the zone marker is never replayed as an answer"
+        );
+    }
+
+    #[test]
+    fn replays_shuffle_within_each_group_only() {
+        let name = Name::from_ascii("kafka.shop.svc.cluster.local.").unwrap();
+        let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+        q.add_query(Query::query(name.clone(), RecordType::A));
+        let qb = q.to_vec().unwrap();
+        let p = peek(&qb).unwrap();
+        let cache = ResponseCache::default();
+        cache.put(&p, 1, &response(&name, 8), meta("a", Some(3), true));
+        let mut orders = std::collections::HashSet::new();
+        for _ in 0..40 {
+            let mut out = Vec::new();
+            cache
+                .get_zoned(&p, 1, 4096, &mut out, || ClientZone::Known("a".into()))
+                .expect("stored");
+            let ips: Vec<String> = Message::from_vec(&out)
+                .unwrap()
+                .answers
+                .iter()
+                .map(|a| a.data.to_string())
+                .collect();
+            let mut near = ips[..3].to_vec();
+            near.sort();
+            assert_eq!(near, ["10.0.0.1", "10.0.0.2", "10.0.0.3"], "{ips:?}");
+            orders.insert(ips);
+        }
+        assert!(orders.len() > 1, "never shuffled");
     }
 }
 
@@ -564,6 +771,7 @@ mod tests {
             shuffled: false,
             lease: None,
             truncated_for: None,
+            zonal: Default::default(),
         };
         cache.put(&p1, 1, &bytes, meta.clone());
 
@@ -656,6 +864,7 @@ mod tests {
             shuffled: false,
             lease: Some(lease),
             truncated_for: None,
+            zonal: Default::default(),
         };
         cache.put(&p, 1, &bytes, meta);
         let mut out = Vec::new();

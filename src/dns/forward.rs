@@ -594,6 +594,7 @@ impl Inner {
                         cacheable: false,
                         shuffled: false,
                         lease: None,
+                        zonal: Default::default(),
                     });
                 }
                 Err(e) => {

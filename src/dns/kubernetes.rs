@@ -17,6 +17,8 @@ use crate::cluster::model::{Port, Service, ServiceKind};
 use crate::cluster::snapshot::{EndpointEntry, PtrTarget, ServiceEntry, Snapshot};
 use crate::cluster::ClusterView;
 
+mod zone_aware;
+
 const PLUGIN: &str = "kubernetes";
 /// dns-version TXT TTL, fixed by the specification.
 const VERSION_TTL: u32 = 28800;
@@ -66,6 +68,10 @@ pub struct KubernetesConfig {
     pub labels: Option<Selector>,
     /// `namespace_labels SELECTOR`: only Namespaces whose labels match are exposed.
     pub namespace_labels: Option<Selector>,
+    /// `zonal`: CoreDNS's zone-scoped names `<az>.pin|prefer._zone.<svc>.<ns>.svc.<zone>`.
+    pub zonal: bool,
+    /// `zone_first`: every headless Service answers with the client's zone first.
+    pub zone_first: bool,
 }
 
 impl KubernetesConfig {
@@ -86,6 +92,8 @@ impl KubernetesConfig {
             namespaces: Vec::new(),
             labels: None,
             namespace_labels: None,
+            zonal: false,
+            zone_first: false,
         })
     }
 }
@@ -214,6 +222,10 @@ struct Ctx<'a> {
     zone: &'a Name,
     qname: &'a Name,
     qtype: RecordType,
+    /// Who asked, for zone-aware answers (None: answer as for an unknown client).
+    client: Option<IpAddr>,
+    /// What a zone-aware answer adds to the Answer (kubernetes/zone_aware.rs).
+    zonal: std::cell::Cell<crate::dns::zonal::ZonalTag>,
 }
 
 impl Kubernetes {
@@ -236,6 +248,16 @@ impl Kubernetes {
 
     /// Answers `qname`/`qtype`, or None when the name is outside every zone served.
     pub fn lookup(&self, qname: &Name, qtype: RecordType) -> Option<Answer> {
+        self.lookup_from(qname, qtype, None)
+    }
+
+    /// [`Kubernetes::lookup`] for a client at `client`: zone-aware answers depend on it.
+    pub fn lookup_from(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        client: Option<IpAddr>,
+    ) -> Option<Answer> {
         let zone = self.zone_for(qname)?;
         let snap = self.view.snapshot();
         // Names derived from the zone (SOA owner, mname and rname, SRV and NS targets) keep
@@ -246,6 +268,8 @@ impl Kubernetes {
             zone: &asked_zone,
             qname,
             qtype,
+            client,
+            zonal: Default::default(),
         };
         let outcome = if qtype == RecordType::AXFR || qtype == RecordType::IXFR {
             return Some(Answer::rcode(ResponseCode::Refused, PLUGIN));
@@ -258,7 +282,9 @@ impl Kubernetes {
         } else {
             self.forward(&ctx)
         };
-        Some(self.finish(&ctx, outcome))
+        let mut answer = self.finish(&ctx, outcome);
+        answer.zonal = ctx.zonal.take();
+        Some(answer)
     }
 
     /// Flags, SOA in negative answers, SERVFAIL before the first sync.
@@ -473,6 +499,9 @@ impl Kubernetes {
                         strip_underscore(port),
                         strip_underscore(proto),
                     ),
+                    [az @ .., directive, "_zone"] if self.cfg.zonal => {
+                        self.zonal_name(ctx, entry, svc, ns, az, directive)
+                    }
                     _ => Outcome::NxDomain,
                 }
             }
@@ -591,6 +620,9 @@ impl Kubernetes {
                 let ready: Vec<&EndpointEntry> = entry.ready_endpoints().collect();
                 if ready.is_empty() {
                     return Outcome::NxDomain;
+                }
+                if let Some(o) = self.zone_aware(ctx, entry, &ready, svc, ns, port, proto) {
+                    return o;
                 }
                 self.endpoint_records(ctx, &ready, svc, ns, port, proto, explicit_port)
             }
@@ -759,6 +791,8 @@ impl Kubernetes {
             zone: cluster_zone,
             qname: ctx.qname,
             qtype: ctx.qtype,
+            client: None,
+            zonal: Default::default(),
         };
         let mut answers = Vec::with_capacity(targets.len());
         for target in targets {
@@ -812,6 +846,8 @@ impl Kubernetes {
                 zone,
                 qname: &name,
                 qtype: ctx.qtype,
+                client: None,
+                zonal: Default::default(),
             };
             match self.forward(&sub) {
                 Outcome::Records { answers, .. } => {
@@ -852,7 +888,7 @@ impl Handler for Kubernetes {
     }
 
     fn handle(&self, req: &Request) -> Flow {
-        let Some(answer) = self.lookup(&req.qname, req.qtype) else {
+        let Some(answer) = self.lookup_from(&req.qname, req.qtype, Some(req.src.ip())) else {
             return Flow::Next;
         };
         if answer.rcode == ResponseCode::NXDomain && self.in_fallthrough(&req.qname) {

@@ -20,6 +20,7 @@ pub mod plugins;
 pub mod server;
 pub mod tcp;
 pub mod wire;
+pub mod zonal;
 pub mod zone;
 
 pub use answer::Answer;

@@ -96,7 +96,15 @@ impl FastCache {
             generation: self.view.generation(),
             epoch: self.epoch,
         };
-        match self.cache.get(p, stamp.generation, max_len, out) {
+        let view = &self.view;
+        let client_zone = || match p.client {
+            Some(ip) => super::zonal::ClientZone::of(view.client_zone(&view.snapshot(), &ip)),
+            None => super::zonal::ClientZone::Unknown,
+        };
+        match self
+            .cache
+            .get_zoned(p, stamp.generation, max_len, out, client_zone)
+        {
             Some(meta) => FastLookup::Hit(meta),
             None => FastLookup::Miss(stamp),
         }

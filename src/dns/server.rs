@@ -195,6 +195,8 @@ pub struct Observed<'a> {
     pub request_size: usize,
     pub response_size: usize,
     pub do_bit: bool,
+    /// How a zone-aware answer went (dns::zonal), for its metric.
+    pub zonal: Option<crate::dns::zonal::ZonalResult>,
 }
 
 pub trait QueryObserver: Send + Sync {
@@ -228,9 +230,10 @@ impl Service {
         start: Instant,
         out: &mut Vec<u8>,
     ) -> Result<(), Option<Stamp>> {
-        let Some(p) = fastpath::peek(bytes) else {
+        let Some(mut p) = fastpath::peek(bytes) else {
             return Err(None);
         };
+        p.client = Some(src.ip());
         let max = match proto {
             Proto::Udp => p.max_udp(),
             Proto::Tcp => u16::MAX as usize,
@@ -249,6 +252,7 @@ impl Service {
                         request_size: bytes.len(),
                         response_size: out.len(),
                         do_bit: p.do_bit,
+                        zonal: meta.zonal.result,
                     });
                 }
                 Ok(())
@@ -270,7 +274,8 @@ impl Service {
         let mut seen = None;
         let reply = process_inner(&*self.responder, bytes, src, proto, &mut seen).await;
         if let (Some(stamp), Some(s), Some(out)) = (stamp, &seen, &reply) {
-            if let Some(p) = fastpath::peek(bytes).filter(|_| s.cacheable) {
+            if let Some(mut p) = fastpath::peek(bytes).filter(|_| s.cacheable) {
+                p.client = Some(src.ip());
                 // A truncated UDP reply is kept for clients with the same size limit only
                 // (dnsperf's and glibc's 512 bytes without EDNS, for big SRV answers).
                 let truncated = out.len() >= 4 && out[2] & 0x02 != 0;
@@ -291,6 +296,7 @@ impl Service {
                             shuffled: s.shuffled,
                             lease: s.lease.clone(),
                             truncated_for,
+                            zonal: s.zonal.clone(),
                         },
                     );
                 }
@@ -299,13 +305,14 @@ impl Service {
         let Some(obs) = &self.observer else {
             return reply;
         };
-        let (qtype, rcode, plugin, zone, do_bit) = match &seen {
+        let (qtype, rcode, plugin, zone, do_bit, zonal) = match &seen {
             Some(s) => (
                 Some(s.qtype),
                 s.rcode,
                 s.plugin,
                 s.zone.as_deref().unwrap_or("dropped"),
                 s.do_bit,
+                s.zonal.result,
             ),
             // Malformed or refused before any handler: CoreDNS's zone "dropped".
             None => (
@@ -318,6 +325,7 @@ impl Service {
                 "",
                 "dropped",
                 false,
+                None,
             ),
         };
         obs.observe(&Observed {
@@ -331,6 +339,7 @@ impl Service {
             request_size: bytes.len(),
             response_size: reply.as_ref().map(Vec::len).unwrap_or(0),
             do_bit,
+            zonal,
         });
         reply
     }
@@ -346,6 +355,7 @@ struct Seen {
     plugin: &'static str,
     zone: Option<Arc<str>>,
     do_bit: bool,
+    zonal: crate::dns::zonal::ZonalTag,
 }
 
 /// Handles one message: parse, resolve, encode. `None` means no reply.
@@ -387,6 +397,7 @@ async fn process_inner(
         rcode: answer.rcode,
         plugin: answer.plugin,
         zone: answer.zone.clone(),
+        zonal: answer.zonal.clone(),
         do_bit: req
             .message
             .edns

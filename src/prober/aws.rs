@@ -305,6 +305,21 @@ pub struct SecurityGroupPolicy {
     pub group_ids: Vec<String>,
 }
 
+/// Each subnet's CIDRs and availability zone, for locating clients that are no known pod
+/// (zone-aware answers: cluster::zones).
+pub fn subnet_zones(model: &VpcModel) -> crate::cluster::zones::SubnetZones {
+    let mut out = Vec::new();
+    for s in &model.subnets {
+        let Some(az) = s.availability_zone.as_deref().filter(|z| !z.is_empty()) else {
+            continue;
+        };
+        let az: std::sync::Arc<str> = crate::cluster::model::intern(az);
+        out.extend(s.cidr.map(|c| (IpNet::V4(c), az.clone())));
+        out.extend(s.ipv6_cidrs.iter().map(|c| (IpNet::V6(*c), az.clone())));
+    }
+    crate::cluster::zones::SubnetZones::new(out)
+}
+
 /// Everything read from the AWS CLI files.
 #[derive(Debug, Clone, Default)]
 pub struct VpcModel {

@@ -52,6 +52,17 @@ fn rand_id() -> u16 {
 
 /// Sends `msg` with hickory's client and returns the response message as received.
 pub async fn exchange(server: SocketAddr, transport: Transport, msg: Message) -> Message {
+    exchange_from(server, transport, msg, None).await
+}
+
+/// [`exchange`] from the local address `bind` (e.g. `127.0.0.11:0`: a client the fixture
+/// maps to a pod).
+pub async fn exchange_from(
+    server: SocketAddr,
+    transport: Transport,
+    msg: Message,
+    bind: Option<SocketAddr>,
+) -> Message {
     let provider = TokioRuntimeProvider::default();
     let mut options = DnsRequestOptions::default();
     options.use_edns = msg.edns.is_some();
@@ -63,9 +74,10 @@ pub async fn exchange(server: SocketAddr, transport: Transport, msg: Message) ->
     let exchange = match transport {
         Transport::Udp => UdpClientStream::builder(server, provider.clone())
             .with_timeout(Some(Duration::from_secs(5)))
+            .with_bind_addr(bind)
             .exchange(),
         Transport::Tcp => {
-            TcpClientStream::exchange(server, None, Duration::from_secs(5), None, provider.clone())
+            TcpClientStream::exchange(server, bind, Duration::from_secs(5), None, provider.clone())
                 .await
                 .expect("tcp connect")
         }

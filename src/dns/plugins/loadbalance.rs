@@ -53,7 +53,15 @@ impl Handler for Loadbalance {
             if addresses > 1 {
                 a.shuffled = true;
             }
-            a.answers = shuffle(std::mem::take(&mut a.answers));
+            // Zone-first answers shuffle within each group, never across (dns::zonal).
+            match a.zonal.first_group.map(usize::from) {
+                Some(k) if k < a.answers.len() => {
+                    let far = a.answers.split_off(k);
+                    a.answers = shuffle(std::mem::take(&mut a.answers));
+                    a.answers.extend(shuffle(far));
+                }
+                _ => a.answers = shuffle(std::mem::take(&mut a.answers)),
+            }
             a
         }))
     }
