@@ -707,7 +707,10 @@ async fn a_slow_list_is_given_more_patience_and_completes() {
     let source = start_source(&server, options(&server)).await;
     let s = &source;
 
-    server.set_list_delay(Duration::from_millis(1500));
+    // 2.5 s against a 1 s stall timeout: the list stalls at 1 s and again at 2 s of patience,
+    // then completes with 4 s. The stale window (several seconds) is wide enough to be seen by
+    // polling on a loaded machine; with 1.5 s it lasted about a second and was sometimes missed.
+    server.set_list_delay(Duration::from_millis(2500));
     server.compact();
     server.expire_watches();
     server.apply(service("demo", "during", "10.96.0.20"));
