@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use clusterdns::app::{self, ServeOptions};
 use clusterdns::cluster::objects::ObjectSet;
 use clusterdns::dns::PodMode;
+use clusterdns::prober::aws_api::{self, AwsApiArgs};
 
 #[derive(Parser)]
 #[command(
@@ -28,7 +29,7 @@ enum Command {
     /// Where every pod runs (EC2 node or micro-VM), which Fargate profile selects it, the
     /// micro-VM size it gets, and every mismatch.
     Placement(PlacementArgs),
-    /// Judge from AWS CLI JSON whether micro-VM pods and node-group pods can reach each other
+    /// Judge from AWS CLI JSON (or, with --cluster, the AWS APIs) whether micro-VM pods and node-group pods can reach each other
     /// and the DNS servers, and name the missing rule; with --active, also probe them live
     /// and flag every disagreement. Exit 0 all allowed, 1 one blocked (or a live probe failed
     /// or disagreed), 2 bad input.
@@ -79,10 +80,12 @@ struct PlacementArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
     kubeconfig: Option<PathBuf>,
     /// `aws eks describe-fargate-profile` JSON: a file or a directory of them.
-    #[arg(long, value_name = "PATH")]
-    fargate_profiles: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "cluster", conflicts_with = "cluster")]
+    fargate_profiles: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    #[command(flatten)]
+    aws_api: AwsApiArgs,
 }
 
 #[derive(clap::Args)]
@@ -90,8 +93,10 @@ struct ProbeArgs {
     /// A directory (or file) of AWS CLI JSON: eks describe-cluster, describe-fargate-profile,
     /// describe-nodegroup, ec2 describe-subnets, describe-security-groups,
     /// describe-network-acls, describe-network-interfaces.
-    #[arg(long, value_name = "PATH", required_unless_present_any = ["live_only", "targets_only"])]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["live_only", "targets_only", "cluster"], conflicts_with = "cluster")]
     aws: Option<PathBuf>,
+    #[command(flatten)]
+    aws_api: AwsApiArgs,
     /// Kubernetes objects as `kubectl get -o yaml` prints them; default: the embedded demo.
     #[arg(long, value_name = "PATH")]
     manifests: Option<PathBuf>,
@@ -106,7 +111,7 @@ struct ProbeArgs {
     #[arg(long)]
     active: bool,
     /// Live probes only, without AWS JSON (implies --active).
-    #[arg(long, conflicts_with = "aws")]
+    #[arg(long, conflicts_with_all = ["aws", "cluster"])]
     live_only: bool,
     /// List the live targets and exit without sending anything.
     #[arg(long)]
@@ -202,8 +207,12 @@ struct ServeArgs {
     fargate_profiles: Option<PathBuf>,
     /// AWS CLI JSON (see `clusterdns probe --help`): re-judge the connectivity paths for the
     /// live cluster every `--probe-interval` and export `clusterdns_probe_paths`.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "cluster")]
     aws: Option<PathBuf>,
+    /// With `--cluster`: the prober reads AWS from its APIs every `--probe-interval` instead,
+    /// keeping the last good verdicts while AWS is unreachable.
+    #[command(flatten)]
+    aws_api: AwsApiArgs,
     /// Seconds between prober runs.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     probe_interval: u64,
@@ -299,6 +308,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         kubeconfig: args.kubeconfig,
         fargate_profiles: args.fargate_profiles,
         aws: args.aws,
+        aws_api: args.aws_api.options(),
         probe_interval: std::time::Duration::from_secs(args.probe_interval),
         probe_active: args.probe_active,
         legacy_metrics: args.legacy_metrics,
@@ -418,7 +428,11 @@ async fn objects(
 
 async fn placement(args: PlacementArgs) -> anyhow::Result<u8> {
     let objects = objects(args.manifests.as_deref(), args.kubeconfig.as_deref()).await?;
-    let profiles = clusterdns::fargate::load_profiles(&args.fargate_profiles)?;
+    let profiles = match (&args.fargate_profiles, args.aws_api.options()) {
+        (Some(path), _) => clusterdns::fargate::load_profiles(path)?,
+        (None, Some(opts)) => aws_api::fetch_fargate_profiles(&opts).await?,
+        (None, None) => anyhow::bail!("--fargate-profiles PATH or --cluster NAME is required"),
+    };
     let json = matches!(args.format, Format::Json);
     emit(&clusterdns::fargate::placement::run_placement(
         &objects, &profiles, json,
@@ -434,9 +448,23 @@ async fn probe(args: ProbeArgs) -> anyhow::Result<u8> {
         emit(&active::render_targets(&active::targets(&objects).0, json));
         return Ok(0);
     }
-    let result = match (&args.aws, args.active || args.live_only) {
-        (Some(aws), false) => clusterdns::prober::report::run_static(aws, &objects, json),
-        (aws, true) => {
+    let model = match args.aws_api.options() {
+        Some(opts) => match aws_api::read(&opts).await {
+            Ok((model, summary)) => {
+                eprintln!("clusterdns probe: {summary}");
+                Some(model)
+            }
+            Err(e) => {
+                eprintln!("clusterdns probe: {e}");
+                return Ok(e.exit_code());
+            }
+        },
+        None => None,
+    };
+    let result = match (&args.aws, &model, args.active || args.live_only) {
+        (_, Some(m), false) => Ok(clusterdns::prober::report::run_model(m, &objects, json)),
+        (Some(aws), None, false) => clusterdns::prober::report::run_static(aws, &objects, json),
+        (aws, model, true) => {
             if let Some(ip) = args.source {
                 active::check_source(ip)
                     .map_err(|e| anyhow::anyhow!("--source {ip}: not usable here: {e}"))?;
@@ -447,9 +475,14 @@ async fn probe(args: ProbeArgs) -> anyhow::Result<u8> {
                 source: args.source,
                 ..Default::default()
             };
-            active::run_active(aws.as_deref(), &objects, &opts, json).await
+            match model {
+                Some(m) => Ok(active::run_active_model(Some(m), &objects, &opts, json).await),
+                None => active::run_active(aws.as_deref(), &objects, &opts, json).await,
+            }
         }
-        (None, false) => anyhow::bail!("--aws PATH is required without --live-only"),
+        (None, None, false) => {
+            anyhow::bail!("--aws PATH or --cluster NAME is required without --live-only")
+        }
     };
     match result {
         Ok((out, code)) => {
