@@ -504,6 +504,8 @@ def check_tools():
 
 
 def build(args):
+    if getattr(args, "binary", None):
+        return args.binary
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
     binary = os.path.join(target, "release", "clusterdns")
     if not args.no_build:
@@ -761,6 +763,7 @@ def run_aws_api(binary, workdir, args, results):
             "probe_cluster": runs,
             "probe_saved_dir_s": judge,
             "aws_cli": cli,
+            "binary": binary,
             "moto": first_line([sys.executable, "-c", "import moto; print('moto', moto.__version__)"], "moto"),
         }
     finally:
@@ -781,6 +784,8 @@ def aws_api_markdown(results):
     wall = statistics.median(r["wall_s"] for r in runs)
     read = statistics.median(r["read_ms"] for r in runs)
     judge = statistics.median(a["probe_saved_dir_s"])
+    if a.get("binary"):
+        L.append(f"Binary: `{a['binary']}`.")
     L.append(f"A VPC of {sc['enis']} ENIs, {sc['security_groups']} security groups and "
              f"{sc['subnets']} subnets (plus the EKS cluster, one Fargate profile, one node group) in "
              f"{a['moto']} in server mode on 127.0.0.1; the embedded demo cluster's pods are judged "
@@ -1132,6 +1137,7 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (zones, logs)")
     ap.add_argument("--json", default=os.path.join(HERE, "results.json"))
     ap.add_argument("--md", help="also write the Markdown report to this file")
+    ap.add_argument("--binary", help="use this clusterdns binary instead of building the release one")
     ap.add_argument("--only", choices=["aws-api"],
                     help="run one section alone and print its table (aws-api: issue 13)")
     args = ap.parse_args()

@@ -258,10 +258,8 @@ async fn start_source(
         .iter()
         .filter_map(|b| b.kubernetes())
         .any(|k| matches!(k.pods, corefile::PodsMode::Verified));
-    let need_pods = verified
-        || opts.fargate_profiles.is_some()
-        || opts.aws.is_some()
-        || opts.aws_api.is_some();
+    let need_pods =
+        verified || opts.fargate_profiles.is_some() || opts.aws.is_some() || opts.aws_api.is_some();
     if let Some(path) = &opts.manifests {
         file_source::start(
             path.clone(),

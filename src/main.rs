@@ -80,7 +80,12 @@ struct PlacementArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
     kubeconfig: Option<PathBuf>,
     /// `aws eks describe-fargate-profile` JSON: a file or a directory of them.
-    #[arg(long, value_name = "PATH", required_unless_present = "cluster", conflicts_with = "cluster")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "cluster",
+        conflicts_with = "cluster"
+    )]
     fargate_profiles: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "table")]
     format: Format,

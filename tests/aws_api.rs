@@ -72,7 +72,9 @@ fn moto() -> Option<String> {
             Ok(_child) => {}
             Err(e) => {
                 if std::env::var("CI").as_deref() == Ok("true") {
-                    panic!("moto_server cannot start under CI: {e} (.ci/run installs moto[server])");
+                    panic!(
+                        "moto_server cannot start under CI: {e} (.ci/run installs moto[server])"
+                    );
                 }
                 eprintln!("skipping: moto_server not available ({e}); pip install 'moto[server]'");
                 return None;
@@ -130,7 +132,10 @@ fn clusterdns(args: &[&str], env: &[(&str, &str)]) -> Output {
         }
     }
     cmd.env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/aws-credentials",
+        )
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing");
@@ -213,10 +218,11 @@ struct Rules {
     denied: AtomicUsize,
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = http_body_util::Full<hyper::body::Bytes>;
+
 /// An HTTP proxy in front of moto on a thread of its own; its URL.
 fn proxy(upstream: &str, rules: Arc<Rules>) -> String {
-    use http_body_util::{BodyExt, Full};
-    use hyper::body::Bytes;
     let upstream: SocketAddr = upstream
         .trim_start_matches("http://")
         .parse()
@@ -241,52 +247,8 @@ fn proxy(upstream: &str, rules: Arc<Rules>) -> String {
                 }
                 let rules = rules.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let rules = rules.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await?.to_bytes();
-                            // EC2 is the query protocol: `Action=...` in a form body; EKS is
-                            // REST-JSON, which no rule here targets.
-                            let action = std::str::from_utf8(&body)
-                                .ok()
-                                .and_then(|b| b.split('&').find_map(|kv| kv.strip_prefix("Action=")))
-                                .unwrap_or("")
-                                .to_owned();
-                            let ec2_error = |status: u16, code: &str, message: &str| {
-                                let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>");
-                                hyper::Response::builder()
-                                    .status(status)
-                                    .header("content-type", "text/xml")
-                                    .body(Full::new(Bytes::from(xml)))
-                                    .unwrap()
-                            };
-                            {
-                                let mut t = rules.throttle.lock().unwrap();
-                                if let Some(n) = t.get_mut(&action).filter(|n| **n > 0) {
-                                    *n -= 1;
-                                    rules.throttled.fetch_add(1, Ordering::SeqCst);
-                                    return Ok::<_, hyper::Error>(ec2_error(400, "Throttling", "Rate exceeded"));
-                                }
-                            }
-                            if let Some(code) = rules.deny.lock().unwrap().get(&action).cloned() {
-                                rules.denied.fetch_add(1, Ordering::SeqCst);
-                                return Ok(ec2_error(403, &code, &format!("You are not authorized to perform this operation. User: arn:aws:sts::123456789012:assumed-role/clusterdns/x is not authorized to perform: ec2:{action} because no identity-based policy allows the ec2:{action} action")));
-                            }
-                            let stream = tokio::net::TcpStream::connect(upstream).await.expect("moto up");
-                            let (mut send, conn) = hyper::client::conn::http1::handshake(
-                                hyper_util::rt::TokioIo::new(stream),
-                            )
-                            .await?;
-                            tokio::spawn(conn);
-                            let resp = send
-                                .send_request(hyper::Request::from_parts(parts, Full::new(body)))
-                                .await?;
-                            let (parts, body) = resp.into_parts();
-                            let body = body.collect().await?.to_bytes();
-                            Ok(hyper::Response::from_parts(parts, Full::new(body)))
-                        }
-                    });
+                    let service =
+                        hyper::service::service_fn(move |req| handle(req, rules.clone(), upstream));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
                         .await;
@@ -295,6 +257,68 @@ fn proxy(upstream: &str, rules: Arc<Rules>) -> String {
         });
     });
     format!("http://{addr}")
+}
+
+/// An EC2 error as EC2 answers it (query protocol, XML).
+fn ec2_error(status: u16, code: &str, message: &str) -> hyper::Response<Body> {
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>"
+    );
+    hyper::Response::builder()
+        .status(status)
+        .header("content-type", "text/xml")
+        .body(Body::from(xml))
+        .unwrap()
+}
+
+async fn handle(
+    req: hyper::Request<hyper::body::Incoming>,
+    rules: Arc<Rules>,
+    upstream: SocketAddr,
+) -> Result<hyper::Response<Body>, BoxError> {
+    use http_body_util::BodyExt;
+    if rules.down.load(Ordering::SeqCst) {
+        // Also on connections the client keeps open: the connection is dropped unanswered.
+        return Err("down".into());
+    }
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    // EC2 is the query protocol: `Action=...` in a form body (EKS is REST-JSON; no rule here
+    // targets it).
+    let action = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|b| b.split('&').find_map(|kv| kv.strip_prefix("Action=")))
+        .unwrap_or("")
+        .to_owned();
+    if let Some(n) = rules
+        .throttle
+        .lock()
+        .unwrap()
+        .get_mut(&action)
+        .filter(|n| **n > 0)
+    {
+        *n -= 1;
+        rules.throttled.fetch_add(1, Ordering::SeqCst);
+        return Ok(ec2_error(400, "Throttling", "Rate exceeded"));
+    }
+    let denied = rules.deny.lock().unwrap().get(&action).cloned();
+    if let Some(code) = denied {
+        rules.denied.fetch_add(1, Ordering::SeqCst);
+        let message = format!(
+            "You are not authorized to perform this operation. User: arn:aws:sts::123456789012:assumed-role/clusterdns/x is not authorized to perform: ec2:{action} because no identity-based policy allows the ec2:{action} action"
+        );
+        return Ok(ec2_error(403, &code, &message));
+    }
+    let stream = tokio::net::TcpStream::connect(upstream).await?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(hyper::Request::from_parts(parts, Body::new(body)))
+        .await?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(hyper::Response::from_parts(parts, Body::new(body)))
 }
 
 // ---- the tests ----
@@ -323,14 +347,16 @@ fn verdicts_through_the_sdk_equal_those_of_the_json_directories_and_save_round_t
         let files_json: Value = serde_json::from_slice(&files.stdout).unwrap();
         assert!(api_json.as_array().is_some_and(|a| a.len() > 10));
         assert_eq!(
-            api_json, files_json,
+            api_json,
+            files_json,
             "{region}: verdicts via the SDK differ from those of {}",
             dir.display()
         );
         if code == 1 {
-            let blocked_udp53 = files_json.as_array().unwrap().iter().any(|f| {
-                f["verdict"] == "blocked" && f["protocol"] == "udp" && f["port"] == 53
-            });
+            let blocked_udp53 =
+                files_json.as_array().unwrap().iter().any(|f| {
+                    f["verdict"] == "blocked" && f["protocol"] == "udp" && f["port"] == 53
+                });
             assert!(blocked_udp53, "the broken variant blocks UDP 53");
         }
         // --save-aws wrote the CLI shapes: reading them back judges byte for byte the same.
@@ -487,7 +513,10 @@ fn denied_network_acls_turn_only_the_acl_checks_unknown_and_name_the_action() {
 
 #[test]
 fn unreachable_endpoint_and_unknown_cluster_are_clear_errors_exit_2() {
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     // Bound and dropped: nothing listens there now.
     let out = clusterdns(
         &[
@@ -509,7 +538,11 @@ fn unreachable_endpoint_and_unknown_cluster_are_clear_errors_exit_2() {
     );
     let out = clusterdns(&["probe", "--cluster", "demo"], &[("AWS_REGION", "")]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("no AWS region"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no AWS region"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let Some(url) = moto() else { return };
     let out = probe_api("no-such-cluster", "ap-south-1", &url, &[]);
@@ -543,24 +576,35 @@ fn a_named_profile_and_aws_endpoint_url_are_honoured() {
         ("AWS_ENDPOINT_URL", url.as_str()),
     ];
     let out = clusterdns(
-        &["probe", "--cluster", "demo", "--profile", "ci", "--format", "json"],
+        &[
+            "probe",
+            "--cluster",
+            "demo",
+            "--profile",
+            "ci",
+            "--format",
+            "json",
+        ],
         &env,
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     // Without the profile there are no credentials at all: a clear error, not a hang.
-    let out = clusterdns(
-        &["probe", "--cluster", "demo", "--region", region],
-        &env[..4],
-    );
+    let out = clusterdns(&["probe", "--cluster", "demo", "--region", region], &env);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("eks:DescribeCluster"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // placement reads the Fargate profiles the same way.
-    let out = clusterdns(
-        &["placement", "--cluster", "demo", "--profile", "ci"],
-        &env,
-    );
+    let out = clusterdns(&["placement", "--cluster", "demo", "--profile", "ci"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("fp-default"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("fp-default"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 struct Serve(Child);
@@ -611,7 +655,14 @@ fn serve_rereads_aws_and_keeps_the_last_good_view_while_it_is_unreachable() {
         // One attempt: a failed read shows at once instead of after the backoff.
         .env("AWS_MAX_ATTEMPTS", "1")
         .args(["serve", "--dns-addr", "127.0.0.1:0", "--upstream", "none"])
-        .args(["--cluster", "demo", "--region", region, "--endpoint-url", &via])
+        .args([
+            "--cluster",
+            "demo",
+            "--region",
+            region,
+            "--endpoint-url",
+            &via,
+        ])
         .args(["--probe-interval", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -633,15 +684,20 @@ fn serve_rereads_aws_and_keeps_the_last_good_view_while_it_is_unreachable() {
         metric(&body, "clusterdns_probe_paths")
             .iter()
             .any(|(k, v)| k.contains("verdict=\"blocked\"") && *v > 0.0)
-            && metric(&body, "clusterdns_probe_aws_stale_seconds") == [("clusterdns_probe_aws_stale_seconds".to_string(), 0.0)]
+            && metric(&body, "clusterdns_probe_aws_stale_seconds")
+                == [("clusterdns_probe_aws_stale_seconds".to_string(), 0.0)]
     });
     let before = metric(&scrape(), "clusterdns_probe_paths");
     rules.down.store(true, Ordering::SeqCst);
-    poll("staleness while AWS is unreachable", Duration::from_secs(60), || {
-        metric(&scrape(), "clusterdns_probe_aws_stale_seconds")
-            .first()
-            .is_some_and(|(_, v)| *v >= 1.0)
-    });
+    poll(
+        "staleness while AWS is unreachable",
+        Duration::from_secs(60),
+        || {
+            metric(&scrape(), "clusterdns_probe_aws_stale_seconds")
+                .first()
+                .is_some_and(|(_, v)| *v >= 1.0)
+        },
+    );
     assert_eq!(
         metric(&scrape(), "clusterdns_probe_paths"),
         before,

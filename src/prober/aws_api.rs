@@ -213,7 +213,8 @@ async fn clients(opts: &ApiOptions) -> Result<Clients, ProbeError> {
     // Standard retries (exponential backoff with jitter, throttling and transient errors),
     // with more attempts than the SDK's 3 because a large VPC is many pages; AWS_MAX_ATTEMPTS
     // and AWS_RETRY_MODE still win, as in every AWS tool.
-    if std::env::var_os("AWS_MAX_ATTEMPTS").is_none() && std::env::var_os("AWS_RETRY_MODE").is_none()
+    if std::env::var_os("AWS_MAX_ATTEMPTS").is_none()
+        && std::env::var_os("AWS_RETRY_MODE").is_none()
     {
         loader = loader.retry_config(RetryConfig::standard().with_max_attempts(5));
     }
@@ -277,16 +278,14 @@ impl From<CallError> for ProbeError {
 fn is_denied_code(code: &str) -> bool {
     matches!(
         code,
-        "AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" | "UnauthorizedException"
+        "AccessDenied"
+            | "AccessDeniedException"
+            | "UnauthorizedOperation"
+            | "UnauthorizedException"
     )
 }
 
-fn classify<E, R>(
-    err: SdkError<E, R>,
-    action: &str,
-    input: &str,
-    endpoint: &str,
-) -> CallError
+fn classify<E, R>(err: SdkError<E, R>, action: &str, input: &str, endpoint: &str) -> CallError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
@@ -417,9 +416,7 @@ pub async fn fetch(opts: &ApiOptions) -> Result<Fetched, ProbeError> {
                 .send()
                 .collect::<Result<Vec<_>, _>>()
                 .await
-                .map_err(|e| {
-                    classify(e, "ec2:DescribeNetworkInterfaces", "NetworkInterfaces", ep)
-                })
+                .map_err(|e| classify(e, "ec2:DescribeNetworkInterfaces", "NetworkInterfaces", ep))
         },
     );
     let keep = |out: &mut Fetched, r: Result<(String, Value), CallError>| match r {
@@ -773,8 +770,14 @@ pub fn cluster_json(c: &aws_sdk_eks::types::Cluster) -> Value {
             ("securityGroupIds", strings(v.security_group_ids())),
             ("clusterSecurityGroupId", s(v.cluster_security_group_id())),
             ("vpcId", s(v.vpc_id())),
-            ("endpointPublicAccess", Some(json!(v.endpoint_public_access))),
-            ("endpointPrivateAccess", Some(json!(v.endpoint_private_access))),
+            (
+                "endpointPublicAccess",
+                Some(json!(v.endpoint_public_access)),
+            ),
+            (
+                "endpointPrivateAccess",
+                Some(json!(v.endpoint_private_access)),
+            ),
             ("publicAccessCidrs", strings(v.public_access_cidrs())),
         ])
     });
@@ -926,7 +929,10 @@ fn permission_json(p: &aws_sdk_ec2::types::IpPermission) -> Value {
         (
             "IpRanges",
             list(p.ip_ranges(), |r| {
-                obj([("CidrIp", s(r.cidr_ip())), ("Description", s(r.description()))])
+                obj([
+                    ("CidrIp", s(r.cidr_ip())),
+                    ("Description", s(r.description())),
+                ])
             }),
         ),
         (
@@ -1035,7 +1041,10 @@ pub fn interface_json(n: &aws_sdk_ec2::types::NetworkInterface) -> Value {
         (
             "Groups",
             list(n.groups(), |g| {
-                obj([("GroupName", s(g.group_name())), ("GroupId", s(g.group_id()))])
+                obj([
+                    ("GroupName", s(g.group_name())),
+                    ("GroupId", s(g.group_id())),
+                ])
             }),
         ),
         ("InterfaceType", s(n.interface_type().map(|x| x.as_str()))),
@@ -1140,7 +1149,11 @@ mod tests {
             .network_acl_id("acl-1")
             .vpc_id("vpc-1")
             .is_default(true)
-            .associations(ec2::NetworkAclAssociation::builder().subnet_id("subnet-1").build())
+            .associations(
+                ec2::NetworkAclAssociation::builder()
+                    .subnet_id("subnet-1")
+                    .build(),
+            )
             .entries(
                 ec2::NetworkAclEntry::builder()
                     .rule_number(100)
@@ -1252,7 +1265,12 @@ mod tests {
         assert_eq!(m.launch_template_versions[0].version.as_deref(), Some("3"));
         assert_eq!(m.launch_template_versions[0].security_group_ids, ["sg-9"]);
         assert_eq!(
-            m.nodegroups[0].launch_template.as_ref().unwrap().id.as_deref(),
+            m.nodegroups[0]
+                .launch_template
+                .as_ref()
+                .unwrap()
+                .id
+                .as_deref(),
             Some("lt-1")
         );
         assert!(m.unavailable("Vpcs").unwrap().contains("ec2:DescribeVpcs"));

@@ -202,10 +202,13 @@ class Seeder:
                 self.eks.create_nodegroup(**kw)
 
     def scale(self, enis, sgs, subnets):
-        """A large VPC for the benchmark: SUBNETS /24 subnets, SGS groups that each admit the
-        next (rules referencing groups), ENIs spread over subnets with 3 groups each."""
-        vpc = self.ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-        subnet_ids = [self.ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24",
+        """A large VPC for the benchmark: SUBNETS /22 subnets of 192.168.0.0/16 (so the
+        embedded demo cluster's pod IPs fall in them and are judged), SGS groups that each
+        admit the next (rules referencing groups), ENIS ENIs spread over the subnets with 3
+        groups each. The cluster's subnets are those of the demo pods."""
+        assert subnets <= 64
+        vpc = self.ec2.create_vpc(CidrBlock="192.168.0.0/16")["Vpc"]["VpcId"]
+        subnet_ids = [self.ec2.create_subnet(VpcId=vpc, CidrBlock=f"192.168.{4 * i}.0/22",
                                              AvailabilityZone=self.region + "ab"[i % 2])["Subnet"]["SubnetId"]
                       for i in range(subnets)]
         group_ids = [self.ec2.create_security_group(GroupName=f"g{i:04}", Description="bench", VpcId=vpc)["GroupId"]
@@ -214,24 +217,27 @@ class Seeder:
             self.ec2.authorize_security_group_ingress(GroupId=g, IpPermissions=[
                 {"IpProtocol": "udp", "FromPort": 53, "ToPort": 53,
                  "UserIdGroupPairs": [{"GroupId": group_ids[(i + 1) % len(group_ids)]}]},
-                {"IpProtocol": "tcp", "FromPort": 0, "ToPort": 65535, "IpRanges": [{"CidrIp": "10.0.0.0/16"}]}])
+                {"IpProtocol": "tcp", "FromPort": 0, "ToPort": 65535, "IpRanges": [{"CidrIp": "192.168.0.0/16"}]}])
         for i in range(enis):
             s = i % subnets
             self.ec2.create_network_interface(
                 SubnetId=subnet_ids[s], Description=f"aws-K8S-i-{i:017x}",
                 Groups=[group_ids[(i + k) % sgs] for k in range(3)],
-                PrivateIpAddress=f"10.0.{s}.{10 + i // subnets}")
+                PrivateIpAddress=f"192.168.{4 * s + 3}.{10 + i // subnets}")
+        # The demo's node pods are in 192.168.40.0/22 and 68.0/22, its micro-VM pods in
+        # 100.0/22 and 128.0/22.
+        nodes, fargate = [subnet_ids[10], subnet_ids[17]], [subnet_ids[25], subnet_ids[32]]
         self.create_cluster(
             name="bench", roleArn="arn:aws:iam::123456789012:role/x",
-            resourcesVpcConfig={"subnetIds": subnet_ids[:4], "securityGroupIds": [],
+            resourcesVpcConfig={"subnetIds": nodes + fargate, "securityGroupIds": [],
                                 "vpcId": vpc, "clusterSecurityGroupId": group_ids[0]},
             kubernetesNetworkConfig={"serviceIpv4Cidr": "10.100.0.0/16"})
         self.eks.create_fargate_profile(fargateProfileName="fp-default", clusterName="bench",
                                         podExecutionRoleArn="arn:aws:iam::123456789012:role/x",
-                                        subnets=subnet_ids[2:4],
+                                        subnets=fargate,
                                         selectors=[{"namespace": "default"}, {"namespace": "kube-system"}])
         self.eks.create_nodegroup(clusterName="bench", nodegroupName="ng-general",
-                                  nodeRole="arn:aws:iam::123456789012:role/n", subnets=subnet_ids[:2])
+                                  nodeRole="arn:aws:iam::123456789012:role/n", subnets=nodes)
 
 
 def main():
