@@ -795,7 +795,7 @@ def aws_api_markdown(results):
     L.append("| figure | value |")
     L.append("|---|---:|")
     L.append(f"| `probe --cluster` (fetch + judge) | {wall:.2f} s |")
-    L.append(f"| ... of which reading AWS (SDK, 7 calls in parallel) | {read / 1000:.2f} s |")
+    L.append(f"| ... of which reading AWS (SDK; the EC2 and EKS listings in parallel) | {read / 1000:.2f} s |")
     L.append(f"| HTTP requests to the AWS APIs (retries included) | {runs[0]['requests']} |")
     L.append(f"| reference: `probe --aws` on the saved directory (judge only) | {judge:.2f} s |")
     if a.get("aws_cli"):
