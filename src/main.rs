@@ -29,9 +29,9 @@ enum Command {
     /// Where every pod runs (EC2 node or micro-VM), which Fargate profile selects it, the
     /// micro-VM size it gets, and every mismatch.
     Placement(PlacementArgs),
-    /// Judge from AWS CLI JSON (or, with --cluster, the AWS APIs) whether micro-VM pods and node-group pods can reach each other
-    /// and the DNS servers, and name the missing rule; with --active, also probe them live
-    /// and flag every disagreement. Exit 0 all allowed, 1 one blocked (or a live probe failed
+    /// Judge from AWS CLI JSON (or, with --cluster, the AWS APIs) whether micro-VM pods and
+    /// node-group pods can reach each other and the DNS servers, and name the missing rule;
+    /// with --active, also probe them live and flag every disagreement. Exit 0 all allowed, 1 one blocked (or a live probe failed
     /// or disagreed), 2 bad input.
     Probe(ProbeArgs),
     /// Print the cluster zone (or a reverse zone) as an RFC 1035 zone file, e.g. to serve the
@@ -214,8 +214,8 @@ struct ServeArgs {
     /// live cluster every `--probe-interval` and export `clusterdns_probe_paths`.
     #[arg(long, value_name = "PATH", conflicts_with = "cluster")]
     aws: Option<PathBuf>,
-    /// With `--cluster`: the prober reads AWS from its APIs every `--probe-interval` instead,
-    /// keeping the last good verdicts while AWS is unreachable.
+    // With `--cluster`: the prober reads AWS from its APIs every `--probe-interval` instead,
+    // keeping the last good verdicts while AWS is unreachable.
     #[command(flatten)]
     aws_api: AwsApiArgs,
     /// Seconds between prober runs.

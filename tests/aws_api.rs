@@ -509,6 +509,20 @@ fn denied_network_acls_turn_only_the_acl_checks_unknown_and_name_the_action() {
     let replay = probe_dir(saved.path());
     assert_eq!(text(&replay.stdout), text(&out.stdout));
     let _ = ids;
+
+    // EC2 says UnauthorizedOperation; other services (and SCPs) say AccessDenied: same.
+    rules
+        .deny
+        .lock()
+        .unwrap()
+        .insert("DescribeNetworkAcls".into(), "AccessDenied".into());
+    let again = probe_api("demo", region, &via, &[]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("ec2:DescribeNetworkAcls denied (AccessDenied)"));
+    assert_eq!(
+        text(&again.stdout).replace("(AccessDenied)", "(UnauthorizedOperation)"),
+        text(&out.stdout)
+    );
 }
 
 #[test]
