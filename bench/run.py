@@ -506,6 +506,8 @@ def check_tools():
 
 
 def build(args):
+    if getattr(args, "binary", None):
+        return args.binary
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
     binary = os.path.join(target, "release", "clusterdns")
     if not args.no_build:
@@ -774,6 +776,133 @@ def run_api_source(sizes, workdir, args, results):
             log(f"API source {label}: {e}")
             out[label] = {"error": str(e)}
     results["api_source"] = out
+
+
+# ---------------------------------------------------------------------------------------------
+# The prober reading AWS itself (issue 13): `probe --cluster` against moto on loopback.
+
+AWS_SCALE = (500, 200, 50)  # ENIs, security groups, subnets
+
+
+def run_aws_api(binary, workdir, args, results):
+    """Fetch-and-judge time and API requests for a VPC of AWS_SCALE in moto (server mode),
+    beside two references measured in the same run: judging the same data from the saved
+    JSON directory (`probe --aws`), and the AWS CLI fetching the same ten outputs by hand (what
+    users did before). Needs moto[server] and boto3; the AWS CLI reference is skipped
+    without `aws`."""
+    if not shutil.which("moto_server"):
+        log("aws-api: moto_server missing (pip install 'moto[server]'); skipped")
+        results["aws_api"] = {"skipped": "moto_server not installed"}
+        return
+    port = free_port()
+    moto = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    region = "us-east-1"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+               AWS_EC2_METADATA_DISABLED="true", AWS_DEFAULT_REGION=region)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError("moto_server did not start")
+                time.sleep(0.1)
+        enis, sgs, subnets = AWS_SCALE
+        log(f"aws-api: seeding {enis} ENIs, {sgs} security groups, {subnets} subnets")
+        t0 = time.time()
+        subprocess.run([sys.executable, os.path.join(REPO, "tests/support/moto_seed.py"),
+                        "--endpoint", url, "--region", region, "--scale", f"{enis},{sgs},{subnets}"],
+                       check=True, stdout=subprocess.DEVNULL, env=env)
+        seeded = time.time() - t0
+        saved = os.path.join(workdir, "aws-saved")
+        runs = []
+        for i in range(3):
+            t0 = time.time()
+            out = subprocess.run([binary, "probe", "--cluster", "bench", "--region", region,
+                                  "--endpoint-url", url, "--format", "json", "--save-aws", saved],
+                                 capture_output=True, text=True, env=env)
+            wall = time.time() - t0
+            if out.returncode not in (0, 1):
+                raise RuntimeError(f"probe --cluster failed: {out.stderr.strip()}")
+            m = re.search(r"read AWS in (\d+) ms with (\d+) API requests", out.stderr)
+            runs.append({"wall_s": wall, "read_ms": int(m.group(1)), "requests": int(m.group(2)),
+                         "findings": len(json.loads(out.stdout))})
+        judge = []
+        for i in range(3):
+            t0 = time.time()
+            out = subprocess.run([binary, "probe", "--aws", saved, "--format", "json"],
+                                 capture_output=True, text=True, env=env)
+            judge.append(time.time() - t0)
+        cli = None
+        if shutil.which("aws"):
+            calls = [
+                ["eks", "describe-cluster", "--name", "bench"],
+                ["eks", "list-fargate-profiles", "--cluster-name", "bench"],
+                ["eks", "describe-fargate-profile", "--cluster-name", "bench", "--fargate-profile-name", "fp-default"],
+                ["eks", "list-nodegroups", "--cluster-name", "bench"],
+                ["eks", "describe-nodegroup", "--cluster-name", "bench", "--nodegroup-name", "ng-general"],
+            ]
+            vpc = json.load(open(os.path.join(saved, "eks-describe-cluster.json")))["cluster"]["resourcesVpcConfig"]["vpcId"]
+            for what in ["describe-vpcs", "describe-subnets", "describe-security-groups",
+                         "describe-network-acls", "describe-network-interfaces"]:
+                calls.append(["ec2", what, "--filters", f"Name=vpc-id,Values={vpc}"])
+            t0 = time.time()
+            for c in calls:
+                subprocess.run(["aws", "--endpoint-url", url, "--output", "json"] + c, check=True,
+                               stdout=subprocess.DEVNULL, env=env)
+            cli = {"wall_s": time.time() - t0, "commands": len(calls)}
+        results["aws_api"] = {
+            "scale": {"enis": enis, "security_groups": sgs, "subnets": subnets},
+            "seed_s": seeded,
+            "probe_cluster": runs,
+            "probe_saved_dir_s": judge,
+            "aws_cli": cli,
+            "binary": binary,
+            "moto": first_line([sys.executable, "-c", "import moto; print('moto', moto.__version__)"], "moto"),
+        }
+    finally:
+        moto.terminate()
+        moto.wait()
+
+
+def aws_api_markdown(results):
+    a = results.get("aws_api")
+    if not a:
+        return ""
+    L = ["", "## The prober reading AWS itself (`probe --cluster`, issue 13)", ""]
+    if "skipped" in a:
+        L.append(f"Skipped: {a['skipped']}.")
+        return "\n".join(L) + "\n"
+    sc = a["scale"]
+    runs = a["probe_cluster"]
+    wall = statistics.median(r["wall_s"] for r in runs)
+    read = statistics.median(r["read_ms"] for r in runs)
+    judge = statistics.median(a["probe_saved_dir_s"])
+    if a.get("binary"):
+        L.append(f"Binary: `{a['binary']}`.")
+    L.append(f"A VPC of {sc['enis']} ENIs, {sc['security_groups']} security groups and "
+             f"{sc['subnets']} subnets (plus the EKS cluster, one Fargate profile, one node group) in "
+             f"{a['moto']} in server mode on 127.0.0.1; the embedded demo cluster's pods are judged "
+             f"against it ({runs[0]['findings']} findings). Medians of 3 runs, wall clock of the whole "
+             "process (start, read, judge, print).")
+    L.append("")
+    L.append("| figure | value |")
+    L.append("|---|---:|")
+    L.append(f"| `probe --cluster` (fetch + judge) | {wall:.2f} s |")
+    L.append(f"| ... of which reading AWS (SDK; the EC2 and EKS listings in parallel) | {read / 1000:.2f} s |")
+    L.append(f"| HTTP requests to the AWS APIs (retries included) | {runs[0]['requests']} |")
+    L.append(f"| reference: `probe --aws` on the saved directory (judge only) | {judge:.2f} s |")
+    if a.get("aws_cli"):
+        c = a["aws_cli"]
+        L.append(f"| reference: the AWS CLI fetching the same data ({c['commands']} commands) | {c['wall_s']:.2f} s |")
+        L.append(f"| `probe --cluster` / AWS CLI by hand | {ratio(wall, c['wall_s'])} |")
+    return "\n".join(L) + "\n"
 
 
 def run_propagation(binary, workdir, args, results, base_manifest):
@@ -1326,6 +1455,7 @@ ONLY_SECTIONS = {
     "restart": ("rolling restart",),
     "tcp": ("thousands of TCP clients vs Knot",),
     "webhook": ("admission latency and the injected sidecar",),
+    "aws-api": ("fetch and judge a VPC from the AWS API emulator",),
 }
 
 
@@ -1359,6 +1489,7 @@ def main():
     ap.add_argument("--cached-queries", type=int, help="cached queries timed per path (5000; quick 500)")
     ap.add_argument("--zonal", action="store_true",
                     help="run only the zone-aware section (writes bench/results-zonal.json)")
+    ap.add_argument("--binary", help="use this clusterdns binary instead of building the release one")
     args = ap.parse_args()
     args.webhook_requests = args.webhook_requests or (400 if args.quick else 4000)
     args.cached_queries = args.cached_queries or (500 if args.quick else 5000)
@@ -1422,6 +1553,7 @@ def main():
         run_api_source(sizes, workdir, args, results)
         run_webhook(binary, workdir, args, results)
         run_reliability(binary, clusters[0], workdir, args, results, {"restart", "tcp"})
+        run_aws_api(binary, workdir, args, results)
         results["targets"] = targets(results)
     finally:
         if args.keep:
@@ -1431,8 +1563,7 @@ def main():
     with open(args.json, "w") as f:
         json.dump(results, f, indent=2)
     md = (markdown(results) + "\n" + webhook_markdown(results)
-          + reliability.markdown(sys.modules[__name__], results)
-          + (webhook_markdown(results) if "webhook" in sections else ""))
+          + reliability.markdown(sys.modules[__name__], results) + aws_api_markdown(results))
     if args.md:
         with open(args.md, "w") as f:
             f.write(md)
@@ -1483,6 +1614,8 @@ def main_only(args, ap):
             run_reliability(binary, (None, path, zones), workdir, args, results, sections)
         if "webhook" in sections:
             run_webhook(binary, workdir, args, results)
+        if "aws-api" in sections:
+            run_aws_api(binary, workdir, args, results)
     finally:
         if args.keep:
             log(f"kept {workdir}")
@@ -1495,7 +1628,8 @@ def main_only(args, ap):
           f"{m['knot']}. Shared with other work while measured: compare the ratios, measured "
           "in the same run, not the absolute figures.\n"
           + reliability.markdown(sys.modules[__name__], results)
-          + (webhook_markdown(results) if "webhook" in sections else ""))
+          + (webhook_markdown(results) if "webhook" in sections else "")
+          + (aws_api_markdown(results) if "aws-api" in sections else ""))
     if args.md:
         with open(args.md, "w") as f:
             f.write(md)

@@ -39,6 +39,8 @@ pub struct ServeOptions {
     /// AWS CLI JSON for the prober: its verdicts for the live cluster view are re-judged every
     /// `probe_interval` and exported as `clusterdns_probe_paths`.
     pub aws: Option<PathBuf>,
+    /// The same, read from the AWS APIs every `probe_interval` instead of from files.
+    pub aws_api: Option<crate::prober::aws_api::ApiOptions>,
     pub probe_interval: Duration,
     /// Also send live DNS probes (UDP and TCP 53) to every DNS endpoint and the DNS service
     /// every `probe_interval`: `clusterdns_probe_up` / `clusterdns_probe_latency_seconds`.
@@ -73,6 +75,7 @@ impl Default for ServeOptions {
             kubeconfig: None,
             fargate_profiles: None,
             aws: None,
+            aws_api: None,
             probe_interval: Duration::from_secs(60),
             probe_active: false,
             legacy_metrics: false,
@@ -252,7 +255,8 @@ async fn start_source(
         .iter()
         .filter_map(|b| b.kubernetes())
         .any(|k| matches!(k.pods, corefile::PodsMode::Verified));
-    let need_pods = verified || opts.fargate_profiles.is_some() || opts.aws.is_some();
+    let need_pods =
+        verified || opts.fargate_profiles.is_some() || opts.aws.is_some() || opts.aws_api.is_some();
     if let Some(path) = &opts.manifests {
         file_source::start(
             path.clone(),
@@ -716,12 +720,22 @@ fn start_insight(
             })
         }) as admin::DebugRender);
     }
-    if let Some(aws) = opts.aws.clone() {
-        // Bad AWS JSON is a start-up error, said once with the file and path.
-        let model =
-            crate::prober::aws::load(&aws).with_context(|| format!("--aws {}", aws.display()))?;
-        // Where clients that are no known pod are: their subnet's zone (zone-aware answers).
-        view.set_subnet_zones(crate::prober::aws::subnet_zones(&model));
+    use crate::prober::aws_api::AwsSource;
+    let source = match (&opts.aws, &opts.aws_api) {
+        (Some(aws), _) => {
+            // Bad AWS JSON is a start-up error, said once with the file and path.
+            let model = crate::prober::aws::load(aws)
+                .with_context(|| format!("--aws {}", aws.display()))?;
+            // Where clients that are no known pod are: their subnet's zone (zone-aware answers).
+            view.set_subnet_zones(crate::prober::aws::subnet_zones(&model));
+            Some(AwsSource::Dir(aws.clone()))
+        }
+        // Not read here: DNS must not wait for AWS; the first run reads it (and sets the
+        // subnet zones).
+        (None, Some(api)) => Some(AwsSource::Api(api.clone())),
+        (None, None) => None,
+    };
+    if let Some(aws) = source {
         tokio::spawn(probe_loop(
             aws,
             view.clone(),
@@ -736,7 +750,7 @@ fn start_insight(
 
 /// Re-judges the paths (and, with `active`, probes DNS) every `interval`, into metrics.
 async fn probe_loop(
-    aws: PathBuf,
+    aws: crate::prober::aws_api::AwsSource,
     view: Arc<ClusterView>,
     metrics: Arc<Metrics>,
     interval: Duration,
@@ -745,14 +759,31 @@ async fn probe_loop(
 ) {
     use crate::prober::active::{self, ActiveOptions, ProbeKind};
     let mut ticker = tokio::time::interval(interval);
+    // Stale from the start until the first good read.
+    let stale_since = Arc::new(std::sync::Mutex::new(Some(std::time::Instant::now())));
+    let since = stale_since.clone();
+    metrics.on_scrape(move |m| {
+        let stale = since
+            .lock()
+            .map(|s| s.map_or(0.0, |t| t.elapsed().as_secs_f64()))
+            .unwrap_or(0.0);
+        m.probe_aws_stale_seconds.set(stale);
+    });
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let objects = view.snapshot().store.to_objects();
-        match crate::prober::aws::load(&aws) {
+        match aws.load().await {
             Ok(model) => {
+                if let Ok(mut s) = stale_since.lock() {
+                    *s = None;
+                }
+                if matches!(aws, crate::prober::aws_api::AwsSource::Api(_)) {
+                    // Read from AWS at run time: subnets (and their zones) may have changed.
+                    view.set_subnet_zones(crate::prober::aws::subnet_zones(&model));
+                }
                 let (findings, _) = crate::prober::paths::judge_all(&model, &objects);
                 metrics.probe_paths.reset();
                 for f in &findings {
@@ -762,7 +793,12 @@ async fn probe_loop(
                         .inc();
                 }
             }
-            Err(e) => warn!("prober: {e}; keeping the last verdicts"),
+            Err(e) => {
+                if let Ok(mut s) = stale_since.lock() {
+                    s.get_or_insert_with(std::time::Instant::now);
+                }
+                warn!("prober: {e}; keeping the last verdicts")
+            }
         }
         if active {
             // DNS targets only: a bounded set of label values (endpoints of every service

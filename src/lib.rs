@@ -11,6 +11,7 @@ pub mod fargate;
 pub mod gen;
 pub mod metrics;
 pub mod output;
+pub mod placement;
 pub mod prober;
 pub mod report;
 pub mod sidecar;

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use clusterdns::app::{self, ServeOptions};
 use clusterdns::dns::PodMode;
+use clusterdns::prober::aws_api::AwsApiArgs;
 
 #[derive(Parser)]
 #[command(
@@ -26,11 +27,11 @@ enum Command {
     Serve(ServeArgs),
     /// Where every pod runs (EC2 node or micro-VM), which Fargate profile selects it, the
     /// micro-VM size it gets, and every mismatch.
-    Placement(clusterdns::fargate::command::PlacementArgs),
-    /// Judge from AWS CLI JSON whether micro-VM pods and node-group pods can reach each other
-    /// and the DNS servers, and name the missing rule; with --active, also probe them live
-    /// and flag every disagreement. Exit 0 all allowed, 1 one blocked (or a live probe failed
-    /// or disagreed), 2 bad input.
+    Placement(clusterdns::placement::PlacementArgs),
+    /// Judge from AWS CLI JSON (or, with --cluster, the AWS APIs) whether micro-VM pods and
+    /// node-group pods can reach each other and the DNS servers, and name the missing rule;
+    /// with --active, also probe them live and flag every disagreement. Exit 0 all allowed,
+    /// 1 one blocked (or a live probe failed or disagreed), 2 bad input.
     Probe(clusterdns::prober::command::ProbeArgs),
     /// Print the cluster zone (or a reverse zone) as an RFC 1035 zone file, e.g. to serve the
     /// same records from NSD or Knot.
@@ -207,8 +208,12 @@ struct ServeArgs {
     fargate_profiles: Option<PathBuf>,
     /// AWS CLI JSON (see `clusterdns probe --help`): re-judge the connectivity paths for the
     /// live cluster every `--probe-interval` and export `clusterdns_probe_paths`.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "cluster")]
     aws: Option<PathBuf>,
+    // With `--cluster`: the prober reads AWS from its APIs every `--probe-interval` instead,
+    // keeping the last good verdicts while AWS is unreachable.
+    #[command(flatten)]
+    aws_api: AwsApiArgs,
     /// Seconds between prober runs.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     probe_interval: u64,
@@ -310,6 +315,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         kubeconfig: args.kubeconfig,
         fargate_profiles: args.fargate_profiles,
         aws: args.aws,
+        aws_api: args.aws_api.options(),
         probe_interval: std::time::Duration::from_secs(args.probe_interval),
         probe_active: args.probe_active,
         legacy_metrics: args.legacy_metrics,
@@ -486,7 +492,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Sidecar(args) => sidecar(args).await,
             Command::Webhook(args) => webhook(*args).await,
-            Command::Placement(args) => clusterdns::fargate::command::run(args).await,
+            Command::Placement(args) => clusterdns::placement::run(args).await,
             Command::Probe(args) => clusterdns::prober::command::run(args).await,
             Command::ExportZone(args) => clusterdns::export::run(args).await,
             Command::GenCluster(args) => clusterdns::gen::run(&args),

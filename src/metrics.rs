@@ -131,6 +131,9 @@ pub struct Metrics {
     pub placement_mismatches: IntGauge,
     /// The prober's latest verdicts: findings per path and verdict.
     pub probe_paths: IntGaugeVec,
+    /// Seconds since the prober last read its AWS input (files or the AWS APIs); 0 when the
+    /// latest read succeeded. The verdicts are those of the last good read.
+    pub probe_aws_stale_seconds: prometheus::Gauge,
     pub probe_up: IntGaugeVec,
     pub probe_latency: prometheus::GaugeVec,
     /// Every live DNS probe by outcome (ok, timeout, refused, error): failures between scrapes
@@ -296,6 +299,10 @@ impl Metrics {
         .expect("valid metric");
         reg.register(Box::new(probe_paths.clone()))
             .expect("registered once");
+        let probe_aws_stale_seconds = prometheus::Gauge::new("clusterdns_probe_aws_stale_seconds", "Seconds since the prober last read its AWS input successfully (0 when the latest read succeeded); its verdicts are those of the last good read.")
+            .expect("valid metric");
+        reg.register(Box::new(probe_aws_stale_seconds.clone()))
+            .expect("registered once");
         let probe_up = IntGaugeVec::new(
             Opts::new(
                 "clusterdns_probe_up",
@@ -433,6 +440,7 @@ impl Metrics {
             endpoints_by_compute,
             placement_mismatches,
             probe_paths,
+            probe_aws_stale_seconds,
             probe_up,
             probe_latency,
             probe_results,

@@ -1,7 +1,6 @@
 //! Fargate awareness: which profile sends a pod to a micro-VM, and (see the submodules) where
 //! pods actually run and what size of micro-VM they get.
 
-pub mod command;
 pub mod placement;
 pub mod profile;
 pub mod sizing;

@@ -900,13 +900,18 @@ pub async fn run_active(
     opts: &ActiveOptions,
     json: bool,
 ) -> Result<(String, u8), ProbeError> {
-    let static_part = match aws_dir {
-        Some(dir) => {
-            let model = aws::load(dir)?;
-            Some(judge_all(&model, objects))
-        }
-        None => None,
-    };
+    let model = aws_dir.map(aws::load).transpose()?;
+    Ok(run_active_model(model.as_ref(), objects, opts, json).await)
+}
+
+/// `run_active` with the AWS side already read (from a directory or the AWS APIs).
+pub async fn run_active_model(
+    model: Option<&aws::VpcModel>,
+    objects: &ObjectSet,
+    opts: &ActiveOptions,
+    json: bool,
+) -> (String, u8) {
+    let static_part = model.map(|m| judge_all(m, objects));
     let (targets, notes) = targets(objects);
     let results = probe_all(&targets, opts).await;
     let no_findings: Vec<Finding> = Vec::new();
@@ -928,7 +933,7 @@ pub async fn run_active(
             .map(|(f, n)| (f.as_slice(), n.as_slice()));
         render_table(part, &checks, &notes)
     };
-    Ok((text, code))
+    (text, code)
 }
 
 #[cfg(test)]

@@ -289,9 +289,10 @@ fn sg_layer(model: &VpcModel, flow: &Flow, egress: bool) -> Layer {
     let mut near: Vec<(String, String)> = Vec::new();
     for gid in ids {
         let Some(sg) = model.security_groups.get(gid) else {
-            unknown.push(format!(
-                "{gid} is not in the describe-security-groups input"
-            ));
+            unknown.push(match model.unavailable("SecurityGroups") {
+                Some(why) => format!("rules of {gid} unknown: {why}"),
+                None => format!("{gid} is not in the describe-security-groups input"),
+            });
             continue;
         };
         let perms = if egress { &sg.egress } else { &sg.ingress };
@@ -483,6 +484,10 @@ fn sg_fix(
 
 fn acl_layers(model: &VpcModel, flow: &Flow, planner: &mut FixPlanner) -> Vec<Layer> {
     if model.network_acls.is_empty() {
+        // Denied is not absent: the user did not choose to skip the ACLs.
+        if let Some(why) = model.unavailable("NetworkAcls") {
+            return vec![Layer::Unknown(format!("network ACLs unknown: {why}"))];
+        }
         return vec![Layer::Allowed(
             "network ACLs not checked (no describe-network-acls input)".into(),
         )];

@@ -32,7 +32,20 @@ pub const KNOWN_KEYS: &[&str] = &[
     "NetworkInterfaces",
     "Vpcs",
     "LaunchTemplateVersions",
+    "DeniedCalls",
 ];
+
+/// A call the credentials were not allowed to make when the input was read from the AWS APIs
+/// (`--save-aws` writes them as `{"DeniedCalls": [...]}` so a replay judges the same).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeniedCall {
+    /// The IAM action, e.g. `ec2:DescribeNetworkAcls`.
+    pub action: String,
+    /// The top-level key of the CLI output it would have produced (`NetworkAcls`).
+    pub input: String,
+    pub code: String,
+    pub message: String,
+}
 
 /// `aws eks describe-cluster`: what matters for traffic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,9 +349,22 @@ pub struct VpcModel {
     pub network_acls: Vec<NetworkAcl>,
     pub interfaces: Vec<NetworkInterface>,
     pub policies: Vec<SecurityGroupPolicy>,
+    /// Inputs that are missing because reading them was denied.
+    pub denied: Vec<DeniedCall>,
 }
 
 impl VpcModel {
+    /// Why an input (by its CLI top-level key, e.g. `NetworkAcls`) is missing, when reading it
+    /// was denied: the sentence names the IAM action to grant.
+    pub fn unavailable(&self, input: &str) -> Option<String> {
+        self.denied.iter().find(|d| d.input == input).map(|d| {
+            format!(
+                "{} was denied ({}): grant it to read this",
+                d.action, d.code
+            )
+        })
+    }
+
     /// The one cluster the files describe (the first, if several were given).
     pub fn cluster(&self) -> Option<&Cluster> {
         self.clusters.first()
@@ -499,6 +525,17 @@ impl VpcModel {
             for n in root.items("LaunchTemplateVersions", cx)? {
                 self.launch_template_versions
                     .push(parse_launch_template_version(&n, cx)?);
+            }
+        }
+        if root.get("DeniedCalls").is_some() {
+            recognised = true;
+            for n in root.items("DeniedCalls", cx)? {
+                self.denied.push(DeniedCall {
+                    action: n.req_str("Action", cx)?,
+                    input: n.req_str("Input", cx)?,
+                    code: n.opt_str("Code", cx)?.unwrap_or_default(),
+                    message: n.opt_str("Message", cx)?.unwrap_or_default(),
+                });
             }
         }
         if !recognised {

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use super::aws_api::{self, AwsApiArgs};
 use crate::output::{emit, Format};
 
 #[derive(clap::Args)]
@@ -10,8 +11,11 @@ pub struct ProbeArgs {
     /// A directory (or file) of AWS CLI JSON: eks describe-cluster, describe-fargate-profile,
     /// describe-nodegroup, ec2 describe-subnets, describe-security-groups,
     /// describe-network-acls, describe-network-interfaces.
-    #[arg(long, value_name = "PATH", required_unless_present_any = ["live_only", "targets_only"])]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["live_only", "targets_only", "cluster"], conflicts_with = "cluster")]
     pub aws: Option<PathBuf>,
+    /// Or read them straight from the AWS APIs (`--region R --cluster NAME`).
+    #[command(flatten)]
+    pub aws_api: AwsApiArgs,
     /// Kubernetes objects as `kubectl get -o yaml` prints them; default: the embedded demo.
     #[arg(long, value_name = "PATH")]
     pub manifests: Option<PathBuf>,
@@ -26,7 +30,7 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub active: bool,
     /// Live probes only, without AWS JSON (implies --active).
-    #[arg(long, conflicts_with = "aws")]
+    #[arg(long, conflicts_with_all = ["aws", "cluster"])]
     pub live_only: bool,
     /// List the live targets and exit without sending anything.
     #[arg(long)]
@@ -54,9 +58,23 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<u8> {
         emit(&active::render_targets(&active::targets(&objects).0, json));
         return Ok(0);
     }
-    let result = match (&args.aws, args.active || args.live_only) {
-        (Some(aws), false) => super::report::run_static(aws, &objects, json),
-        (aws, true) => {
+    let model = match args.aws_api.options() {
+        Some(opts) => match aws_api::read(&opts).await {
+            Ok((model, summary)) => {
+                eprintln!("clusterdns probe: {summary}");
+                Some(model)
+            }
+            Err(e) => {
+                eprintln!("clusterdns probe: {e}");
+                return Ok(e.exit_code());
+            }
+        },
+        None => None,
+    };
+    let result = match (&args.aws, &model, args.active || args.live_only) {
+        (_, Some(m), false) => Ok(super::report::run_model(m, &objects, json)),
+        (Some(aws), None, false) => super::report::run_static(aws, &objects, json),
+        (aws, model, true) => {
             if let Some(ip) = args.source {
                 active::check_source(ip)
                     .map_err(|e| anyhow::anyhow!("--source {ip}: not usable here: {e}"))?;
@@ -67,9 +85,14 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<u8> {
                 source: args.source,
                 ..Default::default()
             };
-            active::run_active(aws.as_deref(), &objects, &opts, json).await
+            match model {
+                Some(m) => Ok(active::run_active_model(Some(m), &objects, &opts, json).await),
+                None => active::run_active(aws.as_deref(), &objects, &opts, json).await,
+            }
         }
-        (None, false) => anyhow::bail!("--aws PATH is required without --live-only"),
+        (None, None, false) => {
+            anyhow::bail!("--aws PATH or --cluster NAME is required without --live-only")
+        }
     };
     match result {
         Ok((out, code)) => {

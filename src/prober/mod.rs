@@ -15,6 +15,7 @@
 pub mod active;
 pub mod analysis;
 pub mod aws;
+pub mod aws_api;
 pub mod command;
 pub mod paths;
 pub mod report;
@@ -51,6 +52,9 @@ pub enum ProbeError {
     UnknownKind { file: PathBuf, found: Vec<String> },
     #[error("{path}: no .json/.yaml/.yml files (AWS CLI output) in this directory")]
     NoInput { path: PathBuf },
+    /// Reading from the AWS APIs failed (unreachable, no region, no such cluster, ...).
+    #[error("AWS API: {0}")]
+    Api(String),
 }
 
 impl ProbeError {

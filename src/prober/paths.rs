@@ -439,9 +439,10 @@ impl<'a> View<'a> {
                 }
                 Some(_) => {}
                 None => {
-                    return Groups::Unknown(format!(
-                        "node group {name} uses launch template {label}, whose security groups are not in the input (give describe-launch-template-versions or describe-network-interfaces)"
-                    ))
+                    return Groups::Unknown(match self.model.unavailable("LaunchTemplateVersions") {
+                        Some(why) => format!("node group {name} uses launch template {label}, whose security groups are unknown: {why}"),
+                        None => format!("node group {name} uses launch template {label}, whose security groups are not in the input (give describe-launch-template-versions or describe-network-interfaces)"),
+                    })
                 }
             }
         }
@@ -883,7 +884,13 @@ impl Judge<'_> {
 /// order) and notes about what the input could not cover.
 pub fn judge_all(model: &VpcModel, objects: &ObjectSet) -> (Vec<Finding>, Vec<String>) {
     let mut view = View::new(model, objects);
-    if model.network_acls.is_empty() {
+    for d in &model.denied {
+        view.notes.insert(format!(
+            "{} was denied ({}): what needs its {} is judged unknown; grant it (manifests/examples/iam/clusterdns-prober-policy.json)",
+            d.action, d.code, d.input
+        ));
+    }
+    if model.network_acls.is_empty() && model.unavailable("NetworkAcls").is_none() {
         view.notes
             .insert("no describe-network-acls input: network ACLs not checked".into());
     }

@@ -169,11 +169,16 @@ pub fn run_static(
     json: bool,
 ) -> Result<(String, u8), ProbeError> {
     let model = aws::load(aws_dir)?;
-    let (findings, notes) = judge_all(&model, objects);
+    Ok(run_model(&model, objects, json))
+}
+
+/// `run_static` with the AWS side already read (from a directory or the AWS APIs).
+pub fn run_model(model: &aws::VpcModel, objects: &ObjectSet, json: bool) -> (String, u8) {
+    let (findings, notes) = judge_all(model, objects);
     let text = if json {
         render_json(&findings)
     } else {
         render_table(&findings, &notes)
     };
-    Ok((text, exit_code(&findings)))
+    (text, exit_code(&findings))
 }
