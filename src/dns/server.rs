@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -660,7 +660,8 @@ async fn tcp_loop(listener: TcpListener, service: Arc<Service>, cancel: Cancella
             _ = cancel.cancelled() => break,
             r = listener.accept() => match r {
                 Ok((stream, src)) => {
-                    conns.spawn(tcp_conn(stream, src, service.clone(), cancel.clone()));
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(serve_stream(stream, src, service.clone(), cancel.clone()));
                 }
                 Err(e) => {
                     warn!(error = %e, "tcp accept");
@@ -674,13 +675,15 @@ async fn tcp_loop(listener: TcpListener, service: Arc<Service>, cancel: Cancella
     while conns.join_next().await.is_some() {}
 }
 
-async fn tcp_conn(
-    mut stream: TcpStream,
+/// One TCP connection: length-prefixed queries in, length-prefixed replies out, until the
+/// client closes or idles or `cancel` fires. Generic over the stream so that the framing runs
+/// without a socket too (the fuzz targets in fuzz/ feed it bytes from memory).
+pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     src: SocketAddr,
     service: Arc<Service>,
     cancel: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
     let mut buf = Vec::with_capacity(512);
     loop {
         let mut len = [0u8; 2];
