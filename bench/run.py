@@ -1008,6 +1008,15 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (zones, logs)")
     ap.add_argument("--json", default=os.path.join(HERE, "results.json"))
     ap.add_argument("--md", help="also write the Markdown report to this file")
+    soak = ap.add_argument_group("soak (bench/soak.py; --soak runs only this)")
+    soak.add_argument("--soak", action="store_true",
+                      help="saturation, then N minutes at 80%% of it while the cluster changes")
+    soak.add_argument("--minutes", type=int, default=10, help="soak minutes (10)")
+    soak.add_argument("--churn-hz", type=int, default=10, help="cluster changes per second (10)")
+    soak.add_argument("--soak-services", type=int, default=300, help="generated services (300)")
+    soak.add_argument("--soak-saturation-s", type=int, default=10,
+                      help="seconds of the saturation run (10)")
+    soak.add_argument("--soak-row-s", type=int, default=60, help="seconds per table row (60)")
     args = ap.parse_args()
     if os.cpu_count() < 2:
         args.client_cpus = args.server_cpus = ""
@@ -1017,6 +1026,8 @@ def main():
     args.ready_timeout = 180
     check_tools()
     binary = build(args)
+    if args.soak:
+        return run_soak_only(binary, args)
     workdir = tempfile.mkdtemp(prefix="clusterdns-bench-")
     log(f"work dir {workdir}")
     settings = {
@@ -1056,6 +1067,23 @@ def main():
     with open(args.json, "w") as f:
         json.dump(results, f, indent=2)
     md = markdown(results)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(md)
+    print(md)
+
+
+def run_soak_only(binary, args):
+    import soak
+
+    results = soak.run_soak(sys.modules[__name__], binary, args)
+    results["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    results["machine"] = machine()
+    path = args.json if args.json != os.path.join(HERE, "results.json") else os.path.join(
+        HERE, "soak-results.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    md = soak.markdown(results)
     if args.md:
         with open(args.md, "w") as f:
             f.write(md)
