@@ -506,6 +506,8 @@ def check_tools():
 def build(args):
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
     binary = os.path.join(target, "release", "clusterdns")
+    if args.binary:
+        return args.binary
     if not args.no_build:
         log("cargo build --release")
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
@@ -1005,6 +1007,7 @@ def main():
     ap.add_argument("--api-timeout", type=int, default=900,
                     help="seconds allowed per API-source bench run, build included (900)")
     ap.add_argument("--no-build", action="store_true", help="use the binary already built")
+    ap.add_argument("--binary", help="use this clusterdns binary (no build)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (zones, logs)")
     ap.add_argument("--json", default=os.path.join(HERE, "results.json"))
     ap.add_argument("--md", help="also write the Markdown report to this file")

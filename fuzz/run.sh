@@ -19,8 +19,6 @@ trap 'rm -rf "$seeds"' EXIT
 python3 fuzz/seeds.py "$seeds" || exit 1
 nice -n 19 cargo +nightly fuzz build || exit 1
 mkdir -p fuzz/logs
-summary=fuzz/logs/summary.txt
-: > "$summary"
 for t in $targets; do
     case $t in
         dns_*) dict=dns ;;
@@ -38,10 +36,10 @@ for t in $targets; do
     last=$(grep -E '^#[0-9]+' "fuzz/logs/$t.log" | tail -1)
     cov=$(echo "$last" | grep -o 'cov: [0-9]*' | awk '{print $2}')
     ft=$(echo "$last" | grep -o 'ft: [0-9]*' | awk '{print $2}')
-    echo "$t exit=$status execs=${execs:-?} cov=${cov:-?} ft=${ft:-?} new_crashes=$((after - before))" | tee -a "$summary"
+    echo "$t exit=$status execs=${execs:-?} cov=${cov:-?} ft=${ft:-?} new_crashes=$((after - before))" | tee "fuzz/logs/$t.summary"
     if [ "${CMIN:-1}" = 1 ] && [ "$status" = 0 ]; then
         nice -n 19 cargo +nightly fuzz cmin "$t" "fuzz/corpus/$t" > "fuzz/logs/$t.cmin.log" 2>&1 ||
             echo "$t: cmin failed, see fuzz/logs/$t.cmin.log"
     fi
 done
-cat "$summary"
+for t in $targets; do cat "fuzz/logs/$t.summary"; done
