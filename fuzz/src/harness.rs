@@ -354,8 +354,9 @@ pub fn corefile(data: &[u8]) {
 /// Queries for the services of a fuzzed snapshot, through a `kubernetes` pipeline.
 const KUBE_FILE: &str = "cluster.local:0 {\n    kubernetes cluster.local in-addr.arpa ip6.arpa {\n        pods verified\n        endpoint_pod_names\n    }\n}\n";
 
-/// Kubernetes YAML or JSON (as `kubectl get -o yaml|json` prints, or anything else): the fast
-/// parallel parse must agree with the whole-document reference parse; the objects then go
+/// Kubernetes YAML or JSON (as `kubectl get -o yaml|json` prints, or anything else): what the
+/// reference parse reads, the fast parallel parse must read too, giving the same objects; the
+/// objects then go
 /// through both store builders, a snapshot (fresh and as an update of the demo cluster's), and
 /// answers for the first services.
 pub fn manifests(data: &[u8]) {
@@ -374,7 +375,11 @@ pub fn manifests(data: &[u8]) {
             "the fast parse read other objects than the reference parse"
         ),
         (Err(_), Err(_)) => {}
-        _ => panic!("fast parse {fast_res:?} but reference parse {ref_res:?}"),
+        // Items of kinds DNS does not read are passed over unparsed by the fast path, on
+        // purpose (a broken Deployment does not stop a dump from loading): the reference
+        // parse may refuse a file the fast path reads.
+        (Ok(()), Err(_)) => {}
+        (Err(e), Ok(())) => panic!("fast parse refused what the reference parse reads: {e}"),
     }
     if fast_res.is_err() {
         return;
