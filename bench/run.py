@@ -510,6 +510,8 @@ def build(args):
         return args.binary
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
     binary = os.path.join(target, "release", "clusterdns")
+    if args.binary:
+        return args.binary
     if not args.no_build:
         log("cargo build --release")
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
@@ -1477,6 +1479,7 @@ def main():
     ap.add_argument("--api-timeout", type=int, default=900,
                     help="seconds allowed per API-source bench run, build included (900)")
     ap.add_argument("--no-build", action="store_true", help="use the binary already built")
+    ap.add_argument("--binary", help="use this clusterdns binary (no build)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (zones, logs)")
     ap.add_argument("--json", default=os.path.join(HERE, "results.json"))
     ap.add_argument("--md", help="also write the Markdown report to this file")
@@ -1489,7 +1492,15 @@ def main():
     ap.add_argument("--cached-queries", type=int, help="cached queries timed per path (5000; quick 500)")
     ap.add_argument("--zonal", action="store_true",
                     help="run only the zone-aware section (writes bench/results-zonal.json)")
-    ap.add_argument("--binary", help="use this clusterdns binary instead of building the release one")
+    soak = ap.add_argument_group("soak (bench/soak.py; --soak runs only this)")
+    soak.add_argument("--soak", action="store_true",
+                      help="saturation, then N minutes at 80%% of it while the cluster changes")
+    soak.add_argument("--minutes", type=int, default=10, help="soak minutes (10)")
+    soak.add_argument("--churn-hz", type=int, default=10, help="cluster changes per second (10)")
+    soak.add_argument("--soak-services", type=int, default=300, help="generated services (300)")
+    soak.add_argument("--soak-saturation-s", type=int, default=10,
+                      help="seconds of the saturation run (10)")
+    soak.add_argument("--soak-row-s", type=int, default=60, help="seconds per table row (60)")
     args = ap.parse_args()
     args.webhook_requests = args.webhook_requests or (400 if args.quick else 4000)
     args.cached_queries = args.cached_queries or (500 if args.quick else 5000)
@@ -1503,6 +1514,8 @@ def main():
     args.ready_timeout = 180
     check_tools()
     binary = build(args)
+    if args.soak:
+        return run_soak_only(binary, args)
     workdir = tempfile.mkdtemp(prefix="clusterdns-bench-")
     log(f"work dir {workdir}")
     settings = {
@@ -1630,6 +1643,23 @@ def main_only(args, ap):
           + reliability.markdown(sys.modules[__name__], results)
           + (webhook_markdown(results) if "webhook" in sections else "")
           + (aws_api_markdown(results) if "aws-api" in sections else ""))
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(md)
+    print(md)
+
+
+def run_soak_only(binary, args):
+    import soak
+
+    results = soak.run_soak(sys.modules[__name__], binary, args)
+    results["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    results["machine"] = machine()
+    path = args.json if args.json != os.path.join(HERE, "results.json") else os.path.join(
+        HERE, "soak-results.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    md = soak.markdown(results)
     if args.md:
         with open(args.md, "w") as f:
             f.write(md)

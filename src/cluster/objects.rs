@@ -480,6 +480,11 @@ fn yaml_parts<S: Fork>(text: &str, path: &Path, sink: &S) -> Result<Option<Vec<S
 /// A JSON document: a `List`'s items are cut out by [`json_list_items`] and parsed in
 /// parallel; any other object is parsed whole.
 fn json_parts<S: Fork>(text: &str, path: &Path, sink: &S) -> Result<Option<Vec<S>>, LoadError> {
+    // serde_json lets a repeated key's last value win, where the reference parse refuses the
+    // file: such a file goes to the reference parse, which says where.
+    if serde_json::from_str::<UniqueKeys>(text).is_err() {
+        return Ok(None);
+    }
     let parse = |text: &str, part: &mut S| {
         let head = json_item_head(text);
         if placement_item(head, part, Format::Json, text)
@@ -771,12 +776,150 @@ enum Format {
 }
 
 fn parse_one<T: DeserializeOwned>(format: Format, text: &str) -> Option<T> {
-    match format {
+    let (item, unique) = match format {
         Format::YamlItem => {
             let mut items: Vec<T> = serde_yaml::from_str(text).ok()?;
-            (items.len() == 1).then(|| items.pop()).flatten()
+            let item = (items.len() == 1).then(|| items.pop()).flatten()?;
+            (item, serde_yaml::from_str::<UniqueKeys>(text).is_ok())
         }
-        Format::Json => serde_json::from_str(text).ok(),
+        // Checked once for the whole file (json_parts).
+        Format::Json => (serde_json::from_str(text).ok()?, true),
+    };
+    unique.then_some(item)
+}
+
+/// Reads a value and keeps nothing, failing on a mapping that has a key twice. k8s-openapi's
+/// deserializers let the last duplicate win, while the reference parse (through
+/// `serde_yaml::Value`) rejects the file: without this check a block-style List was accepted
+/// or refused depending on which path read it (found by fuzz/ `manifests`). Cheaper than the
+/// intermediate `Value` the typed parse avoids: it allocates only the keys of one mapping.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+/// A mapping key as the reference compares it (a string and a number are different keys),
+/// borrowed from the text when it can be; `None` for a complex key, which is not compared.
+#[derive(PartialEq)]
+struct KeyOf<'de>(Option<(char, std::borrow::Cow<'de, str>)>);
+
+impl<'de> serde::Deserialize<'de> for KeyOf<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use std::borrow::Cow;
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = KeyOf<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping key")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(KeyOf(Some(('s', Cow::Borrowed(v)))))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(KeyOf(Some(('s', Cow::Owned(v.to_owned())))))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(KeyOf(Some(('b', Cow::Owned(v.to_string())))))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(KeyOf(Some(('n', Cow::Owned(v.to_string())))))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(KeyOf(Some(('n', Cow::Owned(v.to_string())))))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(KeyOf(Some(('f', Cow::Owned(v.to_string())))))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(KeyOf(Some(('~', Cow::Borrowed("")))))
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(KeyOf(Some(('~', Cow::Borrowed("")))))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                a: A,
+            ) -> Result<Self::Value, A::Error> {
+                UniqueKeysVisitor.visit_seq(a).map(|_| KeyOf(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                a: A,
+            ) -> Result<Self::Value, A::Error> {
+                UniqueKeysVisitor.visit_map(a).map(|_| KeyOf(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_none<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<UniqueKeys, D::Error> {
+        <UniqueKeys as serde::Deserialize>::deserialize(d)
+    }
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> Result<UniqueKeys, D::Error> {
+        <UniqueKeys as serde::Deserialize>::deserialize(d)
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, a: A) -> Result<UniqueKeys, A::Error> {
+        use serde::de::VariantAccess;
+        let (UniqueKeys, v) = a.variant::<UniqueKeys>()?;
+        v.newtype_variant::<UniqueKeys>()
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<UniqueKeys, A::Error> {
+        while a.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<UniqueKeys, A::Error> {
+        let mut keys = Vec::new();
+        while let Some(KeyOf(key)) = a.next_key::<KeyOf>()? {
+            if let Some(key) = key {
+                if keys.contains(&key) {
+                    return Err(serde::de::Error::custom("duplicate mapping key"));
+                }
+                keys.push(key);
+            }
+            a.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
     }
 }
 
@@ -1065,6 +1208,25 @@ pub fn load_path(path: &Path) -> Result<ObjectSet, LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast path parses List items straight into k8s-openapi types, which let a repeated
+    /// key's last value win; the reference parse refuses the file. Both must refuse it.
+    #[test]
+    fn duplicate_keys_are_refused_by_both_parses() {
+        let slice = "  kind: EndpointSlice\n  metadata: {name: s, namespace: x, labels: {kubernetes.io/service-name: a}}\n  addressType: IPv4\n  endpoints:\n  - addresses: [10.0.0.1]\n    conditions: {ready: true}\n    conditions: {ready: false}\n";
+        let yaml = format!(
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: discovery.k8s.io/v1\n{slice}"
+        );
+        let json = r#"{"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "name": "y"}}]}"#;
+        for (text, file) in [(yaml.as_str(), "dup.yaml"), (json, "dup.json")] {
+            let fast = ObjectSet::default().add_text(text, Path::new(file));
+            let reference = add_text_sequential(&mut ObjectSet::default(), text, Path::new(file));
+            assert!(reference.is_err(), "{file}: the reference parse accepts it");
+            let err = fast.expect_err(file).to_string();
+            assert!(err.contains("duplicate"), "{file}: {err}");
+        }
+    }
 
     #[test]
     fn lists_multi_documents_and_json() {

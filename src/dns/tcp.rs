@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
@@ -412,6 +412,7 @@ fn admit(
 ) {
     match tcp.gate.admit(src.ip()) {
         Ok(place) => {
+            let _ = stream.set_nodelay(true);
             if let Some((d, n)) = refused.end() {
                 info!(refused = n, over = ?d, "tcp: accepting connections again");
             }
@@ -462,16 +463,92 @@ fn frame(out: &mut Vec<u8>, reply: &[u8]) {
     out.extend_from_slice(&reply[..n]);
 }
 
+/// What a connection needs of its stream: wait for data without a buffer, then read what
+/// arrived (so an idle connection holds no buffer). A TcpStream, or bytes in memory for the
+/// fuzz target (`serve_stream`).
+pub trait ConnStream: AsyncWrite + Unpin + Send {
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    fn try_read_buf(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize>;
+}
+
+impl ConnStream for TcpStream {
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+    fn try_read_buf(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        TcpStream::try_read_buf(self, buf)
+    }
+}
+
+/// A client's whole byte stream in memory; the replies are appended to `out`.
+pub struct MemoryStream<'a> {
+    pub input: &'a [u8],
+    pub out: &'a mut Vec<u8>,
+}
+
+impl ConnStream for MemoryStream<'_> {
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+    fn try_read_buf(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+        // A chunk at a time, as a socket delivers a pipelined burst in several reads.
+        let n = self.input.len().min(READ_CHUNK);
+        buf.extend_from_slice(&self.input[..n]);
+        self.input = &self.input[n..];
+        Ok(n)
+    }
+}
+
+impl AsyncWrite for MemoryStream<'_> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.get_mut().out.extend_from_slice(data);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// One connection's bytes through the real connection loop, without a socket or limits
+/// (the fuzz targets in fuzz/ and their replay in tests/fuzz_corpus.rs).
+pub async fn serve_stream(stream: MemoryStream<'_>, src: SocketAddr, service: Arc<Service>) {
+    let listener = TcpServing::new(TcpLimits::default()).for_listener(None);
+    let Ok(place) = listener.gate.admit(src.ip()) else {
+        return;
+    };
+    connection(
+        stream,
+        src,
+        service,
+        listener.timeouts,
+        place,
+        CancellationToken::new(),
+    )
+    .await;
+}
+
 /// Serves one connection until the client closes it, a deadline passes or shutdown.
-async fn connection(
-    mut stream: TcpStream,
+async fn connection<S: ConnStream>(
+    mut stream: S,
     src: SocketAddr,
     service: Arc<Service>,
     limits: TcpTimeouts,
     _place: Admitted,
     cancel: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
     // A cache hit is copied here, then framed into `out` (try_fast overwrites it).
