@@ -307,7 +307,10 @@ fn start(bin: &str, source: &[String], envs: &[(String, String)], log: &Path) ->
     }
     match (dns, ready) {
         (Some(dns), Some(ready)) => Running { child, dns, ready },
-        _ => panic!("clusterdns printed no DNS/ready address: see {}", log.display()),
+        _ => panic!(
+            "clusterdns printed no DNS/ready address: see {}",
+            log.display()
+        ),
     }
 }
 
@@ -438,7 +441,11 @@ async fn main() {
         "memory: {} services, {} pods{}, {n_objects} objects; list file {} MiB",
         a.services,
         a.pods,
-        if a.no_pods { " (Pod objects dropped)" } else { "" },
+        if a.no_pods {
+            " (Pod objects dropped)"
+        } else {
+            ""
+        },
         std::fs::metadata(&list).map_or(0, |m| m.len()) >> 20
     );
     let kubeconfig: PathBuf = api.kubeconfig_path();
@@ -522,7 +529,10 @@ async fn main() {
         std::fs::write(path, serde_json::to_vec_pretty(&out).expect("json")).expect("write json");
     }
     if a.hold {
-        println!("\nfake API server up: --kubeconfig {} (Ctrl-C to stop)", kubeconfig.display());
+        println!(
+            "\nfake API server up: --kubeconfig {} (Ctrl-C to stop)",
+            kubeconfig.display()
+        );
         let _ = tokio::signal::ctrl_c().await;
     }
 }
