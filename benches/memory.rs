@@ -265,6 +265,9 @@ fn http_status(addr: SocketAddr, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// (binary, label, source flags, environment)
+type Variant = (String, String, Vec<String>, Vec<(String, String)>);
+
 struct Running {
     child: Child,
     dns: SocketAddr,
@@ -453,7 +456,7 @@ async fn main() {
     let api_source = vec!["--kubeconfig".to_string(), kubeconfig.display().to_string()];
     let mut bins = a.bins.clone();
     bins.push((String::new(), env!("CARGO_BIN_EXE_clusterdns").to_string()));
-    let mut variants: Vec<(String, String, Vec<String>, Vec<(String, String)>)> = Vec::new();
+    let mut variants: Vec<Variant> = Vec::new();
     for (bin_label, bin) in &bins {
         let name = |s: &str| {
             if bin_label.is_empty() {
