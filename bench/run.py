@@ -905,6 +905,90 @@ def aws_api_markdown(results):
         L.append(f"| reference: the AWS CLI fetching the same data ({c['commands']} commands) | {c['wall_s']:.2f} s |")
         L.append(f"| `probe --cluster` / AWS CLI by hand | {ratio(wall, c['wall_s'])} |")
     return "\n".join(L) + "\n"
+# The issue-17 sizes: (services, pods, Pod objects served). Endpoints come from the pods; at
+# the first size the Pod objects themselves are left out (25 000 endpoints, no pods).
+MEMORY_SIZES = [(5000, 25000, False), (10000, 100000, True)]
+MEMORY_SIZES_QUICK = [(200, 2000, True)]
+
+
+def run_memory_sources(args, workdir, results):
+    """File source against API source on the same objects, each a `clusterdns serve` child
+    of the `memory` bench (benches/memory.rs): RSS after sync, peak, QPS and CPU per query
+    (ratios to the file source, same run). Extra API variants: `--memory-env KEY=VAL`."""
+    out = {}
+    for services, pods, with_pods in (MEMORY_SIZES_QUICK if args.quick else MEMORY_SIZES):
+        label = f"{services} svc / {pods} pods" + ("" if with_pods else " (no Pod objects)")
+        path = os.path.join(workdir, f"memory-{services}svc.json")
+        argv = ["cargo", "bench", "--quiet", "--bench", "memory", "--",
+                "--services", str(services), "--pods", str(pods), "--seed", str(args.seed),
+                "--load-secs", str(2 if args.quick else 5), "--json", path]
+        if not with_pods:
+            argv.append("--no-pods")
+        for env in args.memory_env or []:
+            argv += ["--env", env]
+        log(" ".join(argv))
+        try:
+            subprocess.run(argv, cwd=REPO, check=True, timeout=args.api_timeout,
+                           stdout=subprocess.DEVNULL)
+            with open(path) as f:
+                out[label] = json.load(f)
+        except (subprocess.SubprocessError, OSError, ValueError) as e:
+            log(f"memory {label}: {e}")
+            out[label] = {"error": str(e)}
+    results["memory_sources"] = out
+
+
+def memory_sources_markdown(results):
+    L = []
+    ms = results.get("memory_sources") or {}
+    if not ms:
+        return L
+    L.append("### Memory: file source against API source (same objects, separate processes)")
+    L.append("")
+    L.append("Each source is a `clusterdns serve` process of its own (benches/memory.rs): "
+             "`--manifests` on a JSON `v1/List` of the objects, `--kubeconfig` on the fake API "
+             "server holding the same objects (with managedFields, as a real API server sends "
+             "them). RSS 1 s after ready; peak is VmHWM. QPS and CPU/query: a closed-loop UDP "
+             "load of ClusterIP names, as ratios to the file source measured minutes apart in "
+             "the same run (absolute figures are noise on this shared machine).")
+    L.append("")
+    L.append("| cluster | source | RSS after sync | RSS +5 s | peak (VmHWM) | RSS vs file | "
+             "ready after | QPS vs file | CPU/query vs file |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, e in ms.items():
+        if "error" in e:
+            L.append(f"| {label} | failed: {e['error']} | | | | | | | |")
+            continue
+        v = e["variants"]
+        f = v[0]
+        for r in v:
+            L.append(f"| {label} | {r['variant']} | {r['rss_kib'] / 1024:.1f} MiB | "
+                     f"{r['rss_kib_5s'] / 1024:.1f} MiB | {r['hwm_kib'] / 1024:.1f} MiB | "
+                     f"{ratio(r['rss_kib'], f['rss_kib'])} | {r['ready_s']:.2f} s | "
+                     f"{ratio(r['qps'], f['qps'])} | "
+                     f"{ratio(r['cpu_us_per_query'], f['cpu_us_per_query'])} |")
+    L.append("")
+    return L
+
+
+def memory_targets(results):
+    rows = []
+    for label, e in (results.get("memory_sources") or {}).items():
+        if "error" in e:
+            continue
+        f, a = e["variants"][0], e["variants"][1]
+        r = a["rss_kib"] / f["rss_kib"]
+        rows.append({"target": f"API-source RSS within 10% of file ({label})",
+                     "measured": f"{r:.2f}x ({a['rss_kib'] / 1024:.1f} / "
+                                 f"{f['rss_kib'] / 1024:.1f} MiB)",
+                     "met": yes(r <= 1.10)})
+        if e["services"] == 10000 and e["pods"] == 100000:
+            mib, peak = a["rss_kib"] / 1024, a["hwm_kib"] / 1024
+            rows.append({"target": f"API-source RSS <= 48 MiB ({label})",
+                         "measured": f"{mib:.1f} MiB", "met": yes(mib <= 48)})
+            rows.append({"target": f"API-source peak at start <= 96 MiB ({label})",
+                         "measured": f"{peak:.1f} MiB", "met": yes(peak <= 96)})
+    return rows
 
 
 def run_propagation(binary, workdir, args, results, base_manifest):
@@ -1346,6 +1430,7 @@ def markdown(results):
         if "error" in e:
             L.append(f"API source {label}: failed ({e['error']}).")
             L.append("")
+    L += memory_sources_markdown(results)
     p = results.get("propagation")
     if p:
         L.append("### Propagation")
@@ -1439,6 +1524,7 @@ def targets(results):
             mib = e["rss_kib_clusterdns"] / 1024
             rows.append({"target": f"RSS <= 64 MiB ({label}, API source)",
                          "measured": f"{mib:.1f} MiB", "met": yes(mib <= 64)})
+    rows += memory_targets(results)
     big = [l for l in ms if l != "demo (embedded)"]
     if big:
         label = big[-1]
@@ -1478,6 +1564,11 @@ def main():
                     help="background load during API-source propagation (5000)")
     ap.add_argument("--api-timeout", type=int, default=900,
                     help="seconds allowed per API-source bench run, build included (900)")
+    ap.add_argument("--memory-env", action="append", metavar="KEY=VAL[,KEY=VAL]",
+                    help="add an API-source variant with this environment to the memory "
+                         "table (repeatable), e.g. MALLOC_ARENA_MAX=2")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="run only the file-vs-API memory table (benches/memory.rs)")
     ap.add_argument("--no-build", action="store_true", help="use the binary already built")
     ap.add_argument("--binary", help="use this clusterdns binary (no build)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (zones, logs)")
@@ -1512,6 +1603,19 @@ def main():
     args.changes = args.changes or (20 if args.quick else 1000)
     args.startup_runs = 1 if args.quick else 3
     args.ready_timeout = 180
+    if args.memory_only:
+        with tempfile.TemporaryDirectory(prefix="clusterdns-bench-") as workdir:
+            results = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            run_memory_sources(args, workdir, results)
+        rows = memory_targets(results)
+        md = "\n".join(memory_sources_markdown(results)
+                       + ["| target | measured | met |", "|---|---|---|"]
+                       + [f"| {r['target']} | {r['measured']} | {r['met']} |" for r in rows])
+        if args.md:
+            with open(args.md, "w") as f:
+                f.write(md + "\n")
+        print(md)
+        return
     check_tools()
     binary = build(args)
     if args.soak:
@@ -1567,6 +1671,7 @@ def main():
         run_webhook(binary, workdir, args, results)
         run_reliability(binary, clusters[0], workdir, args, results, {"restart", "tcp"})
         run_aws_api(binary, workdir, args, results)
+        run_memory_sources(args, workdir, results)
         results["targets"] = targets(results)
     finally:
         if args.keep:

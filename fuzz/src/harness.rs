@@ -31,7 +31,6 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio_util::sync::CancellationToken;
 
 /// The Corefile of the DNS targets: every plugin, in two blocks on one listener (the second
 /// zone routes to its own pipeline). `UPSTREAM` becomes the local responder's address.

@@ -452,7 +452,7 @@ fn kind_of_path(path: &str) -> Option<ResourceKind> {
     ResourceKind::ALL.into_iter().find(|k| k.resource() == last)
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Object {
     Namespace(Namespace),
     Service(Service),
@@ -644,6 +644,17 @@ impl Watch {
     }
 }
 
+/// A copy of `o` in fresh allocations: a derived clone, except the slice's shared port list.
+fn compacted(o: &Object) -> Object {
+    match o {
+        Object::Slice(s) => Object::Slice(EndpointSlice {
+            ports: s.ports.iter().cloned().collect::<Vec<_>>().into(),
+            ..s.clone()
+        }),
+        other => other.clone(),
+    }
+}
+
 fn key_of<K: Resource>(o: &K) -> Key {
     (
         o.meta().namespace.as_deref().unwrap_or("").into(),
@@ -800,6 +811,9 @@ struct Publisher {
     /// those keys instead of every key of both tables.
     published: Option<Arc<Store>>,
     changed: Option<Changed>,
+    /// A complete list was applied since the last publish: its transient memory (response
+    /// pages, decoded objects) is handed back to the OS after that publish.
+    relisted: bool,
 }
 
 /// The longest a change waits for others to share its publish.
@@ -827,6 +841,7 @@ impl Publisher {
             programming: Vec::new(),
             published: None,
             changed: None,
+            relisted: false,
         }
     }
 
@@ -935,6 +950,7 @@ impl Publisher {
                     self.changed = None;
                 }
                 self.replace(kind, objects);
+                self.relisted = true;
                 if !self.listed.contains(&kind) {
                     self.listed.push(kind);
                     self.newly_listed.push(kind);
@@ -1040,9 +1056,15 @@ impl Publisher {
             ResourceKind::Pods => s.pods = Arc::default(),
             ResourceKind::Nodes => s.nodes = Arc::default(),
         }
-        for (key, object) in objects {
-            self.insert(key, object);
+        // Copies, made here, of what the watch task stripped: the originals were allocated
+        // on runtime threads between the much larger full objects they came from, so each
+        // pins a page of freed memory that no trim can return; the copies are packed
+        // together. Dropping the originals then leaves those pages free (bench/RESULTS.md).
+        for (key, object) in &objects {
+            let key: Key = (Arc::from(&*key.0), Arc::from(&*key.1));
+            self.insert(key, compacted(object));
         }
+        drop(objects);
     }
 
     fn counts(&self) -> Vec<(ResourceKind, usize)> {
@@ -1085,6 +1107,12 @@ impl Publisher {
         let was_synced = self.status.synced_at().is_some();
         self.status
             .published(&self.counts(), &std::mem::take(&mut self.newly_listed));
+        if std::mem::take(&mut self.relisted) {
+            // A list decodes far more than the store keeps, on every runtime thread; glibc
+            // keeps what was freed in per-thread arenas unless asked (bench/RESULTS.md, issue
+            // 17). A relist is rare, and the trim takes a few ms on this thread, not a query's.
+            super::file_source::release_freed_memory();
+        }
         if !was_synced && self.status.synced_at().is_some() {
             let counts = self
                 .counts()
