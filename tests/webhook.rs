@@ -1210,6 +1210,19 @@ async fn a_renewed_certificate_is_served_without_dropping_a_request() {
         tls.cert(),
         "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
     );
+    // The poll (every second) must have read the broken file before the counts are checked.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = wh.metrics_text().await;
+        if m.contains("clusterdns_webhook_cert_reloads_total{result=\"error\"}") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broken certificate was never read: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let seen = ok.load(Ordering::Relaxed);
     eventually(
         "requests after the broken write",
