@@ -74,6 +74,18 @@ row("Reachability (prober)")
 ts("Probe verdicts by path", [(f'sum by (path, verdict) (clusterdns_probe_paths{{{SEL}}})', "{{path}} {{verdict}}")])
 ts("Live probe latency by target", [(f'max by (target, protocol) (clusterdns_probe_latency_seconds{{{SEL}}})', "{{target}} {{protocol}}")], "s", x=12)
 y += 8
+stat("AWS data stale for", f'max(clusterdns_probe_aws_stale_seconds{{{SEL}}})', "s", w=6)
+y += 4
+row("Zone-aware answers")
+ts("Zone-aware answers by result", [(f'sum by (result) (rate(clusterdns_zonal_answers_total{{{SEL}}}[$__rate_interval]))', "{{result}}")], "reqps", stack=True)
+y += 8
+row("Under load and failure")
+ts("Upstream replies dropped by reason", [(f'sum by (to, reason) (rate(clusterdns_forward_dropped_replies_total{{{SEL}}}[$__rate_interval]))', "{{to}} {{reason}}")], "ops")
+ts("Forwarded queries in flight", [(f'sum by (instance) (clusterdns_forward_in_flight{{{SEL}}})', "{{instance}}")], x=12)
+y += 8
+ts("TCP connections open", [(f'sum by (instance) (clusterdns_tcp_connections{{{SEL}}})', "{{instance}}")])
+ts("TCP connections refused by reason", [(f'sum by (reason) (rate(clusterdns_tcp_refused_total{{{SEL}}}[$__rate_interval]))', "{{reason}}")], "ops", x=12)
+y += 8
 
 dashboard = {
     "title": "clusterdns",
