@@ -798,14 +798,7 @@ async fn an_outage_logs_one_stale_line_summaries_and_one_recovery_line() {
     let (buf, _guard) = capture_logs();
     let server = ApiServer::start().await;
     seed(&server);
-    // Stall detection is not what this test is about: with the 1 s of the other tests, a
-    // loaded machine can delay a bookmark past it after recovery, and the extra stale/current
-    // pair of lines would be counted here.
-    let opts = KubeSourceOptions {
-        stall_timeout: Duration::from_secs(30),
-        ..options(&server)
-    };
-    let source = start_source(&server, opts).await;
+    let source = start_source(&server, options(&server)).await;
     let s = &source;
     let mark = log_lines(&buf).len();
 
@@ -816,10 +809,20 @@ async fn an_outage_logs_one_stale_line_summaries_and_one_recovery_line() {
     })
     .await;
     server.restart(1000).await;
-    eventually("the recovery line", WAIT, || {
-        count(&log_lines(&buf)[mark..], "source current again") == 1
-    })
-    .await;
+    // Not `eventually`: on a timeout the lines seen say what happened instead. The deadline
+    // is generous: recovery after a restart with a new resourceVersion history (410 for every
+    // old watch, relists) once took longer than 20 s in CI, cause not yet known.
+    let recovery_wait = Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + recovery_wait;
+    while count(&log_lines(&buf)[mark..], "source current again") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery line within {recovery_wait:?} ({:?}); lines:\n{}",
+            s.status.failures(),
+            log_lines(&buf)[mark..].join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     let lines = log_lines(&buf)[mark..].to_vec();
     let all = lines.join("\n");
