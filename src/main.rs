@@ -277,19 +277,36 @@ fn init_tracing(filter: &str) {
         .try_init();
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+/// Registers the SIGTERM and SIGINT handlers at the call, not at the first poll: a mode calls it
+/// before it prints the banner that says it is up, so a SIGTERM sent the moment it is ready (a
+/// pod deleted right after it started, a test) starts the lameduck instead of killing the
+/// process with the default action.
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut t), Ok(mut i)) => {
+                tokio::select! {
+                    _ = t.recv() => {}
+                    _ = i.recv() => {}
+                }
             }
-            return;
+            (Ok(mut s), Err(_)) | (Err(_), Ok(mut s)) => {
+                s.recv().await;
+            }
+            (Err(_), Err(_)) => std::future::pending().await,
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
@@ -410,6 +427,7 @@ async fn webhook(a: WebhookArgs) -> anyhow::Result<u8> {
 
 /// Starts the server, prints where it listens, and serves until a signal or a fatal error.
 async fn run(opts: ServeOptions) -> anyhow::Result<u8> {
+    let signalled = shutdown_signal();
     let running = app::start(opts).await?;
     // Tests and scripts read these lines to find the ports chosen for port 0. One write, and
     // errors ignored: a reader that closes the pipe after the first line must not kill us.
@@ -426,7 +444,7 @@ async fn run(opts: ServeOptions) -> anyhow::Result<u8> {
     drop(stdout);
     let fatal = running.fatal_token();
     tokio::select! {
-        _ = shutdown_signal() => {}
+        _ = signalled => {}
         _ = fatal.cancelled() => {}
     }
     if let Some(msg) = running.fatal_message() {
