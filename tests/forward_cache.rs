@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod dnsclient;
+// Only the log capture of the shared test support (no API server here).
+#[path = "support/logs.rs"]
+mod logs;
 
 use clusterdns::app::{self, ServeOptions};
 use clusterdns::corefile::{parse_str, CacheConfig, ForwardConfig, PluginConfig};
@@ -302,27 +305,10 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: &
 }
 
 /// Log lines of this thread's tracing events (the tests run on a current-thread runtime, so
-/// the forwarder's tasks log here too) while the guard lives.
-fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
-    #[derive(Clone)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Arc::new(Mutex::new(Vec::new()));
-    let w = Buf(buf.clone());
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || w.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .finish();
-    (buf, tracing::subscriber::set_default(subscriber))
+/// the forwarder's tasks log here too) while the guard lives. Not a thread-local subscriber:
+/// see tests/support/logs.rs for how that lost lines.
+fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, logs::Guard) {
+    logs::capture("warn")
 }
 
 fn logged(buf: &Mutex<Vec<u8>>) -> String {

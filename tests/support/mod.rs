@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test file uses a different part
 
 pub mod apiserver;
+pub mod logs;
 
 use std::time::{Duration, Instant};
 
