@@ -1,7 +1,9 @@
-//! Shared test support: the fake API server, object builders, polling with a deadline.
+//! Shared test support: the fake API server, object builders, polling with a deadline, the
+//! dashboard check.
 #![allow(dead_code)] // each test file uses a different part
 
 pub mod apiserver;
+pub mod dashboard;
 
 use std::time::{Duration, Instant};
 
