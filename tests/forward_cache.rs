@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod dnsclient;
+mod support;
 
 use clusterdns::app::{self, ServeOptions};
 use clusterdns::corefile::{parse_str, CacheConfig, ForwardConfig, PluginConfig};
@@ -299,34 +300,6 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: &
             }
         }
     }
-}
-
-/// Log lines of this thread's tracing events (the tests run on a current-thread runtime, so
-/// the forwarder's tasks log here too) while the guard lives.
-fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, tracing::subscriber::DefaultGuard) {
-    #[derive(Clone)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Arc::new(Mutex::new(Vec::new()));
-    let w = Buf(buf.clone());
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || w.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .finish();
-    (buf, tracing::subscriber::set_default(subscriber))
-}
-
-fn logged(buf: &Mutex<Vec<u8>>) -> String {
-    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -758,7 +731,8 @@ async fn tls_without_servername_verifies_the_upstream_ip() {
 
 #[tokio::test]
 async fn tls_wrong_server_name_or_unknown_ca_fails_verification() {
-    let (logs, _guard) = capture_logs();
+    // A current-thread runtime: the forwarder's tasks log on this thread too.
+    let (logs, _guard) = support::logs::capture("warn");
     let pki = pki(&["dot.test"]);
     let up = Responder::start_tls(&pki).await;
     up.set("a.example.org.", Rec::A(ip("10.0.0.1"), 60));
@@ -777,7 +751,7 @@ async fn tls_wrong_server_name_or_unknown_ca_fails_verification() {
     }
     assert_eq!(up.count("a.example.org."), 0, "no query sent over TLS");
     assert!(stats.upstreams[0].errors.load(Ordering::Relaxed) >= 2);
-    let log = logged(&logs);
+    let log = logs.text();
     assert!(
         log.contains("TLS handshake with upstream failed")
             && log.contains(&up.addr.to_string())
@@ -816,7 +790,7 @@ async fn tls_wrong_server_name_or_unknown_ca_fails_verification() {
                 ask(&p, "a.example.org.").await.rcode,
                 ResponseCode::ServFail
             );
-            assert!(logged(&logs).contains("UnknownIssuer"), "{}", logged(&logs));
+            assert!(logs.text().contains("UnknownIssuer"), "{}", logs.text());
         }
         // A machine without a CA bundle: then that is the error.
         Err(e) => assert!(e.to_string().contains("no system root certificates"), "{e}"),
