@@ -1,6 +1,7 @@
-//! Builds a running server from options: Corefile (given, or the built-in default) -> data
-//! source -> view -> pipelines -> listeners and HTTP endpoints, plus the `reload` and `loop`
-//! tasks. Shared by the binary and the tests (which run several side by side on port 0).
+//! The serve mode's wiring: Corefile (given, or the built-in default of [`crate::defaults`])
+//! -> data source -> view -> pipelines -> listeners and HTTP endpoints, plus the `reload` and
+//! `loop` tasks and [`crate::insight`] (placement, prober). Shared by the binary and the tests
+//! (which run several side by side on port 0).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -9,8 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hickory_proto::op::{Message, MessageType, OpCode, Query};
-use hickory_proto::rr::RecordType;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -22,14 +21,15 @@ use crate::cluster::status::SourceStatus;
 use crate::cluster::{ClusterView, Store};
 use crate::corefile::{self, Config, HostPort};
 use crate::dns::build::{self, BuildEnv, ListenKey, Router, Routes};
-use crate::dns::kubernetes::{parse_zone, PodMode};
-use crate::dns::plugins::loop_detect::{Fatal, LoopDetect};
+use crate::dns::kubernetes::PodMode;
+use crate::dns::plugins::loop_detect::{self, Fatal};
 use crate::dns::server::Bound;
+use crate::insight::{self, InsightOptions};
 use crate::metrics::{BlockStats, Metrics, ServerObserver};
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Serve this Corefile; None uses the built-in default (see [`default_corefile`]).
+    /// Serve this Corefile; None uses the built-in default (see [`crate::defaults::corefile`]).
     pub corefile: Option<PathBuf>,
     /// Kubernetes objects from these files; None serves the embedded demo cluster.
     pub manifests: Option<PathBuf>,
@@ -88,96 +88,6 @@ impl Default for ServeOptions {
             tcp: Default::default(),
         }
     }
-}
-
-fn pods_word(p: PodMode) -> &'static str {
-    match p {
-        PodMode::Disabled => "disabled",
-        PodMode::Insecure => "insecure",
-        PodMode::Verified => "verified",
-    }
-}
-
-/// The built-in configuration: the EKS Corefile on non-privileged localhost ports.
-///
-/// DNS on `opts.dns_addr` (default 127.0.0.1:1053); health 127.0.0.1:8080, ready
-/// 127.0.0.1:8181, prometheus 127.0.0.1:9153. When the DNS port is 0 (tests and scripts
-/// asking for a free port) the HTTP ports are 0 too, so instances never collide.
-/// `forward . /etc/resolv.conf` (and with it `fallthrough in-addr.arpa ip6.arpa`) is added
-/// once the forward plugin exists; without a forwarder, reverse names outside the cluster are
-/// answered NXDOMAIN by `kubernetes`.
-pub fn default_corefile(opts: &ServeOptions) -> anyhow::Result<String> {
-    if opts.ttl > 3600 {
-        anyhow::bail!("--ttl {}: must be between 0 and 3600 seconds", opts.ttl);
-    }
-    // The zone is spliced into Corefile text: only a valid DNS name may go there.
-    let zone = parse_zone(&opts.zone).map_err(anyhow::Error::msg)?;
-    let zone = zone.to_ascii();
-    if !corefile::one_corefile_word(&zone) {
-        anyhow::bail!("invalid zone {:?}", opts.zone);
-    }
-    let ip = opts.dns_addr.ip();
-    let port = opts.dns_addr.port();
-    let (health, ready, metrics) = if port == 0 {
-        (0, 0, 0)
-    } else {
-        (8080, 8181, 9153)
-    };
-    let http = |p: u16| format!("127.0.0.1:{p}");
-    // Upstreams that are resolv.conf files without a nameserver are left out, with a word.
-    let mut upstreams = Vec::new();
-    for u in &opts.upstreams {
-        if !corefile::one_corefile_word(u) {
-            anyhow::bail!("invalid upstream {u:?}");
-        }
-        let path = std::path::Path::new(u);
-        if u.contains('/')
-            && path.is_file()
-            && crate::dns::build::resolv_conf_nameservers(path).is_empty()
-        {
-            warn!("{u} lists no nameserver: names outside the cluster will be refused");
-            continue;
-        }
-        upstreams.push(u.clone());
-    }
-    let (fallthrough, forward) = if upstreams.is_empty() {
-        (String::new(), String::new())
-    } else {
-        (
-            "\n        fallthrough in-addr.arpa ip6.arpa".to_string(),
-            format!(
-                "\n    forward . {}\n    cache 30\n    loop",
-                upstreams.join(" ")
-            ),
-        )
-    };
-    // Without a forwarder the block serves only the cluster's zones, so other names match no
-    // block and are REFUSED (a `.` block would answer them SERVFAIL: no next plugin).
-    let keys = if upstreams.is_empty() {
-        format!("{zone}:{port} in-addr.arpa:{port} ip6.arpa:{port}")
-    } else {
-        format!(".:{port}")
-    };
-    Ok(format!(
-        "{keys} {{
-    bind {ip}
-    errors
-    health {}
-    ready {}
-    kubernetes {zone} in-addr.arpa ip6.arpa {{
-        pods {}
-        ttl {}{fallthrough}
-    }}
-    prometheus {}{forward}
-    loadbalance
-}}
-",
-        http(health),
-        http(ready),
-        pods_word(opts.pods),
-        opts.ttl,
-        http(metrics),
-    ))
 }
 
 /// A server that is running; drop does not stop it: call [`Running::shutdown`].
@@ -453,47 +363,6 @@ async fn start_http(
     Ok(bound)
 }
 
-/// Sends the `loop` probe to our own listener until something answers (then stops counting).
-async fn loop_probe(l: Arc<LoopDetect>, target: SocketAddr, cancel: CancellationToken) {
-    let target = match target.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv4() => {
-            SocketAddr::from(([127, 0, 0, 1], target.port()))
-        }
-        ip if ip.is_unspecified() => {
-            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, target.port()))
-        }
-        _ => target,
-    };
-    let mut msg = Message::new(rand::random(), MessageType::Query, OpCode::Query);
-    msg.metadata.recursion_desired = true;
-    msg.add_query(Query::query(l.probe().clone(), RecordType::HINFO));
-    let Ok(bytes) = msg.to_vec() else { return };
-    let bind: SocketAddr = if target.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap_or(target)
-    } else {
-        "[::]:0".parse().unwrap_or(target)
-    };
-    let Ok(sock) = tokio::net::UdpSocket::bind(bind).await else {
-        return;
-    };
-    // CoreDNS tries for about 30 s; a loop shows up within the first round trips.
-    for _ in 0..15 {
-        if sock.send_to(&bytes, target).await.is_err() {
-            return;
-        }
-        let mut buf = [0u8; 512];
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)) => {
-                if let Ok(Ok(_)) = r {
-                    l.finish();
-                    return;
-                }
-            }
-        }
-    }
-}
-
 pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     let (text, path) = match (&opts.sidecar, &opts.corefile) {
         (Some(s), _) => (
@@ -506,7 +375,13 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
             p.clone(),
         ),
         (None, None) => (
-            default_corefile(&opts)?,
+            crate::defaults::corefile(&crate::defaults::BuiltIn {
+                dns_addr: opts.dns_addr,
+                zone: &opts.zone,
+                ttl: opts.ttl,
+                pods: opts.pods,
+                upstreams: &opts.upstreams,
+            })?,
             PathBuf::from("<built-in Corefile>"),
         ),
     };
@@ -532,7 +407,14 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
     let bound = bind_all(&keys).await?;
     metrics.set_legacy(opts.legacy_metrics);
     watch_source_metrics(&metrics, &view, status.clone());
-    let debug = start_insight(&opts, &view, &metrics, &cancel)?;
+    let insight = InsightOptions {
+        fargate_profiles: opts.fargate_profiles.as_ref(),
+        aws: opts.aws.as_ref(),
+        aws_api: opts.aws_api.as_ref(),
+        probe_interval: opts.probe_interval,
+        probe_active: opts.probe_active,
+    };
+    let debug = insight::start(&insight, &view, &metrics, &cancel)?;
     if let Some(s) = opts
         .sidecar
         .as_ref()
@@ -561,7 +443,7 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
         for &i in blocks {
             // One probe per block, through the first listener that serves it.
             if let Some(l) = built[i].loop_detect.as_ref().filter(|_| probed.insert(i)) {
-                tasks.spawn(loop_probe(l.clone(), addr, cancel.clone()));
+                tasks.spawn(loop_detect::send_probes(l.clone(), addr, cancel.clone()));
             }
         }
         let observer = Arc::new(ServerObserver::new(
@@ -691,138 +573,6 @@ fn set_plugin_enabled(
 }
 
 pub use crate::cluster::one_shot::objects_from_api;
-
-/// Placement (`/debug/placement`, the mismatch gauge) and the periodic prober.
-fn start_insight(
-    opts: &ServeOptions,
-    view: &Arc<ClusterView>,
-    metrics: &Arc<Metrics>,
-    cancel: &CancellationToken,
-) -> anyhow::Result<Option<admin::DebugRender>> {
-    let mut debug = None;
-    if let Some(path) = &opts.fargate_profiles {
-        let profiles = Arc::new(
-            crate::fargate::load_profiles(path)
-                .with_context(|| format!("--fargate-profiles {}", path.display()))?,
-        );
-        let v = view.clone();
-        let p = profiles.clone();
-        metrics.on_scrape(move |m| {
-            let objects = v.snapshot().store.to_objects();
-            let rows = crate::fargate::place(&objects.pods, &objects.nodes, &p);
-            let bad = rows.iter().filter(|r| !r.mismatches.is_empty()).count();
-            m.placement_mismatches.set(bad as i64);
-        });
-        let v = view.clone();
-        debug = Some(Arc::new(move |path: &str| {
-            (path == "/debug/placement").then(|| {
-                crate::fargate::run_placement(&v.snapshot().store.to_objects(), &profiles, true)
-            })
-        }) as admin::DebugRender);
-    }
-    use crate::prober::aws_api::AwsSource;
-    let source = match (&opts.aws, &opts.aws_api) {
-        (Some(aws), _) => {
-            // Bad AWS JSON is a start-up error, said once with the file and path.
-            let model = crate::prober::aws::load(aws)
-                .with_context(|| format!("--aws {}", aws.display()))?;
-            // Where clients that are no known pod are: their subnet's zone (zone-aware answers).
-            view.set_subnet_zones(crate::prober::aws::subnet_zones(&model));
-            Some(AwsSource::Dir(aws.clone()))
-        }
-        // Not read here: DNS must not wait for AWS; the first run reads it (and sets the
-        // subnet zones).
-        (None, Some(api)) => Some(AwsSource::Api(api.clone())),
-        (None, None) => None,
-    };
-    if let Some(aws) = source {
-        tokio::spawn(probe_loop(
-            aws,
-            view.clone(),
-            metrics.clone(),
-            opts.probe_interval.max(Duration::from_secs(1)),
-            opts.probe_active,
-            cancel.clone(),
-        ));
-    }
-    Ok(debug)
-}
-
-/// Re-judges the paths (and, with `active`, probes DNS) every `interval`, into metrics.
-async fn probe_loop(
-    aws: crate::prober::aws_api::AwsSource,
-    view: Arc<ClusterView>,
-    metrics: Arc<Metrics>,
-    interval: Duration,
-    active: bool,
-    cancel: CancellationToken,
-) {
-    use crate::prober::active::{self, ActiveOptions, ProbeKind};
-    let mut ticker = tokio::time::interval(interval);
-    // Stale from the start until the first good read.
-    let stale_since = Arc::new(std::sync::Mutex::new(Some(std::time::Instant::now())));
-    let since = stale_since.clone();
-    metrics.on_scrape(move |m| {
-        let stale = since
-            .lock()
-            .map(|s| s.map_or(0.0, |t| t.elapsed().as_secs_f64()))
-            .unwrap_or(0.0);
-        m.probe_aws_stale_seconds.set(stale);
-    });
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let objects = view.snapshot().store.to_objects();
-        match aws.load().await {
-            Ok(model) => {
-                if let Ok(mut s) = stale_since.lock() {
-                    *s = None;
-                }
-                if matches!(aws, crate::prober::aws_api::AwsSource::Api(_)) {
-                    // Read from AWS at run time: subnets (and their zones) may have changed.
-                    view.set_subnet_zones(crate::prober::aws::subnet_zones(&model));
-                }
-                let (findings, _) = crate::prober::paths::judge_all(&model, &objects);
-                metrics.probe_paths.reset();
-                for f in &findings {
-                    metrics
-                        .probe_paths
-                        .with_label_values(&[f.path, &f.judgement.verdict.to_string()])
-                        .inc();
-                }
-            }
-            Err(e) => {
-                if let Ok(mut s) = stale_since.lock() {
-                    s.get_or_insert_with(std::time::Instant::now);
-                }
-                warn!("prober: {e}; keeping the last verdicts")
-            }
-        }
-        if active {
-            // DNS targets only: a bounded set of label values (endpoints of every service
-            // would make a metric per pod).
-            let (targets, _) = active::targets(&objects);
-            let targets: Vec<_> = targets
-                .into_iter()
-                .filter(|t| t.kind == ProbeKind::Dns)
-                .collect();
-            let results = active::probe_all(&targets, &ActiveOptions::default()).await;
-            metrics.probe_up.reset();
-            metrics.probe_latency.reset();
-            for r in &results {
-                let target = format!("{}:{}", r.target.ip, r.target.port);
-                metrics.record_probe(
-                    &target,
-                    r.target.protocol.as_str(),
-                    r.outcome.as_str(),
-                    r.latency,
-                );
-            }
-        }
-    }
-}
 
 /// Gauges that mirror the cluster view, refreshed at every scrape.
 fn watch_source_metrics(

@@ -26,6 +26,7 @@
 //! reverse apex with fallthrough), derived from CoreDNS's code and documentation.
 
 mod dnsclient;
+mod support;
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,7 @@ use clusterdns::app::{self, ServeOptions};
 use dnsclient::{query, rcode_name, section, Transport};
 use hickory_proto::rr::RecordType;
 use hickory_proto::rr::RecordType::{A, AAAA, CNAME, HINFO, NS, PTR, SOA, SRV, TXT};
+use support::golden::{norm, sorted};
 
 struct Row {
     name: &'static str,
@@ -83,20 +85,6 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn norm(lines: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = lines
-        .iter()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect();
-    v.sort();
-    v
-}
-
-fn sorted(mut v: Vec<String>) -> Vec<String> {
-    v.sort();
-    v
-}
-
 /// Serves `manifest` with `kubernetes_block` (the lines of a server block after `bind`) and
 /// asks every row; panics listing every row that differs.
 async fn replay(table: &str, manifest: &str, kubernetes_block: &str, rows: &[Row]) {
@@ -123,7 +111,7 @@ async fn replay(table: &str, manifest: &str, kubernetes_block: &str, rows: &[Row
             problems.push(format!("rcode {rcode}, want {}", r.rcode));
         }
         let mut check = |what: &str, got: Vec<String>, want: &[&str]| {
-            let (got, want) = (sorted(got), norm(want));
+            let (got, want) = (sorted(got), sorted(norm(want)));
             if got != want {
                 problems.push(format!("{what} {got:#?}\n    want {want:#?}"));
             }

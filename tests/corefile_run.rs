@@ -2,11 +2,11 @@
 //! reload under load, and the `-conf` flag. Servers listen on 127.0.0.1 port 0.
 
 mod dnsclient;
+mod support;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clusterdns::app::{self, ServeOptions};
@@ -21,38 +21,8 @@ fn demo() -> PathBuf {
 }
 
 /// Log lines emitted by every server in this test binary (one global subscriber).
-fn logs() -> Arc<Mutex<Vec<String>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<String>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        let make = move || Capture(sink.clone());
-        let _ = tracing_subscriber::fmt()
-            .with_writer(make)
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .try_init();
-        buf
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<String>>>);
-
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        let text = String::from_utf8_lossy(b);
-        let mut v = self.0.lock().unwrap();
-        v.extend(text.lines().map(str::to_string));
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn find_log(pred: impl Fn(&str) -> bool) -> Option<String> {
-    logs().lock().unwrap().iter().find(|l| pred(l)).cloned()
+    support::logs::global("info").find(pred)
 }
 
 struct Server {
@@ -62,7 +32,7 @@ struct Server {
 }
 
 async fn serve(corefile: &str) -> Server {
-    logs();
+    support::logs::global("info");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("Corefile");
     std::fs::write(&path, corefile).unwrap();

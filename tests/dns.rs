@@ -2,6 +2,7 @@
 //! server over UDP and over TCP with hickory's client.
 
 mod dnsclient;
+mod support;
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,7 @@ use clusterdns::dns::PodMode;
 use dnsclient::{query, section, Transport};
 use hickory_proto::rr::RecordType;
 use serde::Deserialize;
+use support::golden::{self, norm};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,16 +59,8 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden")
 }
 
-fn norm(lines: &[String]) -> Vec<String> {
-    lines
-        .iter()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect()
-}
-
 async fn run_golden(file: &str) {
-    let text = std::fs::read_to_string(fixtures().join(file)).expect("fixture");
-    let golden: Golden = serde_yaml::from_str(&text).expect("fixture parses");
+    let golden: Golden = golden::load(&fixtures().join(file));
     let opts = ServeOptions {
         manifests: Some(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples/demo-cluster.yaml"),
@@ -110,18 +104,19 @@ async fn run_golden(file: &str) {
             if got != want {
                 problems.push(format!("answer {got:#?}\n  want {want:#?}"));
             }
-            if let Some(auth) = &case.authority {
-                let got = section(&resp.authorities);
-                if got != norm(auth) {
-                    problems.push(format!("authority {got:#?}\n  want {:#?}", norm(auth)));
-                }
-            }
-            if let Some(add) = &case.additional {
-                let got = section(&resp.additionals);
-                if got != norm(add) {
-                    problems.push(format!("additional {got:#?}\n  want {:#?}", norm(add)));
-                }
-            }
+            let (authority, additional) = (case.authority.as_deref(), case.additional.as_deref());
+            golden::compare(
+                &mut problems,
+                "authority",
+                section(&resp.authorities),
+                authority,
+            );
+            golden::compare(
+                &mut problems,
+                "additional",
+                section(&resp.additionals),
+                additional,
+            );
             // The question is echoed exactly as asked (case included).
             if resp
                 .queries

@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod dnsclient;
-// Only the log capture of the shared test support (no API server here).
-#[path = "support/logs.rs"]
-mod logs;
+mod support;
 
 use clusterdns::app::{self, ServeOptions};
 use clusterdns::corefile::{parse_str, CacheConfig, ForwardConfig, PluginConfig};
@@ -302,17 +300,6 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, state: &
             }
         }
     }
-}
-
-/// Log lines of this thread's tracing events (the tests run on a current-thread runtime, so
-/// the forwarder's tasks log here too) while the guard lives. Not a thread-local subscriber:
-/// see tests/support/logs.rs for how that lost lines.
-fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, logs::Guard) {
-    logs::capture("warn")
-}
-
-fn logged(buf: &Mutex<Vec<u8>>) -> String {
-    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -744,7 +731,8 @@ async fn tls_without_servername_verifies_the_upstream_ip() {
 
 #[tokio::test]
 async fn tls_wrong_server_name_or_unknown_ca_fails_verification() {
-    let (logs, _guard) = capture_logs();
+    // A current-thread runtime: the forwarder's tasks log on this thread too.
+    let (logs, _guard) = support::logs::capture("warn");
     let pki = pki(&["dot.test"]);
     let up = Responder::start_tls(&pki).await;
     up.set("a.example.org.", Rec::A(ip("10.0.0.1"), 60));
@@ -763,7 +751,7 @@ async fn tls_wrong_server_name_or_unknown_ca_fails_verification() {
     }
     assert_eq!(up.count("a.example.org."), 0, "no query sent over TLS");
     assert!(stats.upstreams[0].errors.load(Ordering::Relaxed) >= 2);
-    let log = logged(&logs);
+    let log = logs.text();
     assert!(
         log.contains("TLS handshake with upstream failed")
             && log.contains(&up.addr.to_string())
@@ -802,7 +790,7 @@ async fn tls_wrong_server_name_or_unknown_ca_fails_verification() {
                 ask(&p, "a.example.org.").await.rcode,
                 ResponseCode::ServFail
             );
-            assert!(logged(&logs).contains("UnknownIssuer"), "{}", logged(&logs));
+            assert!(logs.text().contains("UnknownIssuer"), "{}", logs.text());
         }
         // A machine without a CA bundle: then that is the error.
         Err(e) => assert!(e.to_string().contains("no system root certificates"), "{e}"),

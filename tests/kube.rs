@@ -7,81 +7,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clusterdns::cluster::kube_source::{self, KubeSourceOptions, ServiceKindLabel, SourceError};
-use clusterdns::cluster::status::{ResourceKind, SourceStatus};
-use clusterdns::cluster::ClusterView;
+use clusterdns::cluster::status::ResourceKind;
 use support::apiserver::{ApiServer, Res};
+use support::kube_source::{quick_options, start};
 use support::{eventually, headless, namespace, node, pod, service, slice};
-use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-struct Source {
-    view: Arc<ClusterView>,
-    status: Arc<SourceStatus>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Source {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Source {
-    fn has_service(&self, key: &str) -> bool {
-        self.view.snapshot().service(key).is_some()
-    }
-
-    fn cluster_ips(&self, key: &str) -> Vec<IpAddr> {
-        self.view
-            .snapshot()
-            .service(key)
-            .map(|e| e.service.cluster_ips.clone())
-            .unwrap_or_default()
-    }
-
-    fn endpoints(&self, key: &str) -> Vec<IpAddr> {
-        let snapshot = self.view.snapshot();
-        let mut v: Vec<IpAddr> = snapshot
-            .service(key)
-            .map(|e| e.ready_endpoints().map(|ep| ep.address).collect())
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-
-    async fn wait_ready(&self) {
-        let status = self.status.clone();
-        eventually("the initial sync", WAIT, || status.ready()).await;
-        assert!(self.view.is_synced());
-    }
-}
-
+/// Pods watched too: the tests read them.
 fn options(server: &ApiServer) -> KubeSourceOptions {
     KubeSourceOptions {
         watch_pods: true,
-        watch_nodes: true,
-        api_url: Some(server.url()),
-        // Quick retries so recovery tests finish fast; production keeps client-go's.
-        backoff_initial: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(200),
-        ..KubeSourceOptions::default()
+        ..quick_options(server)
     }
-}
-
-async fn start(server: &ApiServer, opts: KubeSourceOptions) -> Source {
-    // RUST_LOG=clusterdns=debug shows the source's view of a failing test.
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .try_init();
-    let client = kube_source::client(Some(&server.kubeconfig_path()), None)
-        .await
-        .expect("client from the fake server's kubeconfig");
-    let view = ClusterView::new();
-    let status = Arc::new(SourceStatus::new());
-    let task = kube_source::spawn(client, view.clone(), status.clone(), opts);
-    Source { view, status, task }
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -104,7 +42,7 @@ async fn initial_sync_then_the_snapshot_answers() {
     let server = ApiServer::start().await;
     seed(&server);
     let source = start(&server, options(&server)).await;
-    source.wait_ready().await;
+    source.wait_ready(WAIT).await;
 
     assert_eq!(source.cluster_ips("nginx.demo"), [ip("10.96.0.10")]);
     assert_eq!(
@@ -156,7 +94,7 @@ async fn create_update_delete_propagate_and_are_timed() {
         ..options(&server)
     };
     let source = start(&server, opts).await;
-    source.wait_ready().await;
+    source.wait_ready(WAIT).await;
     let s = &source;
 
     server.apply(service("demo", "api", "10.96.0.20"));
@@ -243,7 +181,7 @@ async fn unsynced_until_listed_then_synced_after_startup_timeout_but_not_ready()
     assert!(source.view.snapshot().service("nginx.demo").is_none());
 
     server.stall(false);
-    source.wait_ready().await;
+    source.wait_ready(WAIT).await;
     assert_eq!(source.cluster_ips("nginx.demo"), [ip("10.96.0.10")]);
 }
 
@@ -273,7 +211,7 @@ async fn readiness_names_a_forbidden_resource() {
     assert!(status.stale_since().is_some());
 
     server.forbid(Res::EndpointSlices, false);
-    source.wait_ready().await;
+    source.wait_ready(WAIT).await;
     assert!(status.stale_since().is_none());
     assert_eq!(
         source.endpoints("web.demo"),
@@ -291,7 +229,7 @@ async fn outage_and_restart(rv_base: u64) {
         server.apply(service("demo", "churn", &format!("10.96.1.{i}")));
     }
     let source = start(&server, options(&server)).await;
-    source.wait_ready().await;
+    source.wait_ready(WAIT).await;
     let s = &source;
     eventually("churn.demo", WAIT, || {
         s.cluster_ips("churn.demo") == [ip("10.96.1.29")]
@@ -358,7 +296,7 @@ async fn gone_during_watch_relists_without_lost_or_phantom_records() {
     server.apply(service("demo", "a", "10.96.0.1"));
     server.apply(service("demo", "b", "10.96.0.2"));
     let source = start(&server, options(&server)).await;
-    source.wait_ready().await;
+    source.wait_ready(WAIT).await;
     let server_ref = &server;
     eventually("a services watch", WAIT, || {
         server_ref.open_watches(Res::Services) == 1
@@ -418,7 +356,7 @@ async fn a_service_moved_between_namespaces() {
     server.apply(service("demo", "mover", "10.96.0.40"));
     server.apply(slice("demo", "mover-1", "mover", &["10.1.1.1"]));
     let source = start(&server, options(&server)).await;
-    source.wait_ready().await;
+    source.wait_ready(WAIT).await;
     assert_eq!(source.endpoints("mover.demo"), [ip("10.1.1.1")]);
 
     server.delete(Res::EndpointSlices, "demo", "mover-1");

@@ -2,14 +2,16 @@
 //! and label sets; every metric our Grafana dashboard queries is exported by a running server.
 
 mod dnsclient;
+mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
 use clusterdns::app::{self, ServeOptions};
 use dnsclient::{exchange, http_get, query_message, upstream, Transport};
 use hickory_proto::rr::RecordType;
+use support::dashboard;
 
 /// `name{labels} value` lines of the text exposition, labels sorted, for exact lookups.
 fn samples(text: &str) -> BTreeMap<String, f64> {
@@ -45,14 +47,6 @@ fn key(name: &str, labels: &[(&str, &str)]) -> String {
     let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}")).collect();
     l.sort();
     format!("{name}{{{}}}", l.join(","))
-}
-
-fn families(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect()
 }
 
 async fn ask(addr: SocketAddr, t: Transport, name: &str, qtype: RecordType) {
@@ -272,67 +266,14 @@ async fn a_known_query_mix_gives_exact_coredns_counters() {
         text.contains("coredns_build_info{goversion=\"rust"),
         "{text}"
     );
-    assert!(families(&text).contains("process_resident_memory_bytes"));
+    assert!(dashboard::families(&text).contains("process_resident_memory_bytes"));
     server.shutdown().await;
-}
-
-/// Metric names a PromQL expression references.
-fn metric_names(expr: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let bytes = expr.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let start = i;
-        while i < bytes.len()
-            && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b':')
-        {
-            i += 1;
-        }
-        if i > start {
-            let word = &expr[start..i];
-            if word.starts_with("coredns_")
-                || word.starts_with("clusterdns_")
-                || word.starts_with("process_")
-            {
-                out.push(word.to_string());
-            }
-        } else {
-            i += 1;
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_queries_only_metrics_a_running_server_exports() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("dashboards/clusterdns.json")).unwrap(),
-    )
-    .expect("the dashboard is JSON");
-    // What Grafana needs to import it: a title, panels with types and grid positions, and the
-    // data source as a template variable that every query uses.
-    assert!(dashboard["title"].is_string());
-    assert!(dashboard["schemaVersion"].is_number());
-    let vars = dashboard["templating"]["list"].as_array().unwrap();
-    assert!(vars
-        .iter()
-        .any(|v| v["type"] == "datasource" && v["name"] == "datasource"));
-    let mut exprs = Vec::new();
-    for p in dashboard["panels"].as_array().unwrap() {
-        assert!(
-            p["type"].is_string() && p["gridPos"].is_object() && p["id"].is_number(),
-            "{p}"
-        );
-        if p["type"] == "row" {
-            continue;
-        }
-        assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
-        for t in p["targets"].as_array().unwrap() {
-            assert!(t["refId"].is_string());
-            exprs.push(t["expr"].as_str().unwrap().to_string());
-        }
-    }
+    let exprs = dashboard::queries(&root.join("dashboards/clusterdns.json"));
     assert!(exprs.len() >= 15);
 
     // A server with everything the dashboard shows: cache + forward traffic, the prober.
@@ -378,20 +319,7 @@ async fn the_dashboard_queries_only_metrics_a_running_server_exports() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    let exported = families(&text);
-    let mut missing = Vec::new();
-    for e in &exprs {
-        for name in metric_names(e) {
-            let base = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| name.strip_suffix(s).filter(|b| exported.contains(*b)))
-                .unwrap_or(&name)
-                .to_string();
-            if !exported.contains(&base) {
-                missing.push(name);
-            }
-        }
-    }
+    let missing = dashboard::missing(&exprs, &text);
     assert!(
         missing.is_empty(),
         "the dashboard queries metrics nobody exports: {missing:?}"

@@ -759,7 +759,7 @@ async fn a_connection_reset_mid_stream_loses_nothing() {
 /// Log lines of this thread's tracing events while the guard lives (a current-thread runtime:
 /// the source's tasks and kube's run here too). Not a thread-local subscriber: see
 /// support::logs for how that lost lines.
-fn capture_logs() -> (Arc<Mutex<Vec<u8>>>, support::logs::Guard) {
+fn capture_logs() -> (support::logs::Logs, support::logs::Guard) {
     support::logs::capture("info,kube_client::client::builder=off,kube_runtime::watcher=error")
 }
 
@@ -785,11 +785,8 @@ fn captured_lines_do_not_depend_on_which_thread_logs_first() {
     );
 }
 
-fn log_lines(buf: &Mutex<Vec<u8>>) -> Vec<String> {
-    String::from_utf8_lossy(&buf.lock().unwrap())
-        .lines()
-        .map(str::to_string)
-        .collect()
+fn log_lines(buf: &support::logs::Logs) -> Vec<String> {
+    buf.lines()
 }
 
 fn count(lines: &[String], text: &str) -> usize {

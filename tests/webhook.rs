@@ -1527,3 +1527,95 @@ async fn sigterm_turns_unready_keeps_serving_then_exits_0() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn the_webhook_dashboard_queries_only_metrics_a_running_webhook_exports() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exprs = support::dashboard::queries(&root.join("dashboards/clusterdns-webhook.json"));
+    // Injections, skips, ignored, errors, latency, micro-VM growth, namespaces, cert reloads.
+    let queried: std::collections::BTreeSet<String> = exprs
+        .iter()
+        .flat_map(|e| support::dashboard::metric_names(e))
+        .collect();
+    for name in [
+        "clusterdns_webhook_injections_total",
+        "clusterdns_webhook_skips_total",
+        "clusterdns_webhook_ignored_total",
+        "clusterdns_webhook_errors_total",
+        "clusterdns_webhook_admission_duration_seconds_bucket",
+        "clusterdns_webhook_micro_vm_size_increases_total",
+        "clusterdns_webhook_inject_namespaces",
+        "clusterdns_webhook_cert_reloads_total",
+    ] {
+        assert!(queried.contains(name), "no panel shows {name}");
+    }
+
+    let tls = Tls::new();
+    let profiles = profiles_file(tls.dir.path());
+    let wh = Webhook::start(
+        &tls,
+        &[
+            "--upstream",
+            "10.100.0.10",
+            "--fargate-profiles",
+            profiles.to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
+    // Counters with labels appear once counted: one of each outcome the panels show.
+    let injected = deployment_pod("default", "web");
+    let response = wh
+        .review(&review_of("default", "CREATE", injected.clone()))
+        .await;
+    assert_eq!(sidecars(&patched(&injected, &response).1).len(), 1);
+    let mut opted_out = deployment_pod("default", "quiet");
+    opted_out["metadata"]["annotations"] = json!({"clusterdns.io/inject": "false"});
+    wh.review(&review_of("default", "CREATE", opted_out)).await;
+    wh.review(&review_of(
+        "default",
+        "UPDATE",
+        deployment_pod("default", "web"),
+    ))
+    .await;
+    assert_eq!(wh.post(b"not json".to_vec()).await.status, 400);
+    // A certificate reload (a broken file: counted as an error, the old pair kept).
+    std::fs::write(
+        tls.cert(),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let addr = wh.metrics.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = http_get(addr, "/metrics").await;
+        if text.contains("clusterdns_webhook_cert_reloads_total{") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the certificate change was never counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let missing = support::dashboard::missing(&exprs, &text);
+    assert!(
+        missing.is_empty(),
+        "the webhook dashboard queries metrics the webhook does not export: {missing:?}\n{text}"
+    );
+    // The check itself: a misspelled name in a panel is reported.
+    let misspelled: Vec<String> = exprs
+        .iter()
+        .map(|e| {
+            e.replace(
+                "clusterdns_webhook_skips_total",
+                "clusterdns_webhook_skip_total",
+            )
+        })
+        .collect();
+    assert_eq!(
+        support::dashboard::missing(&misspelled, &text),
+        ["clusterdns_webhook_skip_total"]
+    );
+}

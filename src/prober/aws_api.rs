@@ -476,51 +476,15 @@ pub async fn fetch(opts: &ApiOptions) -> Result<Fetched, ProbeError> {
         }
         Err(e) => keep(&mut out, Err(e))?,
     }
-    keep(
-        &mut out,
-        vpcs.map(|v| {
-            (
-                "ec2-describe-vpcs.json".into(),
-                json!({ "Vpcs": v.iter().map(vpc_json).collect::<Vec<_>>() }),
-            )
-        }),
-    )?;
-    keep(
-        &mut out,
-        subnets.map(|v| {
-            (
-                "ec2-describe-subnets.json".into(),
-                json!({ "Subnets": v.iter().map(subnet_json).collect::<Vec<_>>() }),
-            )
-        }),
-    )?;
-    keep(
-        &mut out,
-        groups.map(|v| {
-            (
-                "ec2-describe-security-groups.json".into(),
-                json!({ "SecurityGroups": v.iter().map(security_group_json).collect::<Vec<_>>() }),
-            )
-        }),
-    )?;
-    keep(
-        &mut out,
-        acls.map(|v| {
-            (
-                "ec2-describe-network-acls.json".into(),
-                json!({ "NetworkAcls": v.iter().map(network_acl_json).collect::<Vec<_>>() }),
-            )
-        }),
-    )?;
-    keep(
-        &mut out,
-        enis.map(|v| {
-            (
-                "ec2-describe-network-interfaces.json".into(),
-                json!({ "NetworkInterfaces": v.iter().map(interface_json).collect::<Vec<_>>() }),
-            )
-        }),
-    )?;
+    for doc in [
+        vpcs.map(|v| ec2_doc("Vpcs", &v, vpc_json)),
+        subnets.map(|v| ec2_doc("Subnets", &v, subnet_json)),
+        groups.map(|v| ec2_doc("SecurityGroups", &v, security_group_json)),
+        acls.map(|v| ec2_doc("NetworkAcls", &v, network_acl_json)),
+        enis.map(|v| ec2_doc("NetworkInterfaces", &v, interface_json)),
+    ] {
+        keep(&mut out, doc)?;
+    }
 
     // Only the template versions node groups use (a template id has many versions).
     templates.sort();
@@ -558,10 +522,9 @@ pub async fn fetch(opts: &ApiOptions) -> Result<Fetched, ProbeError> {
         }
         match denied {
             Some(d) => out.denied.push(d),
-            None => out.docs.push((
-                "ec2-describe-launch-template-versions.json".into(),
-                json!({ "LaunchTemplateVersions": versions }),
-            )),
+            None => out
+                .docs
+                .push(ec2_doc("LaunchTemplateVersions", &versions, Value::clone)),
         }
     }
     out.requests = c.counter.0.load(Ordering::Relaxed);
@@ -588,22 +551,16 @@ async fn fargate_profiles(
         .collect::<Result<Vec<_>, _>>()
         .await
         .map_err(|e| classify(e, "eks:ListFargateProfiles", "fargateProfileNames", ep))?;
-    let described = futures::future::join_all(names.iter().map(|name| async move {
+    let described = describe_each(&names, "eks:DescribeFargateProfile", |name| async move {
         c.eks
             .describe_fargate_profile()
             .cluster_name(cluster)
             .fargate_profile_name(name)
             .send()
             .await
+            .map(|o| o.fargate_profile)
             .map_err(|e| classify(e, "eks:DescribeFargateProfile", "fargateProfile", ep))
-            .and_then(|o| {
-                o.fargate_profile.ok_or_else(|| {
-                    CallError::Fatal(ProbeError::Api(format!(
-                        "eks:DescribeFargateProfile {name}: empty answer"
-                    )))
-                })
-            })
-    }))
+    })
     .await;
     Ok((names, described))
 }
@@ -626,24 +583,39 @@ async fn nodegroups(
         .await
         .map_err(|e| classify(e, "eks:ListNodegroups", "nodegroup", ep))?;
     Ok(
-        futures::future::join_all(names.iter().map(|name| async move {
+        describe_each(&names, "eks:DescribeNodegroup", |name| async move {
             c.eks
                 .describe_nodegroup()
                 .cluster_name(cluster)
                 .nodegroup_name(name)
                 .send()
                 .await
+                .map(|o| o.nodegroup)
                 .map_err(|e| classify(e, "eks:DescribeNodegroup", "nodegroup", ep))
-                .and_then(|o| {
-                    o.nodegroup.ok_or_else(|| {
-                        CallError::Fatal(ProbeError::Api(format!(
-                            "eks:DescribeNodegroup {name}: empty answer"
-                        )))
-                    })
-                })
-        }))
+        })
         .await,
     )
+}
+
+/// `describe(name)` for every name at once; an answer without the object is an error.
+async fn describe_each<'a, T, F, Fut>(
+    names: &'a [String],
+    action: &str,
+    describe: F,
+) -> Described<T>
+where
+    F: Fn(&'a str) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, CallError>>,
+{
+    futures::future::join_all(names.iter().map(|name| {
+        let answer = describe(name);
+        async move {
+            answer.await?.ok_or_else(|| {
+                CallError::Fatal(ProbeError::Api(format!("{action} {name}: empty answer")))
+            })
+        }
+    }))
+    .await
 }
 
 /// `probe --cluster`: one read of AWS, saved when `--save-aws` asks, as a model, with the
@@ -720,7 +692,24 @@ fn file_part(name: &str) -> String {
 // ---- SDK types -> AWS CLI JSON ----
 //
 // Field names are those of the service's wire format, which the AWS CLI prints unchanged.
-// Absent values are left out, as the CLI does.
+// Absent values are left out, as the CLI does. Each type is a table of (field, value): the
+// SDK types implement serde only behind the `aws_sdk_unstable` cfg, and then with Rust field
+// names, not the CLI's.
+
+/// `aws ec2 describe-<key>` output, `{"<Key>": [items...]}`, and the file it is saved as:
+/// `("SecurityGroups", ..)` is `ec2-describe-security-groups.json`.
+fn ec2_doc<T>(key: &str, items: &[T], f: impl Fn(&T) -> Value) -> (String, Value) {
+    let mut file = String::from("ec2-describe");
+    for c in key.chars() {
+        if c.is_ascii_uppercase() {
+            file.push('-');
+        }
+        file.push(c.to_ascii_lowercase());
+    }
+    file.push_str(".json");
+    let items: Vec<Value> = items.iter().map(f).collect();
+    (file, json!({ key: items }))
+}
 
 /// An object from (key, value) pairs, leaving out `None`s.
 fn obj<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
@@ -735,6 +724,16 @@ fn obj<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
 
 fn s(v: Option<&str>) -> Option<Value> {
     v.map(|v| Value::String(v.to_owned()))
+}
+
+/// An SDK enum by its wire name.
+fn name<T: AsRef<str>>(v: Option<&T>) -> Option<Value> {
+    s(v.map(AsRef::as_ref))
+}
+
+/// A number (ports, rule numbers, ICMP codes).
+fn num<T: Into<Value>>(v: Option<T>) -> Option<Value> {
+    v.map(Into::into)
 }
 
 fn strings(v: &[String]) -> Option<Value> {
@@ -785,7 +784,7 @@ pub fn cluster_json(c: &aws_sdk_eks::types::Cluster) -> Value {
         obj([
             ("serviceIpv4Cidr", s(k.service_ipv4_cidr())),
             ("serviceIpv6Cidr", s(k.service_ipv6_cidr())),
-            ("ipFamily", s(k.ip_family().map(|f| f.as_str()))),
+            ("ipFamily", name(k.ip_family())),
         ])
     });
     json!({ "cluster": obj([
@@ -797,7 +796,7 @@ pub fn cluster_json(c: &aws_sdk_eks::types::Cluster) -> Value {
         ("roleArn", s(c.role_arn())),
         ("resourcesVpcConfig", vpc),
         ("kubernetesNetworkConfig", net),
-        ("status", s(c.status().map(|v| v.as_str()))),
+        ("status", name(c.status())),
         ("platformVersion", s(c.platform_version())),
         ("tags", string_map(c.tags())),
     ]) })
@@ -815,7 +814,7 @@ pub fn fargate_profile_json(p: &aws_sdk_eks::types::FargateProfile) -> Value {
             ("namespace", s(sel.namespace())),
             ("labels", string_map(sel.labels())),
         ]))),
-        ("status", s(p.status().map(|v| v.as_str()))),
+        ("status", name(p.status())),
         ("tags", string_map(p.tags())),
     ]) })
 }
@@ -847,11 +846,11 @@ pub fn nodegroup_json(n: &aws_sdk_eks::types::Nodegroup) -> Value {
         ("version", s(n.version())),
         ("releaseVersion", s(n.release_version())),
         ("createdAt", time(n.created_at())),
-        ("status", s(n.status().map(|v| v.as_str()))),
-        ("capacityType", s(n.capacity_type().map(|v| v.as_str()))),
+        ("status", name(n.status())),
+        ("capacityType", name(n.capacity_type())),
         ("instanceTypes", strings(n.instance_types())),
         ("subnets", strings(n.subnets())),
-        ("amiType", s(n.ami_type().map(|v| v.as_str()))),
+        ("amiType", name(n.ami_type())),
         ("nodeRole", s(n.node_role())),
         ("labels", string_map(n.labels())),
         ("resources", resources),
@@ -871,7 +870,7 @@ pub fn vpc_json(v: &aws_sdk_ec2::types::Vpc) -> Value {
     obj([
         ("CidrBlock", s(v.cidr_block())),
         ("DhcpOptionsId", s(v.dhcp_options_id())),
-        ("State", s(v.state().map(|x| x.as_str()))),
+        ("State", name(v.state())),
         ("VpcId", s(v.vpc_id())),
         ("OwnerId", s(v.owner_id())),
         (
@@ -883,7 +882,7 @@ pub fn vpc_json(v: &aws_sdk_ec2::types::Vpc) -> Value {
                     (
                         "CidrBlockState",
                         a.cidr_block_state()
-                            .map(|st| obj([("State", s(st.state().map(|x| x.as_str())))])),
+                            .map(|st| obj([("State", name(st.state()))])),
                     ),
                 ])
             }),
@@ -898,7 +897,7 @@ pub fn subnet_json(n: &aws_sdk_ec2::types::Subnet) -> Value {
         ("AvailabilityZone", s(n.availability_zone())),
         ("AvailabilityZoneId", s(n.availability_zone_id())),
         ("CidrBlock", s(n.cidr_block())),
-        ("State", s(n.state().map(|x| x.as_str()))),
+        ("State", name(n.state())),
         ("SubnetId", s(n.subnet_id())),
         ("VpcId", s(n.vpc_id())),
         ("OwnerId", s(n.owner_id())),
@@ -911,7 +910,7 @@ pub fn subnet_json(n: &aws_sdk_ec2::types::Subnet) -> Value {
                     (
                         "Ipv6CidrBlockState",
                         a.ipv6_cidr_block_state()
-                            .map(|st| obj([("State", s(st.state().map(|x| x.as_str())))])),
+                            .map(|st| obj([("State", name(st.state()))])),
                     ),
                 ])
             }),
@@ -924,8 +923,8 @@ pub fn subnet_json(n: &aws_sdk_ec2::types::Subnet) -> Value {
 fn permission_json(p: &aws_sdk_ec2::types::IpPermission) -> Value {
     obj([
         ("IpProtocol", s(p.ip_protocol())),
-        ("FromPort", p.from_port().map(|v| json!(v))),
-        ("ToPort", p.to_port().map(|v| json!(v))),
+        ("FromPort", num(p.from_port())),
+        ("ToPort", num(p.to_port())),
         (
             "IpRanges",
             list(p.ip_ranges(), |r| {
@@ -1004,25 +1003,17 @@ pub fn network_acl_json(a: &aws_sdk_ec2::types::NetworkAcl) -> Value {
                     ("Egress", e.egress().map(Value::Bool)),
                     (
                         "IcmpTypeCode",
-                        e.icmp_type_code().map(|i| {
-                            obj([
-                                ("Code", i.code().map(|v| json!(v))),
-                                ("Type", i.r#type().map(|v| json!(v))),
-                            ])
-                        }),
+                        e.icmp_type_code()
+                            .map(|i| obj([("Code", num(i.code())), ("Type", num(i.r#type()))])),
                     ),
                     (
                         "PortRange",
-                        e.port_range().map(|r| {
-                            obj([
-                                ("From", r.from().map(|v| json!(v))),
-                                ("To", r.to().map(|v| json!(v))),
-                            ])
-                        }),
+                        e.port_range()
+                            .map(|r| obj([("From", num(r.from())), ("To", num(r.to()))])),
                     ),
                     ("Protocol", s(e.protocol())),
-                    ("RuleAction", s(e.rule_action().map(|x| x.as_str()))),
-                    ("RuleNumber", e.rule_number().map(|v| json!(v))),
+                    ("RuleAction", name(e.rule_action())),
+                    ("RuleNumber", num(e.rule_number())),
                 ])
             }),
         ),
@@ -1047,7 +1038,7 @@ pub fn interface_json(n: &aws_sdk_ec2::types::NetworkInterface) -> Value {
                 ])
             }),
         ),
-        ("InterfaceType", s(n.interface_type().map(|x| x.as_str()))),
+        ("InterfaceType", name(n.interface_type())),
         (
             "Ipv6Addresses",
             list(n.ipv6_addresses(), |a| {
@@ -1084,7 +1075,7 @@ pub fn interface_json(n: &aws_sdk_ec2::types::NetworkInterface) -> Value {
         ("RequesterId", s(n.requester_id())),
         ("RequesterManaged", n.requester_managed().map(Value::Bool)),
         ("SourceDestCheck", n.source_dest_check().map(Value::Bool)),
-        ("Status", s(n.status().map(|x| x.as_str()))),
+        ("Status", name(n.status())),
         ("SubnetId", s(n.subnet_id())),
         ("TagSet", tags(n.tag_set())),
         ("VpcId", s(n.vpc_id())),
@@ -1099,7 +1090,7 @@ pub fn launch_template_version_json(v: &aws_sdk_ec2::types::LaunchTemplateVersio
                 "NetworkInterfaces",
                 list(d.network_interfaces(), |n| {
                     obj([
-                        ("DeviceIndex", n.device_index().map(|v| json!(v))),
+                        ("DeviceIndex", num(n.device_index())),
                         ("Groups", strings(n.groups())),
                     ])
                 }),
@@ -1109,7 +1100,7 @@ pub fn launch_template_version_json(v: &aws_sdk_ec2::types::LaunchTemplateVersio
     obj([
         ("LaunchTemplateId", s(v.launch_template_id())),
         ("LaunchTemplateName", s(v.launch_template_name())),
-        ("VersionNumber", v.version_number().map(|n| json!(n))),
+        ("VersionNumber", num(v.version_number())),
         ("DefaultVersion", v.default_version().map(Value::Bool)),
         ("LaunchTemplateData", data),
     ])
@@ -1120,6 +1111,15 @@ mod tests {
     use super::*;
     use aws_sdk_ec2::types as ec2;
     use aws_sdk_eks::types as eks;
+
+    #[test]
+    fn ec2_documents_are_named_as_the_cli_commands() {
+        let (file, doc) = ec2_doc("SecurityGroups", &[1, 2], |n| json!(n));
+        assert_eq!(file, "ec2-describe-security-groups.json");
+        assert_eq!(doc, json!({"SecurityGroups": [1, 2]}));
+        let (file, _) = ec2_doc::<Value>("Vpcs", &[], Value::clone);
+        assert_eq!(file, "ec2-describe-vpcs.json");
+    }
 
     /// SDK values -> CLI JSON -> model: every field the prober reads survives.
     #[test]

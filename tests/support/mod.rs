@@ -1,7 +1,11 @@
-//! Shared test support: the fake API server, object builders, polling with a deadline.
+//! Shared test support: the fake API server, object builders, polling with a deadline, the
+//! Kubernetes source against the fake server, log capture, golden rows, the dashboard check.
 #![allow(dead_code)] // each test file uses a different part
 
 pub mod apiserver;
+pub mod dashboard;
+pub mod golden;
+pub mod kube_source;
 pub mod logs;
 
 use std::time::{Duration, Instant};

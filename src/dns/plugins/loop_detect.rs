@@ -3,9 +3,12 @@
 //! the upstream forwards to us (typically 127.0.0.53 in the node's resolv.conf): the server
 //! stops with `Loop detected for zone ...` naming the upstream, as CoreDNS does.
 
+use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use tokio_util::sync::CancellationToken;
 
@@ -111,6 +114,45 @@ impl Handler for LoopDetect {
             ));
         }
         Flow::Next
+    }
+}
+
+/// Sends the `loop` probe to our own listener until something answers (then stops counting).
+pub async fn send_probes(l: Arc<LoopDetect>, target: SocketAddr, cancel: CancellationToken) {
+    let target = match target.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], target.port()))
+        }
+        ip if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, target.port())),
+        _ => target,
+    };
+    let mut msg = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(l.probe().clone(), RecordType::HINFO));
+    let Ok(bytes) = msg.to_vec() else { return };
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap_or(target)
+    } else {
+        "[::]:0".parse().unwrap_or(target)
+    };
+    let Ok(sock) = tokio::net::UdpSocket::bind(bind).await else {
+        return;
+    };
+    // CoreDNS tries for about 30 s; a loop shows up within the first round trips.
+    for _ in 0..15 {
+        if sock.send_to(&bytes, target).await.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 512];
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)) => {
+                if let Ok(Ok(_)) = r {
+                    l.finish();
+                    return;
+                }
+            }
+        }
     }
 }
 
