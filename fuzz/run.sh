@@ -13,7 +13,7 @@ set -u
 cd "$(dirname "$0")/.."
 secs=${1:-600}
 [ $# -gt 0 ] && shift
-targets=${*:-dns_udp dns_tcp corefile manifests aws}
+targets=${*:-dns_udp dns_tcp corefile manifests aws webhook}
 seeds=$(mktemp -d)
 trap 'rm -rf "$seeds"' EXIT
 python3 fuzz/seeds.py "$seeds" || exit 1
