@@ -7,7 +7,9 @@ dns_udp/dns_tcp: the golden rows (tests/fixtures/golden) as wire queries, plus t
 plugin of the harness Corefile answers and a few malformed messages; corefile: the Corefile
 fixtures and the Corefiles written in tests/*.rs; manifests: the example and fixture dumps,
 also as kubectl's JSON and YAML `List`s; aws: each AWS fixture directory, files joined by NUL
-(the format of the `aws` target). fuzz/run.sh merges these into fuzz/corpus before a run.
+(the format of the `aws` target); webhook: AdmissionReview bodies as tests/webhook.rs sends them
+(a Deployment's pod and its variants for every inject and skip rule, other resources and
+operations, bad bodies) and each Pod of the example manifests. fuzz/run.sh merges these into fuzz/corpus before a run.
 """
 
 import glob
@@ -114,8 +116,10 @@ def corefiles():
 
 def manifests():
     paths = [os.path.join(ROOT, p) for p in (
-        "manifests/examples/demo-cluster.yaml", "manifests/examples/sidecar-pod.yaml",
-        "manifests/deploy/clusterdns.yaml")]
+        "manifests/examples/demo-cluster.yaml", "manifests/examples/sidecar-pod.yaml")]
+    # The deployable manifests (globbed: their layout changes).
+    paths += sorted(glob.glob(os.path.join(ROOT, "manifests/base/*.yaml")))
+    paths += sorted(glob.glob(os.path.join(ROOT, "manifests/webhook/*.yaml")))
     paths += sorted(glob.glob(os.path.join(ROOT, "tests/fixtures/aws/*/cluster/*")))
     for path in paths:
         with open(path) as f:
@@ -145,6 +149,129 @@ def aws_cases():
             yield b"\0".join(parts)
 
 
+def review_of(namespace, operation, obj, uid="705ab4f5-6393-11e8-b7cc-42010a800001"):
+    """An AdmissionReview v1 body as the API server sends it (tests/webhook.rs review_of)."""
+    gvk = {"group": "", "version": "v1", "kind": "Pod"}
+    gvr = {"group": "", "version": "v1", "resource": "pods"}
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    return {"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {
+        "uid": uid, "kind": gvk, "resource": gvr, "requestKind": gvk, "requestResource": gvr,
+        "name": (meta or {}).get("name", ""), "namespace": namespace, "operation": operation,
+        "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller",
+                     "groups": ["system:serviceaccounts", "system:authenticated"]},
+        "object": obj, "oldObject": None, "dryRun": False,
+        "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}}}
+
+
+def deployment_pod(namespace, app):
+    """The pod a ReplicaSet creates, after defaulting (tests/webhook.rs deployment_pod)."""
+    return {
+        "kind": "Pod", "apiVersion": "v1",
+        "metadata": {"generateName": app + "-7c5ddbdf54-", "namespace": namespace,
+                     "creationTimestamp": None,
+                     "labels": {"app": app, "pod-template-hash": "7c5ddbdf54"},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                          "name": app + "-7c5ddbdf54", "uid": "6a1f9c1e",
+                                          "controller": True}]},
+        "spec": {
+            "volumes": [{"name": "kube-api-access-x7k2p", "projected": {"sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}],
+                "defaultMode": 420}}],
+            "containers": [{"name": app, "image": "nginx:1.27",
+                            "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                            "resources": {}, "imagePullPolicy": "IfNotPresent"}],
+            "restartPolicy": "Always", "dnsPolicy": "ClusterFirst",
+            "serviceAccountName": "default", "securityContext": {},
+            "schedulerName": "default-scheduler", "enableServiceLinks": True},
+        "status": {}}
+
+
+def admission_reviews():
+    import copy
+
+    def variant(ns, edit):
+        pod = deployment_pod(ns, "web")
+        edit(pod)
+        return review_of(ns, "CREATE", pod)
+
+    def setp(path, value):
+        def edit(pod):
+            d = pod
+            for k in path[:-1]:
+                d = d.setdefault(k, {})
+            d[path[-1]] = value
+        return edit
+
+    sidecar = {"name": "clusterdns", "image": "registry.example/clusterdns:1.0",
+               "args": ["sidecar"], "restartPolicy": "Always"}
+    injected_ann = {"clusterdns.io/status": "injected", "clusterdns.io/reason": "annotation"}
+    yield from (variant(ns, lambda p: None) for ns in
+                ("default", "kube-system", "batch-nightly", "team", "other", "clusterdns-system"))
+    edits = [
+        ("batch-nightly", lambda p: (p["metadata"]["labels"].update(compute="fargate"),
+                                      p["spec"]["containers"][0].update(resources={
+                                          "requests": {"cpu": "250m", "memory": "256Mi"},
+                                          "limits": {"memory": "2Gi"}}))),
+        ("other", setp(["metadata", "annotations"], {"clusterdns.io/inject": "true"})),
+        ("default", setp(["metadata", "annotations"], {"clusterdns.io/inject": " False "})),
+        ("default", setp(["spec", "hostNetwork"], True)),
+        ("default", setp(["spec", "dnsPolicy"], "Default")),
+        ("default", lambda p: p["spec"].update(dnsPolicy="None", dnsConfig={"nameservers": ["1.1.1.1"]})),
+        ("default", setp(["spec", "os"], {"name": "windows"})),
+        ("default", setp(["metadata", "labels"], {"k8s-app": "kube-dns"})),
+        ("default", setp(["metadata", "labels"], {"app.kubernetes.io/name": "clusterdns-webhook"})),
+        ("other", setp(["spec", "schedulerName"], "fargate-scheduler")),
+        ("default", setp(["spec", "initContainers"], [{"name": "init", "image": "busybox"}])),
+        ("default", lambda p: (p["spec"].update(initContainers=[sidecar], dnsPolicy="None"),
+                               p["metadata"].update(annotations=dict(injected_ann)))),
+        ("default", setp(["spec", "initContainers"], [sidecar])),
+        ("default", setp(["spec", "dnsConfig"], {
+            "nameservers": ["10.0.0.2", "127.0.0.1", "10.0.0.3"], "searches": ["corp.example"],
+            "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]})),
+        ("default", setp(["spec", "securityContext"], {"sysctls": [
+            {"name": "net.ipv4.ip_unprivileged_port_start", "value": "1024"}]})),
+        ("default", setp(["spec", "securityContext"], {"sysctls": [
+            {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]})),
+        ("default", setp(["spec", "securityContext"], {"runAsUser": 1000, "sysctls": [
+            {"name": "kernel.shm_rmid_forced", "value": "1"}]})),
+        ("default", lambda p: p["spec"].pop("securityContext")),
+        ("default", setp(["metadata", "annotations"], {"a/b~c": "x", "clusterdns.io/status": "skipped"})),
+        ("default", lambda p: p.pop("spec")),
+        ("default", lambda p: p.pop("metadata")),
+        ("default", setp(["spec", "containers"], "nginx")),
+        ("default", setp(["spec", "overhead"], {"cpu": "250m", "memory": "120Mi"})),
+    ]
+    for ns, edit in edits:
+        yield variant(ns, edit)
+    for op in ("UPDATE", "DELETE", "CONNECT"):
+        yield review_of("default", op, deployment_pod("default", "web"))
+    dep = review_of("default", "CREATE", {"kind": "Deployment", "apiVersion": "apps/v1",
+                                          "metadata": {"name": "web"}})
+    dep["request"]["kind"] = {"group": "apps", "version": "v1", "kind": "Deployment"}
+    dep["request"]["resource"] = {"group": "apps", "version": "v1", "resource": "deployments"}
+    yield dep
+    sub = review_of("default", "CREATE", deployment_pod("default", "web"))
+    sub["request"]["subResource"] = "ephemeralcontainers"
+    yield sub
+    nons = review_of("", "CREATE", deployment_pod("default", "web"))
+    del nons["request"]["namespace"]
+    yield nons
+    noobj = review_of("default", "CREATE", None)
+    yield noobj
+    old = copy.deepcopy(nons)
+    old["apiVersion"] = "admission.k8s.io/v1beta1"
+    yield old
+    yield {"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1"}
+    yield {"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {"uid": 1}}
+    yield deployment_pod("default", "x")
+    for path in ("manifests/examples/sidecar-pod.yaml", "manifests/examples/demo-cluster.yaml"):
+        with open(os.path.join(ROOT, path)) as f:
+            for d in yaml.safe_load_all(f):
+                if d and d.get("kind") == "Pod":
+                    ns = d.get("metadata", {}).get("namespace", "default")
+                    yield review_of(ns, "CREATE", d)
+
+
 def write(outdir, target, data):
     if isinstance(data, str):
         data = data.encode()
@@ -170,6 +297,13 @@ def main():
         write(outdir, "manifests", text)
     for data in aws_cases():
         write(outdir, "aws", data)
+    for i, review in enumerate(admission_reviews()):
+        # The API server's encoding (compact) and, for some, an indented one.
+        write(outdir, "webhook", json.dumps(review, separators=(",", ":")))
+        if i % 4 == 0:
+            write(outdir, "webhook", json.dumps(review, indent=2))
+    write(outdir, "webhook", b'{"kind": "AdmissionReview", ')
+    write(outdir, "webhook", b"not json")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,11 @@ fn aws_corpus() {
     replay("aws", harness::aws, 10);
 }
 
+#[test]
+fn webhook_corpus() {
+    replay("webhook", harness::webhook, 10);
+}
+
 /// The harness is not vacuous: its server answers cluster names from the demo cluster and
 /// forwarded names through its local upstream, and its answers pass the checks.
 #[test]
@@ -85,4 +90,40 @@ fn harness_serves_the_demo_cluster_and_forwards() {
     assert_eq!(ask("nginx.demo.svc.other.local."), ["10.100.12.34"]);
     assert_eq!(ask("www.example.com."), ["192.0.2.53"]);
     assert_eq!(ask("12.example.org."), ["10.0.0.12"]);
+}
+
+/// The webhook harness is not vacuous: a Deployment's pod on a Fargate profile gets the
+/// sidecar (first init container, or last container before 1.29), one elsewhere is marked
+/// skipped, and both answers pass the harness's checks.
+#[test]
+fn webhook_harness_injects_and_skips() {
+    use serde_json::json;
+    let body = |namespace: &str| {
+        serde_json::to_vec(&json!({
+            "kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1",
+            "request": {
+                "uid": "8e2b", "operation": "CREATE", "namespace": namespace,
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "userInfo": {},
+                "object": {"metadata": {"generateName": "web-"},
+                           "spec": {"containers": [{"name": "web", "image": "nginx"}]}},
+            },
+        }))
+        .unwrap()
+    };
+    let [native, container] = harness::webhook_contexts();
+    let pod = harness::webhook_review(&body("default"), native).expect("a 200");
+    assert_eq!(pod["spec"]["initContainers"][0]["name"], "clusterdns");
+    assert_eq!(pod["spec"]["dnsPolicy"], "None");
+    let pod = harness::webhook_review(&body("default"), container).expect("a 200");
+    assert_eq!(pod["spec"]["containers"][1]["name"], "clusterdns");
+    let pod = harness::webhook_review(&body("elsewhere"), native).expect("a 200");
+    assert_eq!(
+        pod["metadata"]["annotations"]["clusterdns.io/status"],
+        "skipped"
+    );
+    assert!(pod["spec"].get("initContainers").is_none());
+    harness::webhook(&body("default"));
+    assert!(harness::webhook_review(b"{", native).is_none(), "a 400");
 }

@@ -492,3 +492,195 @@ pub fn aws(data: &[u8]) {
         panic!("render_json printed something that is not JSON ({e}): {json}");
     }
 }
+
+/// The webhook's settings in the fuzz target: the Fargate profiles of tests/webhook.rs
+/// (`default` and `kube-system`; `batch-*` pods labelled `compute=fargate`), its own namespace,
+/// one namespace labelled for injection; a native sidecar or, as for API servers before 1.29,
+/// an ordinary container.
+pub fn webhook_contexts() -> &'static [clusterdns::webhook::inject::Context; 2] {
+    use clusterdns::webhook::inject::{Context, Settings};
+    static CTX: OnceLock<[Context; 2]> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let profiles = clusterdns::fargate::profile::parse_profiles(
+            r#"[{"fargateProfile":{"fargateProfileName":"fp-default","selectors":[
+                  {"namespace":"default"},{"namespace":"kube-system"}]}},
+                {"fargateProfile":{"fargateProfileName":"fp-batch","selectors":[
+                  {"namespace":"batch-*","labels":{"compute":"fargate"}}]}}]"#,
+            Path::new("profiles.json"),
+        )
+        .expect("the fuzz Fargate profiles parse");
+        let ctx = |native: bool| {
+            let ctx = Context::new(Settings {
+                image: "registry.example/clusterdns:1.0".into(),
+                upstreams: vec!["10.100.0.10".into()],
+                native,
+                own_namespace: Some("clusterdns-system".into()),
+                profiles: profiles.clone(),
+                ..Settings::default()
+            });
+            ctx.namespaces
+                .store(Arc::new(["team".to_string()].into_iter().collect()));
+            ctx
+        };
+        [ctx(true), ctx(false)]
+    })
+}
+
+/// Container names of a pod object (init and ordinary), for the duplicate-name check.
+fn container_names(pod: &serde_json::Value) -> Vec<String> {
+    ["containers", "initContainers"]
+        .iter()
+        .filter_map(|k| pod["spec"][k].as_array())
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The answer of `review` to one body, checked as the API server would take it: a 400 is a
+/// `Status` with a message; a 200 is an AdmissionReview v1 with the request's uid, allowed
+/// (the webhook fails open and never denies), and its patch, if any, is a base64 JSON Patch
+/// that applies to the request's object and leaves a pod that parses, with no container name
+/// twice. Returns the patched object (or the object unchanged without a patch) for a 200.
+pub fn webhook_review(
+    data: &[u8],
+    ctx: &clusterdns::webhook::inject::Context,
+) -> Option<serde_json::Value> {
+    use base64::Engine;
+    use serde_json::Value;
+    let r = clusterdns::webhook::inject::review(data, ctx);
+    let body: Value = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("the answer is not JSON ({e}): {:?}", r.body));
+    match r.status {
+        400 => {
+            assert_eq!(body["kind"], "Status", "a 400 that is not a Status: {body}");
+            assert_eq!(body["code"], 400, "{body}");
+            assert!(
+                body["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "a 400 without a message: {body}"
+            );
+            return None;
+        }
+        200 => {}
+        other => panic!("HTTP status {other}: {body}"),
+    }
+    // A 200 is only for a request that parsed.
+    let request: Value = serde_json::from_slice(data).expect("a 200 for a body that is not JSON");
+    let request = &request["request"];
+    assert_eq!(body["kind"], "AdmissionReview", "{body}");
+    assert_eq!(body["apiVersion"], "admission.k8s.io/v1", "{body}");
+    // What the API server decodes (Go's admission/v1 AdmissionResponse; kube's own types
+    // read `patch` as an array of numbers, not the base64 string Go writes, so checked here).
+    let response = body["response"]
+        .as_object()
+        .unwrap_or_else(|| panic!("an AdmissionReview without a response: {body}"));
+    for key in response.keys() {
+        assert!(
+            [
+                "uid",
+                "allowed",
+                "status",
+                "patch",
+                "patchType",
+                "auditAnnotations",
+                "warnings"
+            ]
+            .contains(&key.as_str()),
+            "an AdmissionResponse field the API does not have: {key}: {body}"
+        );
+    }
+    assert_eq!(
+        response.get("uid").and_then(Value::as_str),
+        Some(
+            request["uid"]
+                .as_str()
+                .expect("a 200 for a request without a uid")
+        ),
+        "the answer's uid is not the request's: {body}"
+    );
+    assert_eq!(
+        response.get("allowed"),
+        Some(&Value::Bool(true)),
+        "not allowed: {body}"
+    );
+    if let Some(w) = response.get("warnings") {
+        assert!(
+            w.as_array().is_some_and(|w| w.iter().all(Value::is_string)),
+            "warnings that are not strings: {body}"
+        );
+    }
+    if let Some(status) = response.get("status") {
+        assert!(
+            status.is_object() && status.get("message").is_none_or(Value::is_string),
+            "a status that is not a Status: {body}"
+        );
+    }
+    let object = request["object"].clone();
+    let Some(b64) = body["response"]["patch"].as_str() else {
+        assert!(
+            body["response"].get("patchType").is_none(),
+            "a patchType without a patch: {body}"
+        );
+        return Some(object);
+    };
+    assert_eq!(body["response"]["patchType"], "JSONPatch", "{body}");
+    let is_pod_create = request["operation"] == "CREATE"
+        && request["kind"]["kind"] == "Pod"
+        && request["resource"]["resource"] == "pods";
+    assert!(
+        is_pod_create,
+        "a patch for something else than a pod CREATE: {body}"
+    );
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap_or_else(|e| panic!("the patch is not base64 ({e}): {b64}"));
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "the patch is not a JSON Patch ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    assert!(!patch.0.is_empty(), "an empty patch is sent as none");
+    let mut doc = object.clone();
+    if let Err(e) = json_patch::patch(&mut doc, &patch) {
+        panic!(
+            "the patch does not apply to the request's pod ({e}):\npatch {}\npod {object}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    if let Err(e) = serde_json::from_value::<k8s_openapi::api::core::v1::Pod>(doc.clone()) {
+        panic!("the patched pod does not parse ({e}): {doc}");
+    }
+    let (before, after) = (container_names(&object), container_names(&doc));
+    for name in &after {
+        let count = |names: &[String]| names.iter().filter(|n| *n == name).count();
+        assert!(
+            count(&after) <= count(&before).max(1),
+            "the patch gives two containers the name {name}: {doc}"
+        );
+    }
+    Some(doc)
+}
+
+/// An AdmissionReview body, answered with a native sidecar and with an ordinary container
+/// (checks in [`webhook_review`]). The API server re-invokes the webhook after other mutating
+/// webhooks (`reinvocationPolicy: IfNeeded`): the review of the patched pod must patch
+/// nothing more.
+pub fn webhook(data: &[u8]) {
+    for ctx in webhook_contexts() {
+        let Some(patched) = webhook_review(data, ctx) else {
+            continue;
+        };
+        let mut again: serde_json::Value =
+            serde_json::from_slice(data).expect("a 200 for a body that is JSON");
+        if again["request"]["object"] == patched {
+            continue;
+        }
+        again["request"]["object"] = patched;
+        let body = serde_json::to_vec(&again).expect("JSON encodes");
+        let patched_again = webhook_review(&body, ctx).expect("the re-invocation is a 200");
+        assert_eq!(
+            patched_again, again["request"]["object"],
+            "a re-invocation patched the pod again"
+        );
+    }
+}

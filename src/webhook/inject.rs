@@ -664,19 +664,36 @@ fn sysctl_ops(pod: &Pod) -> Result<Vec<PatchOperation>, String> {
 }
 
 /// Ops that set these annotations (none for values already in place, so a re-invocation
-/// changes nothing).
-fn annotation_ops(pod: &Pod, wanted: &BTreeMap<String, String>) -> Vec<PatchOperation> {
-    match &pod.metadata.annotations {
-        None => vec![add(
-            &["metadata", "annotations"],
-            serde_json::to_value(wanted).unwrap_or_default(),
+/// changes nothing). They are built against the object as sent, not the typed pod: a pod
+/// without `metadata` (or with `metadata: null`) reads as one with empty metadata, yet the
+/// patch must add `/metadata` itself, or it does not apply.
+fn annotation_ops(object: &Value, wanted: &BTreeMap<String, String>) -> Vec<PatchOperation> {
+    let metadata = object.get("metadata").and_then(Value::as_object);
+    let have = metadata
+        .and_then(|m| m.get("annotations"))
+        .and_then(Value::as_object);
+    let all = || serde_json::to_value(wanted).unwrap_or_default();
+    match (metadata, have) {
+        (None, _) => vec![add(
+            &["metadata"],
+            serde_json::json!({ "annotations": all() }),
         )],
-        Some(have) => wanted
+        (Some(_), None) => vec![add(&["metadata", "annotations"], all())],
+        (Some(_), Some(have)) => wanted
             .iter()
-            .filter(|(k, v)| have.get(*k) != Some(*v))
+            .filter(|(k, v)| have.get(k.as_str()).and_then(Value::as_str) != Some(v.as_str()))
             .map(|(k, v)| add(&["metadata", "annotations", k], Value::from(v.as_str())))
             .collect(),
     }
+}
+
+/// The ops applied to a copy of the object as sent: the result must parse as a Pod. Every op
+/// is checked, so a patch the API server could not apply (it would refuse the pod's creation)
+/// is never sent.
+fn apply(object: &Value, ops: &[PatchOperation]) -> Result<Pod, String> {
+    let mut patched = object.clone();
+    json_patch::patch(&mut patched, ops).map_err(|e| format!("the patch does not apply: {e}"))?;
+    serde_json::from_value(patched).map_err(|e| format!("the patched pod does not parse: {e}"))
 }
 
 fn mutate(
@@ -698,13 +715,14 @@ fn mutate(
                 vec![]
             } else {
                 annotation_ops(
-                    pod,
+                    object,
                     &BTreeMap::from([
                         (STATUS_ANNOTATION.to_string(), "skipped".to_string()),
                         (REASON_ANNOTATION.to_string(), reason.label().to_string()),
                     ]),
                 )
             };
+            apply(object, &ops)?;
             return Ok(Mutation {
                 ops,
                 warnings: vec![],
@@ -737,11 +755,8 @@ fn mutate(
     ));
     ops.extend(sysctl_ops(pod)?);
 
-    // Apply to a copy: the result must still be a valid Pod, and it is what gets sized.
-    let mut patched = object.clone();
-    json_patch::patch(&mut patched, &ops).map_err(|e| format!("the patch does not apply: {e}"))?;
-    let patched: Pod = serde_json::from_value(patched)
-        .map_err(|e| format!("the patched pod does not parse: {e}"))?;
+    // Applied to a copy: the result is what gets sized.
+    let patched = apply(object, &ops)?;
 
     let mut annotations = BTreeMap::from([
         (STATUS_ANNOTATION.to_string(), "injected".to_string()),
@@ -766,7 +781,8 @@ fn mutate(
             }
         }
     }
-    ops.extend(annotation_ops(pod, &annotations));
+    ops.extend(annotation_ops(object, &annotations));
+    apply(object, &ops)?;
     Ok(Mutation {
         ops,
         warnings,
@@ -929,6 +945,54 @@ mod tests {
         }
         let big = vec![b' '; MAX_BODY + 1];
         assert_eq!(review(&big, &ctx).status, 400);
+    }
+
+    /// Found by the webhook fuzz target's seeds: a pod object without `metadata` (or with
+    /// `metadata: null`) reads as a Pod with empty metadata, and the patch added
+    /// `/metadata/annotations` under a `/metadata` that is not there, so the API server could
+    /// not apply it. Every answer's patch must apply to the object as sent.
+    #[test]
+    fn the_patch_applies_to_a_pod_without_metadata() {
+        use base64::Engine;
+        let ctx = ctx_with_profile();
+        for (namespace, metadata) in [
+            ("web-a", None),
+            ("other", None),
+            ("web-a", Some(Value::Null)),
+            ("other", Some(json!({"annotations": null}))),
+        ] {
+            let mut object = base();
+            match &metadata {
+                None => drop(object.as_object_mut().unwrap().remove("metadata")),
+                Some(m) => object["metadata"] = m.clone(),
+            }
+            let body = json!({
+                "kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1",
+                "request": {
+                    "uid": "u1", "operation": "CREATE", "namespace": namespace,
+                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "userInfo": {}, "object": object,
+                },
+            });
+            let r = review(&serde_json::to_vec(&body).unwrap(), &ctx);
+            assert_eq!(r.status, 200);
+            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            let b64 = v["response"]["patch"].as_str().expect("a patch");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap();
+            let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+            let mut doc = object.clone();
+            json_patch::patch(&mut doc, &patch)
+                .unwrap_or_else(|e| panic!("{namespace} {metadata:?}: {e}"));
+            let status = if namespace == "web-a" {
+                "injected"
+            } else {
+                "skipped"
+            };
+            assert_eq!(doc["metadata"]["annotations"][STATUS_ANNOTATION], status);
+        }
     }
 
     #[test]
