@@ -596,6 +596,7 @@ enum After {
 /// in a box, until the connection is idle again.
 // A plain fn returning an async block: an `async fn` would hold `c` twice in its future (the
 // argument, then the local it is moved into).
+#[allow(clippy::manual_async_fn)]
 fn connection<S: ConnStream>(mut c: Conn<S>) -> impl std::future::Future<Output = ()> + Send {
     async move {
         loop {
