@@ -417,10 +417,7 @@ async fn prefer_close_is_zone_aware_through_the_api_with_the_default_corefile() 
     })
     .await;
     // A client that is no pod: unknown zone, every endpoint.
-    assert_eq!(
-        db_from(dns, "127.0.0.23").await,
-        ["10.1.0.10", "10.1.0.20"]
-    );
+    assert_eq!(db_from(dns, "127.0.0.23").await, ["10.1.0.10", "10.1.0.20"]);
     // A pod created after the start arrives by the watch.
     api.apply(api_pod("client-b", "n2", "127.0.0.23"));
     until("the new pod in zone b to get zone b's endpoint", || async {
@@ -429,9 +426,10 @@ async fn prefer_close_is_zone_aware_through_the_api_with_the_default_corefile() 
     .await;
     // A deleted pod's address is no one's any more.
     api.delete(Res::Pods, "shop", "client-b");
-    until("the deleted pod's address to be of an unknown zone", || async {
-        db_from(dns, "127.0.0.23").await == ["10.1.0.10", "10.1.0.20"]
-    })
+    until(
+        "the deleted pod's address to be of an unknown zone",
+        || async { db_from(dns, "127.0.0.23").await == ["10.1.0.10", "10.1.0.20"] },
+    )
     .await;
     // The last PreferClose Service gone: no pod watch, answers as CoreDNS's.
     api.apply(api_db(false));

@@ -321,9 +321,11 @@ pub fn spawn(
             let c = client.clone();
             // Each kind is decoded into its lean type (cluster::wire), then stripped.
             match kind {
-                ResourceKind::Namespaces => watches.spawn(w.run(Api::<ApiNamespace>::all(c), |o| {
-                    Namespace::from_api(&o.into_api()).map(Object::Namespace)
-                })),
+                ResourceKind::Namespaces => {
+                    watches.spawn(w.run(Api::<ApiNamespace>::all(c), |o| {
+                        Namespace::from_api(&o.into_api()).map(Object::Namespace)
+                    }))
+                }
                 ResourceKind::Services => watches.spawn(w.run(Api::<ApiService>::all(c), |o| {
                     Service::from_api(&o.into_api()).map(Object::Service)
                 })),
@@ -1115,7 +1117,8 @@ impl Publisher {
             return;
         }
         let want = self.prefer_close > 0;
-        self.zones.send_if_modified(|w| std::mem::replace(w, want) != want);
+        self.zones
+            .send_if_modified(|w| std::mem::replace(w, want) != want);
         match (want, self.pod_table.is_some()) {
             (true, false) => self.pod_table = Some(PodIpTable::default()),
             (false, true) => {
@@ -1215,7 +1218,11 @@ impl Publisher {
             map.contains_key(key) && Arc::make_mut(map).remove(key).is_some()
         }
         if kind == ResourceKind::Services
-            && self.store.services.get(key).is_some_and(|old| old.prefer_close)
+            && self
+                .store
+                .services
+                .get(key)
+                .is_some_and(|old| old.prefer_close)
         {
             self.prefer_close -= 1;
             let removed = take(&mut self.store.services, key);

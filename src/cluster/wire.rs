@@ -29,9 +29,7 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::demand::CAPACITY_ANNOTATION;
-use super::model::{
-    POD_SG_ANNOTATION, TOPOLOGY_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION,
-};
+use super::model::{POD_SG_ANNOTATION, TOPOLOGY_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION};
 
 /// The annotations any `from_api` reads; others (`kubectl.kubernetes.io/last-applied-
 /// configuration` holds the whole object again) are skipped undecoded.
@@ -238,28 +236,29 @@ impl ApiEndpointSlice {
         discovery::EndpointSlice {
             metadata: self.metadata,
             address_type: self.address_type,
-            endpoints: self
-                .endpoints
-                .unwrap_or_default()
-                .into_iter()
-                .map(|e| discovery::Endpoint {
-                    addresses: e.addresses,
-                    conditions: e.conditions,
-                    hints: e.hints.map(|h| discovery::EndpointHints {
-                        for_zones: h.for_zones,
+            endpoints: Some(
+                self.endpoints
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| discovery::Endpoint {
+                        addresses: e.addresses,
+                        conditions: e.conditions,
+                        hints: e.hints.map(|h| discovery::EndpointHints {
+                            for_zones: h.for_zones,
+                            ..Default::default()
+                        }),
+                        hostname: e.hostname,
+                        node_name: e.node_name,
+                        target_ref: e.target_ref.map(|r| core::ObjectReference {
+                            kind: r.kind,
+                            name: r.name,
+                            ..Default::default()
+                        }),
+                        zone: e.zone,
                         ..Default::default()
-                    }),
-                    hostname: e.hostname,
-                    node_name: e.node_name,
-                    target_ref: e.target_ref.map(|r| core::ObjectReference {
-                        kind: r.kind,
-                        name: r.name,
-                        ..Default::default()
-                    }),
-                    zone: e.zone,
-                    ..Default::default()
-                })
-                .collect(),
+                    })
+                    .collect(),
+            ),
             ports: self.ports,
         }
     }
@@ -324,7 +323,11 @@ impl ApiPod {
         core::Pod {
             metadata: self.metadata,
             spec: self.spec.map(|s| core::PodSpec {
-                containers: s.containers.into_iter().map(LeanContainer::into_api).collect(),
+                containers: s
+                    .containers
+                    .into_iter()
+                    .map(LeanContainer::into_api)
+                    .collect(),
                 init_containers: s
                     .init_containers
                     .map(|c| c.into_iter().map(LeanContainer::into_api).collect()),
@@ -362,7 +365,7 @@ impl ApiPod {
             ips.extend(
                 status
                     .and_then(|s| s.pod_ip.as_deref())
-                    .and_then(|ip| ip.trim().parse().ok()),
+                    .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok()),
             );
         }
         (ips, spec.and_then(|s| s.node_name.as_deref()))
@@ -458,8 +461,8 @@ mod tests {
 
     #[test]
     fn unused_metadata_and_annotations_are_skipped() {
-        let s: ApiService = serde_json::from_value(json!({"metadata": meta(json!({}))}))
-            .expect("decode");
+        let s: ApiService =
+            serde_json::from_value(json!({"metadata": meta(json!({}))})).expect("decode");
         let a = s.metadata.annotations.expect("kept annotations");
         assert_eq!(
             a.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -472,9 +475,10 @@ mod tests {
         assert!(s.metadata.managed_fields.is_none() && s.metadata.uid.is_none());
         assert_eq!(s.metadata.resource_version.as_deref(), Some("42"));
         // Null maps are what some clients send: no error.
-        let n: ApiNode =
-            serde_json::from_value(json!({"metadata": {"name": "n", "labels": null, "annotations": null}}))
-                .expect("nulls");
+        let n: ApiNode = serde_json::from_value(
+            json!({"metadata": {"name": "n", "labels": null, "annotations": null}}),
+        )
+        .expect("nulls");
         assert_eq!(n.metadata.name.as_deref(), Some("n"));
     }
 
@@ -484,7 +488,10 @@ mod tests {
             "spec": {"nodeName": "n1", "containers": []},
             "status": {"podIP": "10.0.0.7"}}))
         .expect("decode");
-        assert_eq!(p.placement(), (vec!["10.0.0.7".parse().unwrap()], Some("n1")));
+        assert_eq!(
+            p.placement(),
+            (vec!["10.0.0.7".parse().unwrap()], Some("n1"))
+        );
         let h: ApiPod = serde_json::from_value(json!({"metadata": {"name": "p"},
             "spec": {"nodeName": "n1", "hostNetwork": true, "containers": []},
             "status": {"podIP": "10.0.0.7"}}))
