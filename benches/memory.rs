@@ -13,9 +13,11 @@
 //!
 //! ```text
 //! cargo bench --bench memory -- --services 5000 --pods 25000 [--no-pods] [--seed 1]
-//!     [--load-secs 5] [--env KEY=VAL ...] [--json FILE] [--hold]
+//!     [--load-secs 5] [--env KEY=VAL ...] [--json FILE] [--hold] [--prefer-close]
 //! ```
 //! `--no-pods` keeps the endpoints (addresses taken from the pods) but drops the Pod objects.
+//! `--prefer-close` makes every headless Service `trafficDistribution: PreferClose`, so both
+//! sources keep the pod IP -> node map of zone-aware answers (issue 14).
 //! `--env KEY=VAL` adds an API-source variant with that environment (repeatable, comma
 //! separated for several variables). `--hold` keeps the fake API server up after the run and
 //! prints its kubeconfig (for a heap profiler run by hand). `--bin LABEL=PATH` also measures
@@ -39,6 +41,7 @@ struct Args {
     services: usize,
     pods: usize,
     no_pods: bool,
+    prefer_close: bool,
     seed: u64,
     load_secs: u64,
     envs: Vec<Vec<(String, String)>>,
@@ -53,6 +56,7 @@ fn args() -> Args {
         services: 5000,
         pods: 25000,
         no_pods: false,
+        prefer_close: false,
         seed: 1,
         load_secs: 5,
         envs: Vec::new(),
@@ -67,6 +71,7 @@ fn args() -> Args {
             "--services" => a.services = val().parse().expect("--services N"),
             "--pods" => a.pods = val().parse().expect("--pods M"),
             "--no-pods" => a.no_pods = true,
+            "--prefer-close" => a.prefer_close = true,
             "--seed" => a.seed = val().parse().expect("--seed N"),
             "--load-secs" => a.load_secs = val().parse().expect("--load-secs N"),
             "--env" => a.envs.push(
@@ -101,7 +106,7 @@ fn generate(a: &Args) -> (Vec<Value>, Vec<(String, String)>) {
         pods: a.pods,
         seed: a.seed,
         namespaces: None,
-        prefer_close: false,
+        prefer_close: a.prefer_close,
         client_pod: None,
     };
     write_cluster(&gen, &mut yaml).expect("generate");
@@ -497,10 +502,15 @@ async fn main() {
     let a = args();
     let file = &results[0];
     println!(
-        "\n### Memory, file source against API source: {} services / {} pods{} ({n_objects} objects)\n",
+        "\n### Memory, file source against API source: {} services / {} pods{}{} ({n_objects} objects)\n",
         a.services,
         a.pods,
-        if a.no_pods { ", Pod objects left out" } else { "" }
+        if a.no_pods { ", Pod objects left out" } else { "" },
+        if a.prefer_close {
+            ", headless Services PreferClose"
+        } else {
+            ""
+        }
     );
     println!("| source | RSS after sync | RSS +5 s | peak (VmHWM) | vs file | ready after | QPS vs file | CPU/query vs file |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::{self, Routes as HttpRoutes};
 use crate::cluster::file_source::{self, DEFAULT_INTERVAL};
-use crate::cluster::kube_source::{self, KubeSourceOptions};
+use crate::cluster::kube_source::{self, KubeSourceOptions, PodZones};
 use crate::cluster::status::SourceStatus;
 use crate::cluster::{ClusterView, Store};
 use crate::corefile::{self, Config, HostPort};
@@ -167,12 +167,18 @@ async fn start_source(
         .any(|k| matches!(k.pods, corefile::PodsMode::Verified));
     let need_pods =
         verified || opts.fargate_profiles.is_some() || opts.aws.is_some() || opts.aws_api.is_some();
+    let zone_first = config
+        .servers
+        .iter()
+        .filter_map(|b| b.kubernetes())
+        .any(|k| k.zone_first);
     if let Some(path) = &opts.manifests {
         file_source::start(
             path.clone(),
             view.clone(),
             DEFAULT_INTERVAL,
             need_pods,
+            zone_first,
             cancel.clone(),
         )
         // Every load error starts with the file it is about (a directory's member included).
@@ -180,11 +186,6 @@ async fn start_source(
         return Ok(None);
     }
     let k8s = config.servers.iter().find_map(|b| b.kubernetes());
-    let zone_first = config
-        .servers
-        .iter()
-        .filter_map(|b| b.kubernetes())
-        .any(|k| k.zone_first);
     if k8s.is_none() {
         // No kubernetes plugin (a forward-only Corefile, the sidecar): no cluster data to
         // wait for, so the view is complete (and /ready true) from the start.
@@ -223,9 +224,15 @@ async fn start_source(
         startup_timeout: k8s
             .map(|k| k.startup_timeout)
             .unwrap_or(Duration::from_secs(5)),
-        // Pods cost memory in big clusters: watched only where answers (pods verified,
-        // zone_first ordering), placement or the prober need them.
-        watch_pods: need_pods || zone_first,
+        // Pods cost memory in big clusters: watched whole only where answers (pods
+        // verified), placement or the prober need them; for zone-aware answers only their
+        // addresses and nodes are kept.
+        watch_pods: need_pods,
+        pod_zones: if zone_first {
+            PodZones::Always
+        } else {
+            PodZones::OnDemand
+        },
         // Nodes are few and tell micro-VM endpoints from node-group ones.
         watch_nodes: true,
         api_url: Some(api_url),

@@ -317,8 +317,8 @@ async fn the_api_source_picks_up_a_new_zone_label_and_new_hints() {
                "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x"}]},
                "status": {"podIP": "127.0.0.21", "podIPs": [{"ip": "127.0.0.21"}]}}),
     ]);
-    // zone_first makes the API source watch pods (PreferClose alone locates clients by
-    // subnet in API mode: README).
+    // zone_first: pod addresses are watched from the start (PreferClose alone also has them
+    // watched, while such a Service exists: the test below).
     let s = serve(
         "kubernetes cluster.local {\n    zone_first\n}",
         None,
@@ -355,5 +355,126 @@ async fn the_api_source_picks_up_a_new_zone_label_and_new_hints() {
         ips().await == ["10.1.0.20"]
     })
     .await;
+    s.running.shutdown().await;
+}
+
+fn api_pod(name: &str, node: &str, ip: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "shop"},
+           "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]},
+           "status": {"podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+fn api_db(prefer_close: bool) -> serde_json::Value {
+    let mut spec = json!({"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]});
+    if prefer_close {
+        spec["trafficDistribution"] = json!("PreferClose");
+    }
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": "db", "namespace": "shop"}, "spec": spec})
+}
+
+/// The sorted A answers of `db.shop` for a client at `client`.
+async fn db_from(dns: SocketAddr, client: &str) -> Vec<String> {
+    let r = ask_from(
+        dns,
+        client,
+        Transport::Udp,
+        "db.shop.svc.cluster.local",
+        RecordType::A,
+    )
+    .await;
+    let mut v: Vec<String> = r.answers.iter().map(|a| a.data.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// Issue 14 item 4: with the default Corefile (`pods insecure`), the API source still
+/// locates PreferClose clients by their pod: it watches pod addresses (IP -> node only) while
+/// such a Service exists, picks up new pods without a restart, and watches no pods while none
+/// does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_close_is_zone_aware_through_the_api_with_the_default_corefile() {
+    use support::apiserver::Res;
+    let api = ApiServer::start().await;
+    api.apply_all([
+        support::namespace("shop"),
+        api_db(true),
+        api_slice(None),
+        api_node("n1", Some("eu-west-1a")),
+        api_node("n2", Some("eu-west-1b")),
+        api_pod("client-a", "n1", "127.0.0.21"),
+    ]);
+    let s = serve(
+        "kubernetes cluster.local {\n    pods insecure\n}",
+        None,
+        Some(api.kubeconfig_path()),
+    )
+    .await;
+    let dns = s.running.dns_addr;
+    until("zone a's endpoint only, for the pod in zone a", || async {
+        db_from(dns, "127.0.0.21").await == ["10.1.0.10"]
+    })
+    .await;
+    // A client that is no pod: unknown zone, every endpoint.
+    assert_eq!(db_from(dns, "127.0.0.23").await, ["10.1.0.10", "10.1.0.20"]);
+    // A pod created after the start arrives by the watch.
+    api.apply(api_pod("client-b", "n2", "127.0.0.23"));
+    until("the new pod in zone b to get zone b's endpoint", || async {
+        db_from(dns, "127.0.0.23").await == ["10.1.0.20"]
+    })
+    .await;
+    // A deleted pod's address is no one's any more.
+    api.delete(Res::Pods, "shop", "client-b");
+    until(
+        "the deleted pod's address to be of an unknown zone",
+        || async { db_from(dns, "127.0.0.23").await == ["10.1.0.10", "10.1.0.20"] },
+    )
+    .await;
+    // The last PreferClose Service gone: no pod watch, answers as CoreDNS's.
+    api.apply(api_db(false));
+    until("the pod watch to stop", || async {
+        api.open_watches(Res::Pods) == 0
+    })
+    .await;
+    until("every endpoint for the zone-a client", || async {
+        db_from(dns, "127.0.0.21").await == ["10.1.0.10", "10.1.0.20"]
+    })
+    .await;
+    // And PreferClose again: the watch starts again, from a fresh list.
+    api.apply(api_db(true));
+    until("zone a's endpoint again", || async {
+        db_from(dns, "127.0.0.21").await == ["10.1.0.10"]
+    })
+    .await;
+    s.running.shutdown().await;
+}
+
+/// Without any Service that asks for in-zone traffic (and without `zone_first`, `pods
+/// verified`, the prober), the API source lists and watches no pods at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_source_watches_no_pods_when_nothing_needs_them() {
+    use support::apiserver::Res;
+    let api = ApiServer::start().await;
+    api.apply_all([
+        support::namespace("shop"),
+        api_db(false),
+        api_slice(None),
+        api_node("n1", Some("eu-west-1a")),
+        api_pod("client-a", "n1", "127.0.0.21"),
+    ]);
+    let s = serve(
+        "kubernetes cluster.local {\n    pods insecure\n}",
+        None,
+        Some(api.kubeconfig_path()),
+    )
+    .await;
+    let dns = s.running.dns_addr;
+    until("both endpoints", || async {
+        db_from(dns, "127.0.0.21").await == ["10.1.0.10", "10.1.0.20"]
+    })
+    .await;
+    assert_eq!(api.list_requests(Res::Pods), 0, "pods were listed");
+    assert_eq!(api.open_watches(Res::Pods), 0, "pods are watched");
     s.running.shutdown().await;
 }

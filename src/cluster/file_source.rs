@@ -85,17 +85,19 @@ fn fingerprint(path: &Path) -> Fingerprint {
 /// A broken initial load is an error (there is no last good state to serve).
 /// `keep_pods`: pods are kept only when answers or views need them (`pods verified`,
 /// placement, the prober), as the API source watches them only then: in big clusters they are
-/// most of the objects.
+/// most of the objects. Else only their addresses and nodes, and only when zone-aware answers
+/// need them (`zone_first`, or a Service asking for in-zone traffic).
 pub fn start(
     path: PathBuf,
     view: Arc<ClusterView>,
     interval: Duration,
     keep_pods: bool,
+    zone_first: bool,
     cancel: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, LoadError> {
     let mut last = fingerprint(&path);
     let mut last_good = last.clone();
-    let store = Store::load_path(&path, keep_pods)?;
+    let store = placements_if_needed(Store::load_path(&path, keep_pods)?, zone_first);
     info!(path = %path.display(), services = store.services.len(), pods = store.pods.len(), "loaded manifests");
     view.publish(Arc::new(store), true);
     release_freed_memory();
@@ -146,7 +148,7 @@ pub fn start(
                 if let Some(f) = emptied(&good, &before) {
                     return Ok((Reload::Emptied(f.to_owned()), before));
                 }
-                let store = Store::load_path(&p, keep_pods)?;
+                let store = placements_if_needed(Store::load_path(&p, keep_pods)?, zone_first);
                 if fingerprint(&p) != before {
                     return Ok((Reload::ChangedWhileReading, before));
                 }
@@ -190,6 +192,15 @@ pub fn start(
             }
         }
     }))
+}
+
+/// Pod IP -> node serves only zone-aware answers: dropped after a load in which nothing asks
+/// for them (as the API source then watches no pods).
+fn placements_if_needed(mut store: Store, zone_first: bool) -> Store {
+    if !zone_first && !store.services.values().any(|s| s.prefer_close) {
+        store.pod_nodes = Arc::default();
+    }
+    store
 }
 
 /// Parsing a large dump allocates far more than the stripped result keeps; glibc holds the

@@ -43,8 +43,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use http_body_util::BodyExt;
-use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::api::discovery::v1 as discovery;
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::Status;
@@ -58,6 +56,8 @@ use super::model::{EndpointSlice, Namespace, Node, Pod, Service, ServiceKind};
 use super::snapshot::{Changed, Key, Store};
 use super::status::{ResourceKind, SourceStatus};
 use super::view::ClusterView;
+use super::wire::{ApiEndpointSlice, ApiNamespace, ApiNode, ApiPod, ApiService};
+use super::zones::PodIpTable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -210,6 +210,9 @@ pub struct KubeSourceOptions {
     pub startup_timeout: Duration,
     /// Needed for `pods verified` and Fargate placement.
     pub watch_pods: bool,
+    /// Without `watch_pods`: when to watch pods for their IP -> node only, what zone-aware
+    /// answers need of them.
+    pub pod_zones: PodZones,
     /// Needed for telling micro-VM nodes from node-group nodes.
     pub watch_nodes: bool,
     /// The API server URL, for error messages (`connection refused to <url>`).
@@ -234,6 +237,7 @@ impl Default for KubeSourceOptions {
         KubeSourceOptions {
             startup_timeout: Duration::from_secs(5),
             watch_pods: false,
+            pod_zones: PodZones::OnDemand,
             watch_nodes: false,
             api_url: None,
             page_size: 500,
@@ -252,6 +256,7 @@ impl fmt::Debug for KubeSourceOptions {
         f.debug_struct("KubeSourceOptions")
             .field("startup_timeout", &self.startup_timeout)
             .field("watch_pods", &self.watch_pods)
+            .field("pod_zones", &self.pod_zones)
             .field("watch_nodes", &self.watch_nodes)
             .field("api_url", &self.api_url)
             .field("page_size", &self.page_size)
@@ -263,6 +268,20 @@ impl fmt::Debug for KubeSourceOptions {
             .field("summary_interval", &self.summary_interval)
             .finish()
     }
+}
+
+/// When the source watches pods only for the client-zone map (`KubeSourceOptions::pod_zones`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodZones {
+    /// Always: every headless Service is zone-aware (`zone_first`); readiness waits for the
+    /// pod list.
+    Always,
+    /// While some Service asks for in-zone traffic (`trafficDistribution: PreferClose` or the
+    /// topology-mode annotation): its answers are zone-aware whatever the `pods` mode. The
+    /// watch starts when the first such Service appears and stops (dropping the map) when the
+    /// last one goes, so a cluster without them keeps no pod data; readiness does not wait
+    /// for it (until its first list, clients are of an unknown zone and get every endpoint).
+    OnDemand,
 }
 
 /// Starts the source. It runs until the returned task is aborted (which stops every watch).
@@ -277,7 +296,8 @@ pub fn spawn(
         ResourceKind::Services,
         ResourceKind::EndpointSlices,
     ];
-    if opts.watch_pods {
+    let compact_pods = !opts.watch_pods;
+    if opts.watch_pods || opts.pod_zones == PodZones::Always {
         kinds.push(ResourceKind::Pods);
     }
     if opts.watch_nodes {
@@ -299,37 +319,92 @@ pub fn spawn(
                 activity: activity.clone(),
             };
             let c = client.clone();
+            // Each kind is decoded into its lean type (cluster::wire), then stripped.
             match kind {
                 ResourceKind::Namespaces => {
-                    watches.spawn(w.run(Api::<core::Namespace>::all(c), |o| {
-                        Namespace::from_api(o).map(Object::Namespace)
+                    watches.spawn(w.run(Api::<ApiNamespace>::all(c), |o| {
+                        Namespace::from_api(&o.into_api()).map(Object::Namespace)
                     }))
                 }
-                ResourceKind::Services => watches.spawn(w.run(Api::<core::Service>::all(c), |o| {
-                    Service::from_api(o).map(Object::Service)
+                ResourceKind::Services => watches.spawn(w.run(Api::<ApiService>::all(c), |o| {
+                    Service::from_api(&o.into_api()).map(Object::Service)
                 })),
                 ResourceKind::EndpointSlices => {
-                    watches.spawn(w.run(Api::<discovery::EndpointSlice>::all(c), |o| {
-                        EndpointSlice::from_api(o).map(Object::Slice)
+                    watches.spawn(w.run(Api::<ApiEndpointSlice>::all(c), |o| {
+                        EndpointSlice::from_api(&o.into_api()).map(Object::Slice)
                     }))
                 }
-                ResourceKind::Pods => watches.spawn(w.run(Api::<core::Pod>::all(c), |o| {
-                    Pod::from_api(o).map(Object::Pod)
+                ResourceKind::Pods if compact_pods => watch_placements(&mut watches, w, c),
+                ResourceKind::Pods => watches.spawn(w.run(Api::<ApiPod>::all(c), |o| {
+                    Pod::from_api(&o.into_api()).map(Object::Pod)
                 })),
-                ResourceKind::Nodes => watches.spawn(w.run(Api::<core::Node>::all(c), |o| {
-                    Node::from_api(o).map(Object::Node)
+                ResourceKind::Nodes => watches.spawn(w.run(Api::<ApiNode>::all(c), |o| {
+                    Node::from_api(&o.into_api()).map(Object::Node)
                 })),
             };
         }
-        drop(tx);
         // Building a snapshot of a large cluster takes milliseconds of CPU: do it on a thread
         // of its own so DNS queries on the runtime's workers never wait behind it.
-        let publisher = Publisher::new(view, status, opts, kinds);
-        if let Err(e) = tokio::task::spawn_blocking(move || publisher.run(rx)).await {
-            warn!("kubernetes: snapshot publisher stopped: {e}");
+        let (zones_tx, mut zones_rx) = tokio::sync::watch::channel(false);
+        let on_demand = compact_pods && opts.pod_zones == PodZones::OnDemand;
+        let publisher = Publisher::new(view, status.clone(), opts.clone(), kinds, zones_tx);
+        let mut publishing = tokio::task::spawn_blocking(move || publisher.run(rx));
+        // The on-demand pod watch, started and stopped as the publisher asks.
+        let mut pod_watch: Option<tokio::task::AbortHandle> = None;
+        let mut listening = on_demand;
+        loop {
+            tokio::select! {
+                done = &mut publishing => {
+                    if let Err(e) = done {
+                        warn!("kubernetes: snapshot publisher stopped: {e}");
+                    }
+                    break;
+                }
+                changed = zones_rx.changed(), if listening => {
+                    if changed.is_err() {
+                        listening = false;
+                        continue;
+                    }
+                    let want = *zones_rx.borrow_and_update();
+                    match (want, pod_watch.take()) {
+                        (true, None) => {
+                            debug!("kubernetes: a Service asks for in-zone traffic: watching pod addresses");
+                            let w = Watch {
+                                kind: ResourceKind::Pods,
+                                tx: tx.clone(),
+                                status: status.clone(),
+                                opts: opts.clone(),
+                                activity: activity.clone(),
+                            };
+                            pod_watch = Some(watch_placements(&mut watches, w, client.clone()));
+                        }
+                        (false, Some(h)) => {
+                            debug!("kubernetes: no Service asks for in-zone traffic: pod addresses dropped");
+                            h.abort();
+                            while watches.try_join_next().is_some() {}
+                        }
+                        (_, kept) => pod_watch = kept,
+                    }
+                }
+            }
         }
         // Dropping `watches` aborts every watch task.
     })
+}
+
+/// A pod watch that keeps only each pod's addresses and node (the client-zone map).
+fn watch_placements(
+    watches: &mut JoinSet<()>,
+    w: Watch,
+    client: Client,
+) -> tokio::task::AbortHandle {
+    watches.spawn(w.run(Api::<ApiPod>::all(client), |o| {
+        let (ips, node) = o.placement();
+        Some(Object::Placement(Placement {
+            ips: ips.into(),
+            node: node.map(Into::into),
+        }))
+    }))
 }
 
 /// When each kind last heard from the API server: response headers or body bytes of its
@@ -458,7 +533,15 @@ enum Object {
     Service(Service),
     Slice(EndpointSlice),
     Pod(Pod),
+    /// A pod of the compact watch: where it runs, nothing else.
+    Placement(Placement),
     Node(Node),
+}
+
+#[derive(Debug, Clone)]
+struct Placement {
+    ips: Box<[std::net::IpAddr]>,
+    node: Option<Box<str>>,
 }
 
 #[derive(Debug)]
@@ -493,7 +576,7 @@ struct Watch {
 }
 
 impl Watch {
-    async fn run<K>(self, api: Api<K>, strip: fn(&K) -> Option<Object>)
+    async fn run<K>(self, api: Api<K>, strip: fn(K) -> Option<Object>)
     where
         K: Resource + Clone + DeserializeOwned + fmt::Debug + Send + 'static,
         K::DynamicType: Default,
@@ -571,8 +654,9 @@ impl Watch {
                             None
                         }
                         Event::InitApply(o) => {
-                            if let Some(stripped) = strip(&o) {
-                                listing.push((key_of(&o), stripped));
+                            let key = key_of(&o);
+                            if let Some(stripped) = strip(o) {
+                                listing.push((key, stripped));
                             }
                             None
                         }
@@ -596,7 +680,7 @@ impl Watch {
                             Some(Msg::Apply {
                                 kind,
                                 key: key_of(&o),
-                                object: strip(&o),
+                                object: strip(o),
                                 received,
                             })
                         }
@@ -605,7 +689,7 @@ impl Watch {
                             Some(Msg::Delete {
                                 kind,
                                 key: key_of(&o),
-                                old: strip(&o),
+                                old: strip(o),
                                 received,
                             })
                         }
@@ -814,6 +898,14 @@ struct Publisher {
     /// A complete list was applied since the last publish: its transient memory (response
     /// pages, decoded objects) is handed back to the OS after that publish.
     relisted: bool,
+    /// Services asking for in-zone traffic; while there are any (or with `PodZones::Always`)
+    /// the compact pod watch runs: `zones` says so to the source task.
+    prefer_close: usize,
+    zones: tokio::sync::watch::Sender<bool>,
+    /// Pod IP -> node from the compact pod watch (None while it is not wanted); published as
+    /// the store's `pod_nodes` when `pod_table_changed`.
+    pod_table: Option<PodIpTable>,
+    pod_table_changed: bool,
 }
 
 /// The longest a change waits for others to share its publish.
@@ -825,8 +917,14 @@ impl Publisher {
         status: Arc<SourceStatus>,
         opts: KubeSourceOptions,
         kinds: Vec<ResourceKind>,
+        zones: tokio::sync::watch::Sender<bool>,
     ) -> Publisher {
+        let always = !opts.watch_pods && opts.pod_zones == PodZones::Always;
         Publisher {
+            prefer_close: 0,
+            zones,
+            pod_table: always.then(PodIpTable::default),
+            pod_table_changed: false,
             view,
             status,
             opts,
@@ -916,6 +1014,10 @@ impl Publisher {
     }
 
     fn apply(&mut self, msg: Msg) {
+        let msg = match self.apply_placement(msg) {
+            Some(msg) => msg,
+            None => return,
+        };
         match msg {
             Msg::Apply {
                 kind,
@@ -957,6 +1059,74 @@ impl Publisher {
                 }
                 self.pending_since.get_or_insert_with(Instant::now);
             }
+        }
+    }
+
+    /// A message of the compact pod watch changes the pod table (or nothing, once it is no
+    /// longer wanted); any other message is given back.
+    fn apply_placement(&mut self, msg: Msg) -> Option<Msg> {
+        let received = match &msg {
+            Msg::Apply { kind, received, .. } | Msg::Delete { kind, received, .. }
+                if *kind == ResourceKind::Pods && !self.opts.watch_pods =>
+            {
+                *received
+            }
+            Msg::Replace { kind, .. } if *kind == ResourceKind::Pods && !self.opts.watch_pods => {
+                Instant::now()
+            }
+            _ => return Some(msg),
+        };
+        let Some(table) = &mut self.pod_table else {
+            return None; // a message of a pod watch being stopped
+        };
+        match msg {
+            Msg::Apply {
+                key,
+                object: Some(Object::Placement(p)),
+                ..
+            } => table.insert(&key.0, &key.1, &p.ips, p.node.as_deref()),
+            Msg::Delete {
+                key,
+                old: Some(Object::Placement(p)),
+                ..
+            } => table.remove(&key.0, &key.1, &p.ips),
+            Msg::Replace { objects, .. } => {
+                let mut fresh = PodIpTable::default();
+                for (key, o) in &objects {
+                    if let Object::Placement(p) = o {
+                        fresh.insert(&key.0, &key.1, &p.ips, p.node.as_deref());
+                    }
+                }
+                *table = fresh;
+                self.relisted = true;
+                if !self.listed.contains(&ResourceKind::Pods) {
+                    self.listed.push(ResourceKind::Pods);
+                    self.newly_listed.push(ResourceKind::Pods);
+                }
+            }
+            _ => return None,
+        }
+        self.pod_table_changed = true;
+        self.mark(None, received);
+        None
+    }
+
+    /// After a change of `prefer_close`: starts or stops the compact pod watch.
+    fn zones_wanted(&mut self) {
+        if self.opts.watch_pods || self.opts.pod_zones == PodZones::Always {
+            return;
+        }
+        let want = self.prefer_close > 0;
+        self.zones
+            .send_if_modified(|w| std::mem::replace(w, want) != want);
+        match (want, self.pod_table.is_some()) {
+            (true, false) => self.pod_table = Some(PodIpTable::default()),
+            (false, true) => {
+                self.pod_table = None;
+                self.store.pod_nodes = Arc::default();
+                self.pending_since.get_or_insert_with(Instant::now);
+            }
+            _ => {}
         }
     }
 
@@ -1015,7 +1185,18 @@ impl Publisher {
         let s = &mut self.store;
         match object {
             Object::Namespace(o) => put(&mut s.namespaces, key.1, o),
-            Object::Service(o) => put(&mut s.services, key, o),
+            Object::Service(o) => {
+                let was = s.services.get(&key).is_some_and(|old| old.prefer_close);
+                let is = o.prefer_close;
+                let changed = put(&mut s.services, key, o);
+                if was != is {
+                    self.prefer_close = (self.prefer_close + usize::from(is)) - usize::from(was);
+                    self.zones_wanted();
+                }
+                changed
+            }
+            // Only the compact watch sends these, and apply_placement takes them.
+            Object::Placement(_) => false,
             Object::Slice(o) => put(&mut s.slices, key, o),
             Object::Pod(o) => put(&mut s.pods, key, o),
             Object::Node(mut o) => {
@@ -1036,6 +1217,18 @@ impl Publisher {
         ) -> bool {
             map.contains_key(key) && Arc::make_mut(map).remove(key).is_some()
         }
+        if kind == ResourceKind::Services
+            && self
+                .store
+                .services
+                .get(key)
+                .is_some_and(|old| old.prefer_close)
+        {
+            self.prefer_close -= 1;
+            let removed = take(&mut self.store.services, key);
+            self.zones_wanted();
+            return removed;
+        }
         let s = &mut self.store;
         match kind {
             ResourceKind::Namespaces => take(&mut s.namespaces, &key.1),
@@ -1051,7 +1244,10 @@ impl Publisher {
         let s = &mut self.store;
         match kind {
             ResourceKind::Namespaces => s.namespaces = Arc::default(),
-            ResourceKind::Services => s.services = Arc::default(),
+            ResourceKind::Services => {
+                s.services = Arc::default();
+                self.prefer_close = 0;
+            }
             ResourceKind::EndpointSlices => s.slices = Arc::default(),
             ResourceKind::Pods => s.pods = Arc::default(),
             ResourceKind::Nodes => s.nodes = Arc::default(),
@@ -1065,6 +1261,9 @@ impl Publisher {
             self.insert(key, compacted(object));
         }
         drop(objects);
+        if kind == ResourceKind::Services {
+            self.zones_wanted();
+        }
     }
 
     fn counts(&self) -> Vec<(ResourceKind, usize)> {
@@ -1073,12 +1272,23 @@ impl Publisher {
             (ResourceKind::Namespaces, s.namespaces.len()),
             (ResourceKind::Services, s.services.len()),
             (ResourceKind::EndpointSlices, s.slices.len()),
-            (ResourceKind::Pods, s.pods.len()),
+            (
+                ResourceKind::Pods,
+                match &self.pod_table {
+                    Some(t) if !self.opts.watch_pods => t.len(),
+                    _ => s.pods.len(),
+                },
+            ),
             (ResourceKind::Nodes, s.nodes.len()),
         ]
     }
 
     fn publish(&mut self) {
+        if std::mem::take(&mut self.pod_table_changed) {
+            if let Some(t) = &self.pod_table {
+                self.store.pod_nodes = Arc::new(t.pod_nodes());
+            }
+        }
         let synced = self.complete() || self.timed_out;
         let start = Instant::now();
         let store = Arc::new(self.store.clone());

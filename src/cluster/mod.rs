@@ -17,6 +17,7 @@ pub mod rebuild;
 pub mod snapshot;
 pub mod status;
 pub mod view;
+pub mod wire;
 pub mod zones;
 
 pub use snapshot::{Snapshot, Store};
