@@ -29,17 +29,15 @@ pub struct PodNodes {
     nodes: Box<[Arc<str>]>,
 }
 
-/// Collects pod IP -> node while objects are parsed (also in parallel: see [`join`]).
+/// Node names numbered in the order first seen, so a pod entry holds a u32, not a name.
 #[derive(Debug, Default)]
-pub struct PodNodesBuilder {
-    v4: Vec<(u32, u32)>,
-    v6: Vec<(u128, u32)>,
+struct NodeIndex {
     nodes: Vec<Arc<str>>,
     index: HashMap<Arc<str>, u32>,
 }
 
-impl PodNodesBuilder {
-    fn node_index(&mut self, node: &str) -> u32 {
+impl NodeIndex {
+    fn of(&mut self, node: &str) -> u32 {
         if let Some(i) = self.index.get(node) {
             return *i;
         }
@@ -48,6 +46,20 @@ impl PodNodesBuilder {
         self.nodes.push(name.clone());
         self.index.insert(name, i);
         i
+    }
+}
+
+/// Collects pod IP -> node while objects are parsed (also in parallel: see [`join`]).
+#[derive(Debug, Default)]
+pub struct PodNodesBuilder {
+    v4: Vec<(u32, u32)>,
+    v6: Vec<(u128, u32)>,
+    nodes: NodeIndex,
+}
+
+impl PodNodesBuilder {
+    fn node_index(&mut self, node: &str) -> u32 {
+        self.nodes.of(node)
     }
 
     /// A pod's addresses on `node`; pods not scheduled yet (no node) are no one's client.
@@ -73,7 +85,12 @@ impl PodNodesBuilder {
 
     /// Takes in what another builder (of a later part of the input) collected.
     pub fn join(&mut self, later: PodNodesBuilder) {
-        let remap: Vec<u32> = later.nodes.iter().map(|n| self.node_index(n)).collect();
+        let remap: Vec<u32> = later
+            .nodes
+            .nodes
+            .iter()
+            .map(|n| self.node_index(n))
+            .collect();
         self.v4
             .extend(later.v4.into_iter().map(|(ip, i)| (ip, remap[i as usize])));
         self.v6
@@ -90,7 +107,7 @@ impl PodNodesBuilder {
         PodNodes {
             v4: self.v4.into_boxed_slice(),
             v6: self.v6.into_boxed_slice(),
-            nodes: self.nodes.into_boxed_slice(),
+            nodes: self.nodes.nodes.into_boxed_slice(),
         }
     }
 }
@@ -153,8 +170,7 @@ impl PodNodes {
 pub struct PodIpTable {
     v4: HashMap<u32, (u32, u32)>,
     v6: HashMap<u128, (u32, u32)>,
-    nodes: Vec<Arc<str>>,
-    index: HashMap<Arc<str>, u32>,
+    nodes: NodeIndex,
 }
 
 fn pod_hash(namespace: &str, name: &str) -> u32 {
@@ -173,16 +189,7 @@ impl PodIpTable {
         if ips.is_empty() {
             return;
         }
-        let i = match self.index.get(node) {
-            Some(i) => *i,
-            None => {
-                let i = self.nodes.len() as u32;
-                let name: Arc<str> = super::model::intern(node);
-                self.nodes.push(name.clone());
-                self.index.insert(name, i);
-                i
-            }
-        };
+        let i = self.nodes.of(node);
         let pod = pod_hash(namespace, name);
         for ip in ips {
             match ip {
@@ -230,7 +237,7 @@ impl PodIpTable {
         PodNodes {
             v4: v4.into_boxed_slice(),
             v6: v6.into_boxed_slice(),
-            nodes: self.nodes.clone().into_boxed_slice(),
+            nodes: self.nodes.nodes.clone().into_boxed_slice(),
         }
     }
 }
