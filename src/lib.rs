@@ -13,6 +13,7 @@ pub mod export;
 pub mod fargate;
 pub mod gen;
 pub mod insight;
+pub mod malloc;
 pub mod metrics;
 pub mod output;
 pub mod placement;

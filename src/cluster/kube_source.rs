@@ -205,8 +205,9 @@ pub type ProgrammedHook = Arc<dyn Fn(ServiceKindLabel, Duration) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct KubeSourceOptions {
-    /// Until every kind has listed, or this has passed, snapshots are unsynced (would-be
-    /// NXDOMAIN answers are SERVFAIL); after it they are synced with what there is.
+    /// Until every kind has listed, or this has passed, nothing is published: the empty
+    /// unsynced snapshot answers (would-be NXDOMAIN answers are SERVFAIL); after it snapshots
+    /// are synced with what there is.
     pub startup_timeout: Duration,
     /// Needed for `pods verified` and Fargate placement.
     pub watch_pods: bool,
@@ -973,7 +974,8 @@ impl Publisher {
             // Nothing is published until every kind has listed (or the startup timeout has
             // passed): the first snapshot is built once, from the complete lists. Snapshots of
             // partial lists, built and dropped between the lists' copies, left the publisher's
-            // arena fragmented (issue 17), and they answered nothing the unsynced one does not.
+            // arena fragmented (issue 17). The cost: services listed first are answered only
+            // once the other kinds have listed too (SERVFAIL until then, as before any list).
             let wake = if self.syncing() {
                 Some(startup_deadline)
             } else {
