@@ -1483,6 +1483,23 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
         assert!(named(&snap).iter().any(|l| l.contains("pod-10.1.0.1")));
     }
 
+    /// The rows kept once per address in the cluster stay small (issue 17: these sizes are
+    /// most of the memory at 100 000 endpoints).
+    #[test]
+    fn per_address_rows_stay_small() {
+        assert_eq!(std::mem::size_of::<PtrTarget>(), 16);
+        assert!(
+            std::mem::size_of::<Endpoint>() <= 88,
+            "{}",
+            std::mem::size_of::<Endpoint>()
+        );
+        assert!(
+            std::mem::size_of::<EndpointEntry>() <= 64,
+            "{}",
+            std::mem::size_of::<EndpointEntry>()
+        );
+    }
+
     #[test]
     fn an_ip_selected_by_several_services_gets_one_ptr_per_service() {
         let snap = snapshot();
