@@ -21,7 +21,10 @@
 //! `--env KEY=VAL` adds an API-source variant with that environment (repeatable, comma
 //! separated for several variables). `--hold` keeps the fake API server up after the run and
 //! prints its kubeconfig (for a heap profiler run by hand). `--bin LABEL=PATH` also measures
-//! another build of clusterdns (say, the commit before a change) in the same run, first.
+//! another build of clusterdns (say, the commit before a change) in the same run, first;
+//! `--only-bins` measures only those (not the bench's own build, a debug binary under
+//! `cargo test --bench memory`). `--env-all` gives every `--env` variant a file-source run
+//! too (for allocator settings, which apply to both sources).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -49,6 +52,8 @@ struct Args {
     hold: bool,
     /// Other builds to measure beside this one's: (label, binary).
     bins: Vec<(String, String)>,
+    only_bins: bool,
+    env_all: bool,
 }
 
 fn args() -> Args {
@@ -63,6 +68,8 @@ fn args() -> Args {
         json: None,
         hold: false,
         bins: Vec::new(),
+        only_bins: false,
+        env_all: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -74,15 +81,22 @@ fn args() -> Args {
             "--prefer-close" => a.prefer_close = true,
             "--seed" => a.seed = val().parse().expect("--seed N"),
             "--load-secs" => a.load_secs = val().parse().expect("--load-secs N"),
-            "--env" => a.envs.push(
-                val()
-                    .split(',')
-                    .map(|kv| {
-                        let (k, v) = kv.split_once('=').expect("--env KEY=VAL");
-                        (k.to_string(), v.to_string())
-                    })
-                    .collect(),
-            ),
+            "--env" => {
+                // Comma separated; a piece without `=` continues the previous value (a
+                // jemalloc `_RJEM_MALLOC_CONF` is itself a comma-separated list).
+                let mut env: Vec<(String, String)> = Vec::new();
+                for piece in val().split(',') {
+                    match (piece.split_once('='), env.last_mut()) {
+                        (Some((k, v)), _) => env.push((k.to_string(), v.to_string())),
+                        (None, Some((_, v))) => {
+                            v.push(',');
+                            v.push_str(piece);
+                        }
+                        (None, None) => panic!("--env KEY=VAL"),
+                    }
+                }
+                a.envs.push(env);
+            }
             "--json" => a.json = Some(val()),
             "--hold" => a.hold = true,
             "--bin" => {
@@ -90,6 +104,8 @@ fn args() -> Args {
                 let (label, path) = v.split_once('=').expect("--bin LABEL=PATH");
                 a.bins.push((label.to_string(), path.to_string()));
             }
+            "--only-bins" => a.only_bins = true,
+            "--env-all" => a.env_all = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -462,7 +478,9 @@ async fn main() {
     let file_source = vec!["--manifests".to_string(), list.display().to_string()];
     let api_source = vec!["--kubeconfig".to_string(), kubeconfig.display().to_string()];
     let mut bins = a.bins.clone();
-    bins.push((String::new(), env!("CARGO_BIN_EXE_clusterdns").to_string()));
+    if !a.only_bins || bins.is_empty() {
+        bins.push((String::new(), env!("CARGO_BIN_EXE_clusterdns").to_string()));
+    }
     let mut variants: Vec<Variant> = Vec::new();
     for (bin_label, bin) in &bins {
         let name = |s: &str| {
@@ -480,6 +498,14 @@ async fn main() {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(",");
+            if a.env_all {
+                variants.push((
+                    bin.clone(),
+                    name(&format!("file {label}")),
+                    file_source.clone(),
+                    env.clone(),
+                ));
+            }
             variants.push((
                 bin.clone(),
                 name(&format!("api {label}")),

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::cluster::model::{Port, ServiceKind};
-use crate::cluster::snapshot::{EndpointEntry, PtrTarget, Snapshot};
+use crate::cluster::snapshot::{EndpointEntry, Snapshot};
 
 fn addr_rr(ip: &IpAddr) -> String {
     match ip {
@@ -107,7 +107,7 @@ pub fn forward_zone(snap: &Snapshot, zone: &str, ttl: u32) -> String {
                 // SRV per named port over every ready endpoint carrying it.
                 let mut by_port: Vec<(Port, Vec<&EndpointEntry>)> = Vec::new();
                 for e in &ready {
-                    for p in named(&e.ports) {
+                    for p in named(e.ports()) {
                         match by_port.iter_mut().find(|(q, _)| *q == p) {
                             Some((_, list)) => list.push(e),
                             None => by_port.push((p, vec![e])),
@@ -162,17 +162,12 @@ pub fn reverse_zone(snap: &Snapshot, reverse: &str, cluster_zone: &str, ttl: u32
     for (ip, targets) in entries {
         let owner = ipnet_reverse(ip);
         for t in targets {
-            let name = match t {
-                PtrTarget::Service { service, namespace } => {
-                    format!("{service}.{namespace}.svc.{zone}.")
-                }
-                PtrTarget::Endpoint {
-                    service,
-                    namespace,
-                    index,
-                } => {
+            let (service, namespace) = (t.service(), t.namespace());
+            let name = match t.endpoint() {
+                None => format!("{service}.{namespace}.svc.{zone}."),
+                Some(index) => {
                     let key = format!("{service}.{namespace}");
-                    let Some(e) = snap.service(&key).and_then(|s| s.endpoints.get(*index)) else {
+                    let Some(e) = snap.service(&key).and_then(|s| s.endpoints.get(index)) else {
                         continue;
                     };
                     format!("{}.{service}.{namespace}.svc.{zone}.", e.label(false))

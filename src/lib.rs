@@ -2,6 +2,8 @@
 //! partly on worker nodes and partly in micro-VMs (EKS Fargate).
 
 pub mod admin;
+#[cfg(feature = "alloc-trial")]
+mod alloc_trial;
 pub mod app;
 pub mod cluster;
 pub mod corefile;
@@ -11,6 +13,7 @@ pub mod export;
 pub mod fargate;
 pub mod gen;
 pub mod insight;
+pub mod malloc;
 pub mod metrics;
 pub mod output;
 pub mod placement;

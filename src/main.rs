@@ -487,6 +487,7 @@ fn rewrite_conf_args(args: Vec<String>) -> Vec<String> {
 }
 
 fn main() -> ExitCode {
+    clusterdns::malloc::limit_arenas();
     let cli = Cli::parse_from(rewrite_conf_args(
         std::env::args_os()
             .map(|a| a.to_string_lossy().into_owned())

@@ -185,6 +185,56 @@ async fn unsynced_until_listed_then_synced_after_startup_timeout_but_not_ready()
     assert_eq!(source.cluster_ips("nginx.demo"), [ip("10.96.0.10")]);
 }
 
+/// The first snapshot is built from complete lists (issue 17: snapshots of partial lists
+/// fragmented the publisher's memory): services listed while the slices' list fails are not
+/// published on their own.
+#[tokio::test]
+async fn nothing_is_published_until_every_kind_has_listed() {
+    let server = ApiServer::start().await;
+    seed(&server);
+    server.forbid(Res::EndpointSlices, true);
+    let opts = KubeSourceOptions {
+        startup_timeout: Duration::from_secs(60),
+        ..options(&server)
+    };
+    let source = start(&server, opts).await;
+    let server_ref = &server;
+    // The services list is answered at once; the slices' list fails and is retried with
+    // backoff (20, 40, 80, 160 ms): by the fifth attempt the services have long arrived.
+    eventually("five refused lists of endpointslices", WAIT, || {
+        let requests = server_ref.requests();
+        requests
+            .iter()
+            .any(|r| r.starts_with("GET /api/v1/services"))
+            && requests
+                .iter()
+                .filter(|r| r.starts_with("GET /apis/discovery.k8s.io/v1/endpointslices"))
+                .count()
+                >= 5
+    })
+    .await;
+    assert_eq!(
+        source.view.generation(),
+        0,
+        "a partial snapshot was published"
+    );
+    assert!(source.view.snapshot().service("nginx.demo").is_none());
+    assert!(!source.view.is_synced());
+
+    server.forbid(Res::EndpointSlices, false);
+    source.wait_ready(WAIT).await;
+    assert_eq!(
+        source.view.generation(),
+        1,
+        "one snapshot, from the complete lists"
+    );
+    assert_eq!(source.cluster_ips("nginx.demo"), [ip("10.96.0.10")]);
+    assert_eq!(
+        source.endpoints("web.demo"),
+        [ip("10.1.0.1"), ip("10.1.0.2")]
+    );
+}
+
 #[tokio::test]
 async fn readiness_names_a_forbidden_resource() {
     let server = ApiServer::start().await;

@@ -767,6 +767,19 @@ fn tcp_connection_limits_per_client_and_in_total() {
     assert!(sample(&page, "clusterdns_tcp_refused_total{reason=\"total\"}") >= Some(1.0));
     drop(held.pop());
     drop(hold(dns, ip(4), 300));
+    // The child's stderr is collected by a reader thread: wait for the lines, then count.
+    eventually(
+        "both limit warnings in the log",
+        Duration::from_secs(5),
+        || {
+            !server
+                .log_lines("limit of open connections reached")
+                .is_empty()
+                && !server
+                    .log_lines("limit of connections from one client reached")
+                    .is_empty()
+        },
+    );
     assert_eq!(
         server.log_lines("limit of open connections reached").len(),
         1

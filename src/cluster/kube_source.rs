@@ -205,8 +205,9 @@ pub type ProgrammedHook = Arc<dyn Fn(ServiceKindLabel, Duration) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct KubeSourceOptions {
-    /// Until every kind has listed, or this has passed, snapshots are unsynced (would-be
-    /// NXDOMAIN answers are SERVFAIL); after it they are synced with what there is.
+    /// Until every kind has listed, or this has passed, nothing is published: the empty
+    /// unsynced snapshot answers (would-be NXDOMAIN answers are SERVFAIL); after it snapshots
+    /// are synced with what there is.
     pub startup_timeout: Duration,
     /// Needed for `pods verified` and Fargate placement.
     pub watch_pods: bool,
@@ -601,7 +602,17 @@ impl Watch {
             return;
         }
         // Bookmarks are on by default; they keep a quiet watch's resourceVersion fresh.
-        let config = watcher::Config::default().page_size(self.opts.page_size.max(1));
+        #[allow(unused_mut)]
+        let mut page_size = self.opts.page_size;
+        // Benchmark builds only: the page-size trial of issue 17 (benches/memory.rs --env).
+        #[cfg(feature = "alloc-trial")]
+        if let Some(n) = std::env::var("CLUSTERDNS_PAGE_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            page_size = n;
+        }
+        let config = watcher::Config::default().page_size(page_size.max(1));
         let mut backoff = Backoff::new(self.opts.backoff_initial, self.opts.backoff_max);
         let stall = self.opts.stall_timeout.max(Duration::from_millis(1));
         // How many stall timeouts a list may take; doubles after each stalled list.
@@ -960,10 +971,16 @@ impl Publisher {
         let startup_deadline = self.started + self.opts.startup_timeout;
         loop {
             let now = Instant::now();
-            let mut wake = self.publish_at();
-            if !self.complete() && !self.timed_out {
-                wake = Some(wake.map_or(startup_deadline, |w| w.min(startup_deadline)));
-            }
+            // Nothing is published until every kind has listed (or the startup timeout has
+            // passed): the first snapshot is built once, from the complete lists. Snapshots of
+            // partial lists, built and dropped between the lists' copies, left the publisher's
+            // arena fragmented (issue 17). The cost: services listed first are answered only
+            // once the other kinds have listed too (SERVFAIL until then, as before any list).
+            let wake = if self.syncing() {
+                Some(startup_deadline)
+            } else {
+                self.publish_at()
+            };
             let first = match wake {
                 Some(at) => match rx.recv_timeout(at.saturating_duration_since(now)) {
                     Ok(msg) => Some(msg),
@@ -998,10 +1015,15 @@ impl Publisher {
                 self.publish();
                 continue;
             }
-            if self.publish_at().is_some_and(|at| Instant::now() >= at) {
+            if !self.syncing() && self.publish_at().is_some_and(|at| Instant::now() >= at) {
                 self.publish();
             }
         }
+    }
+
+    /// Before the first complete sync and the startup timeout.
+    fn syncing(&self) -> bool {
+        !self.complete() && !self.timed_out
     }
 
     fn mark(&mut self, label: Option<ServiceKindLabel>, received: Instant) {

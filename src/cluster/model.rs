@@ -97,22 +97,90 @@ pub struct Service {
     pub prefer_close: bool,
 }
 
+/// A cluster has more endpoints than anything else the store keeps: 88 bytes each, with no
+/// allocation of their own beyond the pod name in the common case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    pub addresses: Vec<IpAddr>,
+    pub addresses: Addresses,
     /// `conditions.ready`; absent counts as ready.
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub hostname: Option<Box<str>>,
     /// `targetRef.name` when the target is a Pod.
     pub pod_name: Option<Box<str>>,
     /// Interned ([`intern`]): tens of endpoints share a node, thousands a zone.
     pub node_name: Option<Arc<str>>,
     pub zone: Option<Arc<str>>,
+    /// `hostname` and `hints.forZones`, which most endpoints do not have.
+    pub extra: Option<Box<EndpointExtra>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EndpointExtra {
+    pub hostname: Option<Box<str>>,
     /// `hints.forZones`: the zones this endpoint should serve (topology-aware routing).
     /// None when the slice gives no hints.
     pub for_zones: Option<Box<[Arc<str>]>>,
+}
+
+impl EndpointExtra {
+    /// None when there is neither.
+    pub fn new(
+        hostname: Option<Box<str>>,
+        for_zones: Option<Box<[Arc<str>]>>,
+    ) -> Option<Box<EndpointExtra>> {
+        (hostname.is_some() || for_zones.is_some()).then(|| {
+            Box::new(EndpointExtra {
+                hostname,
+                for_zones,
+            })
+        })
+    }
+}
+
+impl Endpoint {
+    pub fn hostname(&self) -> Option<&str> {
+        self.extra.as_ref()?.hostname.as_deref()
+    }
+
+    pub fn for_zones(&self) -> Option<&[Arc<str>]> {
+        self.extra.as_ref()?.for_zones.as_deref()
+    }
+}
+
+/// An endpoint's addresses: the first inline (the API allows up to 100, the EndpointSlice
+/// controller writes exactly one), so the common endpoint allocates nothing for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addresses {
+    One([IpAddr; 1]),
+    Many(Box<[IpAddr]>),
+}
+
+impl From<Vec<IpAddr>> for Addresses {
+    fn from(v: Vec<IpAddr>) -> Addresses {
+        match v[..] {
+            [one] => Addresses::One([one]),
+            _ => Addresses::Many(v.into_boxed_slice()),
+        }
+    }
+}
+
+impl std::ops::Deref for Addresses {
+    type Target = [IpAddr];
+    fn deref(&self) -> &[IpAddr] {
+        match self {
+            Addresses::One(a) => a,
+            Addresses::Many(v) => v,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Addresses {
+    type Item = &'a IpAddr;
+    type IntoIter = std::slice::Iter<'a, IpAddr>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,11 +353,10 @@ impl EndpointSlice {
             .map(|e| {
                 let c = e.conditions.clone().unwrap_or_default();
                 Endpoint {
-                    addresses: ips(&e.addresses),
+                    addresses: ips(&e.addresses).into(),
                     ready: c.ready.unwrap_or(true),
                     serving: c.serving.unwrap_or(true),
                     terminating: c.terminating.unwrap_or(false),
-                    hostname: e.hostname.as_deref().map(boxed),
                     pod_name: e
                         .target_ref
                         .as_ref()
@@ -298,11 +365,13 @@ impl EndpointSlice {
                         .map(boxed),
                     node_name: e.node_name.as_deref().map(intern),
                     zone: e.zone.as_deref().map(intern),
-                    for_zones: e
-                        .hints
-                        .as_ref()
-                        .and_then(|h| h.for_zones.as_ref())
-                        .map(|z| z.iter().map(|z| intern(&z.name)).collect()),
+                    extra: EndpointExtra::new(
+                        e.hostname.as_deref().map(boxed),
+                        e.hints
+                            .as_ref()
+                            .and_then(|h| h.for_zones.as_ref())
+                            .map(|z| z.iter().map(|z| intern(&z.name)).collect()),
+                    ),
                 }
             })
             .filter(|e| !e.addresses.is_empty())
@@ -333,11 +402,10 @@ impl EndpointSlice {
         let mut out = Vec::new();
         for (i, subset) in ep.subsets.iter().flatten().enumerate() {
             let convert = |a: &core::EndpointAddress, ready: bool| Endpoint {
-                addresses: ips(std::iter::once(&a.ip)),
+                addresses: ips(std::iter::once(&a.ip)).into(),
                 ready,
                 serving: ready,
                 terminating: false,
-                hostname: a.hostname.as_deref().map(boxed),
                 pod_name: a
                     .target_ref
                     .as_ref()
@@ -346,7 +414,7 @@ impl EndpointSlice {
                     .map(boxed),
                 node_name: a.node_name.as_deref().map(intern),
                 zone: None,
-                for_zones: None,
+                extra: EndpointExtra::new(a.hostname.as_deref().map(boxed), None),
             };
             let mut endpoints = subset
                 .addresses

@@ -104,10 +104,10 @@ impl Store {
                             serving: Some(e.serving),
                             terminating: Some(e.terminating),
                         }),
-                        hostname: e.hostname.as_deref().map(str::to_string),
+                        hostname: e.hostname().map(str::to_string),
                         node_name: e.node_name.as_deref().map(str::to_string),
                         zone: e.zone.as_deref().map(str::to_string),
-                        hints: e.for_zones.as_ref().map(|z| discovery::EndpointHints {
+                        hints: e.for_zones().map(|z| discovery::EndpointHints {
                             for_zones: Some(
                                 z.iter()
                                     .map(|z| discovery::ForZone {

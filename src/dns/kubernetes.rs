@@ -645,7 +645,7 @@ impl Kubernetes {
         let pairs: Vec<(&EndpointEntry, &Port)> = endpoints
             .iter()
             .flat_map(|e| {
-                e.ports
+                e.ports()
                     .iter()
                     .filter(|p| port_matches(port, proto, p))
                     .map(move |p| (*e, p))
@@ -766,14 +766,10 @@ impl Kubernetes {
             .snap
             .ptr(&ip)
             .iter()
-            .filter(|t| match t {
-                PtrTarget::Service { service, namespace } => {
-                    self.ptr_exposed(ctx.snap, namespace, service)
-                }
+            .filter(|t| {
                 // Under `noendpoints` CoreDNS has no endpoints to reverse-map.
-                PtrTarget::Endpoint {
-                    service, namespace, ..
-                } => !self.cfg.noendpoints && self.ptr_exposed(ctx.snap, namespace, service),
+                (t.endpoint().is_none() || !self.cfg.noendpoints)
+                    && self.ptr_exposed(ctx.snap, t.namespace(), t.service())
             })
             .collect();
         if targets.is_empty() {
@@ -796,17 +792,12 @@ impl Kubernetes {
         };
         let mut answers = Vec::with_capacity(targets.len());
         for target in targets {
-            let name = match target {
-                PtrTarget::Service { service, namespace } => {
-                    self.fqdn(&zctx, &[service, namespace, "svc"])
-                }
-                PtrTarget::Endpoint {
-                    service,
-                    namespace,
-                    index,
-                } => {
+            let (service, namespace) = (target.service(), target.namespace());
+            let name = match target.endpoint() {
+                None => self.fqdn(&zctx, &[service, namespace, "svc"]),
+                Some(index) => {
                     let key = format!("{service}.{namespace}");
-                    let Some(e) = ctx.snap.service(&key).and_then(|s| s.endpoints.get(*index))
+                    let Some(e) = ctx.snap.service(&key).and_then(|s| s.endpoints.get(index))
                     else {
                         continue;
                     };

@@ -63,7 +63,7 @@ impl Kubernetes {
         // Only endpoints that can be in this answer count as in-zone: an in-zone endpoint
         // without the asked port or address family must not hide the others.
         let usable = |e: &EndpointEntry| {
-            (!explicit_port || e.ports.iter().any(|p| port_matches(port, proto, p)))
+            (!explicit_port || e.ports().iter().any(|p| port_matches(port, proto, p)))
                 && (ctx.qtype == RecordType::SRV || family_matches(ctx.qtype, &e.address))
         };
         let (near, far): (Vec<&EndpointEntry>, Vec<&EndpointEntry>) = ready
