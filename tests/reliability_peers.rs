@@ -565,6 +565,18 @@ async fn start_source(server: &ApiServer, opts: KubeSourceOptions) -> Source {
     source
 }
 
+/// Until the source's Services watch is open on the server. The initial sync is the lists; the
+/// watches follow them. A watch opened after `expire_watches` would start from the compacted
+/// resourceVersion, which is still valid: no 410 and no relist, and the change made for the
+/// relist would arrive as a watch event (on a loaded machine, the tests that expire watches
+/// right after the sync failed once in about 25 runs that way).
+async fn watching_services(server: &ApiServer) {
+    eventually("the services watch to be open", WAIT, || {
+        server.open_watches(Res::Services) >= 1
+    })
+    .await;
+}
+
 /// Two namespaces, three services, a slice, two nodes: every kind needs more than one page
 /// when the page size is 1.
 fn seed(server: &ApiServer) {
@@ -678,6 +690,7 @@ async fn lists_failing_with_500_keep_the_view_and_recover() {
     let source = start_source(&server, options(&server)).await;
     let s = &source;
 
+    watching_services(&server).await;
     server.fail_lists(Some(500));
     server.compact();
     server.expire_watches();
@@ -710,6 +723,7 @@ async fn a_slow_list_is_given_more_patience_and_completes() {
     // 2.5 s against a 1 s stall timeout: the list stalls at 1 s and again at 2 s of patience,
     // then completes with 4 s. The stale window (several seconds) is wide enough to be seen by
     // polling on a loaded machine; with 1.5 s it lasted about a second and was sometimes missed.
+    watching_services(&server).await;
     server.set_list_delay(Duration::from_millis(2500));
     server.compact();
     server.expire_watches();
