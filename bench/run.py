@@ -1711,6 +1711,7 @@ def main_only(args, ap):
         args.client_cpus = args.server_cpus = ""
     args.duration = args.duration or (2 if args.quick else 10)
     args.ready_timeout = 180
+    args.startup_runs = 1 if args.quick else 3
     if args.json == os.path.join(HERE, "results.json"):
         args.json = os.path.join(HERE, f"results-{'-'.join(sorted(sections))}.json")
     if sections & {"restart", "tcp"}:
