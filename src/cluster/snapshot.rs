@@ -378,10 +378,8 @@ pub struct ServiceEntry {
     pub service: Arc<Service>,
     /// De-duplicated by address, in slice-name order for stable answers.
     pub endpoints: Vec<EndpointEntry>,
-    /// The lowercased name and namespace, shared by every reverse entry of the service.
-    name: Arc<str>,
-    namespace: Arc<str>,
-    /// The same two names in one allocation, shared by the entry's reverse targets.
+    /// The lowercased name and namespace in one allocation, shared by every reverse target
+    /// of the service.
     names: Arc<PtrNames>,
     /// The slices (or converted v1 Endpoints) the entry was built from, in name order: what
     /// an incremental update starts from.
@@ -773,15 +771,11 @@ impl ServiceEntry {
             .iter()
             .any(|e| e.ready && e.label(false) != e.label(true));
         let by_pod_label = differs.then(|| sorted_by(true));
-        let name: Arc<str> = Arc::from(svc.name.to_ascii_lowercase());
-        let namespace: Arc<str> = Arc::from(svc.namespace.to_ascii_lowercase());
         ServiceEntry {
             names: Arc::new(PtrNames {
-                service: name.clone(),
-                namespace: namespace.clone(),
+                service: Arc::from(svc.name.to_ascii_lowercase()),
+                namespace: Arc::from(svc.namespace.to_ascii_lowercase()),
             }),
-            name,
-            namespace,
             service: svc,
             endpoints,
             slices: slices.into_boxed_slice(),
@@ -792,7 +786,7 @@ impl ServiceEntry {
 
     /// `<name>.<namespace>`, the entry's key.
     fn key(&self) -> Arc<str> {
-        format!("{}.{}", self.name, self.namespace).into()
+        format!("{}.{}", self.names.service, self.names.namespace).into()
     }
 
     /// The reverse targets of this service: cluster IPs, then ready endpoints.
@@ -912,7 +906,7 @@ impl ServiceIndex {
             let slices = groups.remove(&(&**ns, &**name)).unwrap_or_default();
             let entry = ServiceEntry::build(svc.clone(), slices);
             *service_namespaces
-                .entry(entry.namespace.clone())
+                .entry(entry.names.namespace.clone())
                 .or_default() += 1;
             services.insert(entry.key(), Arc::new(entry));
         }
@@ -1002,10 +996,10 @@ impl ServiceIndex {
         for &(ns, name) in &affected {
             let skey = service_key(ns, name);
             if let Some(old) = services.remove(&*skey) {
-                if let Some(n) = service_namespaces.get_mut(&old.namespace) {
+                if let Some(n) = service_namespaces.get_mut(&old.names.namespace) {
                     *n -= 1;
                     if *n == 0 {
-                        service_namespaces.remove(&old.namespace);
+                        service_namespaces.remove(&old.names.namespace);
                     }
                 }
                 old_entries.push(old);
@@ -1050,7 +1044,7 @@ impl ServiceIndex {
             }
             let entry = Arc::new(ServiceEntry::build(svc.clone(), slices));
             *service_namespaces
-                .entry(entry.namespace.clone())
+                .entry(entry.names.namespace.clone())
                 .or_default() += 1;
             services.insert(entry.key(), entry.clone());
             new_entries.push(entry);
@@ -1061,7 +1055,7 @@ impl ServiceIndex {
         let mut ptr: Vec<Arc<PtrShard>> = prev.ptr.to_vec();
         let gone: HashSet<(&str, &str)> = old_entries
             .iter()
-            .map(|e| (&*e.name, &*e.namespace))
+            .map(|e| (&*e.names.service, &*e.names.namespace))
             .collect();
         // The old entries' targets are only in the shards of their addresses.
         let mut touched: HashSet<usize> = HashSet::new();
