@@ -23,7 +23,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     target="$(uname -m)-unknown-linux-gnu" \
     # getrandom(2) directly: a static binary cannot look the libc function up (dlsym).
-    && RUSTFLAGS='-C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"' \
+    && RUSTFLAGS='-C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom" -C link-arg=-Wl,-z,pack-relative-relocs' \
        cargo build --locked --release --target "$target" --bin clusterdns \
     && mkdir -p /rootfs/etc/ssl/certs /rootfs/etc/coredns \
     && cp "target/$target/release/clusterdns" /rootfs/clusterdns \
