@@ -607,3 +607,75 @@ async fn the_fake_api_server_speaks_kubernetes() {
     };
     assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
 }
+
+/// What every real API server is: HTTPS with its own CA, and a bearer token. The source's
+/// HTTP stack (cluster::http_client, built beside kube's) must keep TLS, the kubeconfig's CA
+/// and the token.
+#[tokio::test]
+async fn an_https_api_server_with_a_bearer_token_is_followed() {
+    let server = ApiServer::start_secure("s3cret-token").await;
+    assert!(server.url().starts_with("https://"));
+    seed(&server);
+    let source = start(&server, options(&server)).await;
+    source.wait_ready(WAIT).await;
+    assert_eq!(source.cluster_ips("nginx.demo"), [ip("10.96.0.10")]);
+
+    // The watch runs over the same TLS connection stack.
+    server.apply(service("demo", "added", "10.96.0.77"));
+    let s = &source;
+    eventually("the watched service", WAIT, || {
+        s.cluster_ips("added.demo") == [ip("10.96.0.77")]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_refused_and_readiness_says_so() {
+    let server = ApiServer::start_secure("s3cret-token").await;
+    seed(&server);
+    let kubeconfig = server.dir().join("wrong-token");
+    std::fs::write(
+        &kubeconfig,
+        server
+            .kubeconfig()
+            .replace("token: s3cret-token", "token: not-it"),
+    )
+    .unwrap();
+    let client = kube_source::client(Some(&kubeconfig), None).await.unwrap();
+    let view = clusterdns::cluster::view::ClusterView::new();
+    let status = Arc::new(clusterdns::cluster::status::SourceStatus::new());
+    let _task = kube_source::spawn(client, view, status.clone(), options(&server));
+    eventually("a 401 in the readiness reasons", WAIT, || {
+        status
+            .not_ready_reasons()
+            .iter()
+            .any(|r| r.contains("401") || r.to_lowercase().contains("unauthorized"))
+    })
+    .await;
+    assert!(!status.ready());
+}
+
+/// The source's connections read through a capped buffer (cluster::http_client): objects
+/// several times its size still arrive whole, in a list page and as a watch event.
+#[tokio::test]
+async fn objects_larger_than_the_read_buffer_arrive_by_list_and_watch() {
+    let big = "x".repeat(4 * clusterdns::cluster::http_client::MAX_READ_BUFFER);
+    let with_annotation = |name: &str, ip: &str| {
+        let mut svc = service("demo", name, ip);
+        svc["metadata"]["annotations"] = serde_json::json!({ "example.com/big": big });
+        svc
+    };
+    let server = ApiServer::start().await;
+    seed(&server);
+    server.apply(with_annotation("listed", "10.96.0.21"));
+    let source = start(&server, options(&server)).await;
+    source.wait_ready(WAIT).await;
+    assert_eq!(source.cluster_ips("listed.demo"), [ip("10.96.0.21")]);
+
+    server.apply(with_annotation("watched", "10.96.0.22"));
+    let s = &source;
+    eventually("the big watched service", WAIT, || {
+        s.cluster_ips("watched.demo") == [ip("10.96.0.22")]
+    })
+    .await;
+}

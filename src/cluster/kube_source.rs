@@ -139,7 +139,7 @@ pub fn client_for(mut config: kube::Config) -> Result<kube::Client, SourceError>
     // resource version" (504) for about a minute; the watch loop retries with its own backoff
     // and relists instead.
     config.default_retry = false;
-    Client::try_from(config).map_err(SourceError::Client)
+    super::http_client::build(config).map_err(SourceError::Client)
 }
 
 /// Every Kubernetes API access the server makes, as RBAC spells it: (API group, resource,

@@ -8,6 +8,7 @@
 
 pub mod demand;
 pub mod file_source;
+pub mod http_client;
 pub mod kube_source;
 pub mod labels;
 pub mod model;

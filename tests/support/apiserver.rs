@@ -7,6 +7,9 @@
 //! etcd does), compact the history, expire or drop open watches, stall requests, forbid a
 //! resource, stop and restart on the same port with a new resource-version history.
 //!
+//! [`ApiServer::start_secure`] serves HTTPS with a certificate from a CA of its own and demands
+//! a bearer token, as every real API server does; its kubeconfig carries both.
+//!
 //! Faults, as a sick API server or the network to it shows them: lists failing with a status
 //! (500 as when etcd times out), slow lists, a 410 storm (history compacted faster than anyone
 //! can watch: every watch from a resourceVersion and every list continuation gets 410), watches
@@ -323,6 +326,8 @@ struct Shared {
     watches_stalled: watch::Sender<bool>,
     /// Bumped to reset every open connection.
     resets: watch::Sender<u64>,
+    /// The bearer token every request must carry (401 otherwise); None: no authentication.
+    token: Option<String>,
 }
 
 impl Shared {
@@ -339,6 +344,8 @@ struct Running {
 pub struct ApiServer {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    /// HTTPS (and the CA's PEM file in `dir`) when set.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     running: Mutex<Option<Running>>,
     dir: tempfile::TempDir,
 }
@@ -346,6 +353,21 @@ pub struct ApiServer {
 impl ApiServer {
     /// Starts on 127.0.0.1 on a free port, with an empty cluster at resourceVersion 1.
     pub async fn start() -> ApiServer {
+        ApiServer::start_with(None, None).await
+    }
+
+    /// As [`ApiServer::start`], over HTTPS (a certificate for 127.0.0.1 from a CA made here)
+    /// and answering 401 to any request without `Authorization: Bearer <token>`.
+    pub async fn start_secure(token: &str) -> ApiServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls = test_pki(&dir.path().join("ca.pem"));
+        ApiServer::start_with(Some((tls, dir)), Some(token.to_string())).await
+    }
+
+    async fn start_with(
+        tls: Option<(tokio_rustls::TlsAcceptor, tempfile::TempDir)>,
+        token: Option<String>,
+    ) -> ApiServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stalled, _) = watch::channel(false);
@@ -357,11 +379,16 @@ impl ApiServer {
             faults: Mutex::new(Faults::default()),
             watches_stalled: watch::channel(false).0,
             resets: watch::channel(0).0,
+            token,
         });
-        let dir = tempfile::tempdir().expect("tempdir");
+        let (tls, dir) = match tls {
+            Some((tls, dir)) => (Some(tls), dir),
+            None => (None, tempfile::tempdir().expect("tempdir")),
+        };
         let server = ApiServer {
             shared,
             addr,
+            tls,
             running: Mutex::new(None),
             dir,
         };
@@ -372,24 +399,41 @@ impl ApiServer {
 
     fn run(&self, listener: TcpListener) {
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, self.shared.clone(), cancel.clone()));
+        let task = tokio::spawn(serve(
+            listener,
+            self.shared.clone(),
+            self.tls.clone(),
+            cancel.clone(),
+        ));
         *self.running.lock().unwrap() = Some(Running { cancel, task });
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn kubeconfig(&self) -> String {
+        let ca = match self.tls {
+            Some(_) => format!(
+                "    certificate-authority: {}\n",
+                self.dir.path().join("ca.pem").display()
+            ),
+            None => String::new(),
+        };
+        let user = match &self.shared.token {
+            Some(token) => format!("\n    token: {token}"),
+            None => " {}".to_string(),
+        };
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n{ca}\
              contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
-             current-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
+             current-context: fake\nusers:\n- name: fake\n  user:{user}\n",
             self.url()
         )
     }
 
-    /// A kubeconfig file pointing at this server (plain http, no credentials).
+    /// A kubeconfig file pointing at this server (with its CA and token when it has them).
     pub fn kubeconfig_path(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
     }
@@ -588,7 +632,12 @@ impl Drop for ApiServer {
     }
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
+async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    cancel: CancellationToken,
+) {
     let mut connections = tokio::task::JoinSet::new();
     let ticker = tokio::spawn(bookmarks(shared.clone(), cancel.clone()));
     loop {
@@ -604,13 +653,25 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationT
         let shared = shared.clone();
         let cancel = cancel.clone();
         let mut resets = shared.resets.subscribe();
+        let tls = tls.clone();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(handle(shared, req).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
+            let http = hyper::server::conn::http1::Builder::new();
+            let conn = async {
+                match tls {
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                }
+            };
             tokio::select! {
                 _ = conn => {}
                 _ = cancel.cancelled() => {}
@@ -760,6 +821,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             .map(|q| format!("?{q}"))
             .unwrap_or_default()
     ));
+    if let Some(token) = &shared.token {
+        let bearer = format!("Bearer {token}");
+        let given = req.headers().get(hyper::header::AUTHORIZATION);
+        if given.is_none_or(|v| v.as_bytes() != bearer.as_bytes()) {
+            return status_response(401, "Unauthorized", "Unauthorized", None);
+        }
+    }
     // Stalled: hold the request until released (or the server stops and drops us).
     let mut stalled = shared.stalled.subscribe();
     let _ = stalled.wait_for(|s| !*s).await;
@@ -1047,4 +1115,33 @@ fn watch_response(
         .header("content-type", "application/json")
         .body(StreamBody::new(stream).boxed_unsync())
         .expect("valid response")
+}
+
+/// A CA of its own (written to `ca_pem`) and a server certificate it issued for 127.0.0.1.
+fn test_pki(ca_pem: &Path) -> tokio_rustls::TlsAcceptor {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "fake API server CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("server params")
+        .signed_by(&key, &issuer)
+        .expect("server certificate");
+    std::fs::write(ca_pem, ca_cert.pem()).expect("write CA");
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key_der)
+    .expect("server config");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
