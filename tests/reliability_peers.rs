@@ -807,6 +807,24 @@ fn count(lines: &[String], text: &str) -> usize {
     lines.iter().filter(|l| l.contains(text)).count()
 }
 
+/// While stopped, the fake API server refuses connections as a dead one does, yet keeps its
+/// port: no other socket can bind it (another test's listener took it in an outage once, and the
+/// restart failed with "address in use"), and the restart gets it back.
+#[tokio::test]
+async fn a_stopped_api_server_refuses_connections_and_keeps_its_port() {
+    let server = ApiServer::start().await;
+    let addr: SocketAddr = server.url()["http://".len()..].parse().unwrap();
+    server.stop().await;
+    let refused = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    let stranger = std::net::TcpListener::bind(addr);
+    assert!(stranger.is_err(), "{addr} was free while stopped");
+    server.restart(1000).await;
+    tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("listening again");
+}
+
 /// While the API server is away: one line going stale, a summary every interval with the
 /// failures grouped, one line on recovery; never a line per attempt.
 #[tokio::test]

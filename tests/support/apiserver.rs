@@ -347,6 +347,10 @@ pub struct ApiServer {
     /// HTTPS (and the CA's PEM file in `dir`) when set.
     tls: Option<tokio_rustls::TlsAcceptor>,
     running: Mutex<Option<Running>>,
+    /// While stopped: a socket bound to `addr` but not listening, so that connecting is
+    /// refused as with a dead API server, yet no other socket of the machine can take the port
+    /// before the restart (see [`bind`]).
+    held: Mutex<Option<socket2::Socket>>,
     dir: tempfile::TempDir,
 }
 
@@ -368,7 +372,8 @@ impl ApiServer {
         tls: Option<(tokio_rustls::TlsAcceptor, tempfile::TempDir)>,
         token: Option<String>,
     ) -> ApiServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = listen("127.0.0.1:0".parse().expect("an address"))
+            .unwrap_or_else(|e| panic!("listening on 127.0.0.1: {e}"));
         let addr = listener.local_addr().expect("local addr");
         let (stalled, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -390,6 +395,7 @@ impl ApiServer {
             addr,
             tls,
             running: Mutex::new(None),
+            held: Mutex::new(None),
             dir,
         };
         std::fs::write(server.kubeconfig_path(), server.kubeconfig()).expect("write kubeconfig");
@@ -582,6 +588,10 @@ impl ApiServer {
     pub async fn stop(&self) {
         let running = self.running.lock().unwrap().take();
         if let Some(r) = running {
+            // Held before the listener closes: the port is never free for another socket.
+            let held = bind(self.addr, false)
+                .unwrap_or_else(|e| panic!("holding {} while stopped: {e}", self.addr));
+            *self.held.lock().unwrap() = Some(held);
             r.cancel.cancel();
             let _ = r.task.await;
         }
@@ -610,12 +620,40 @@ impl ApiServer {
             state.history.clear();
             state.oldest = state.rv;
         }
-        // Listeners set SO_REUSEADDR, so the port just released can be bound again at once.
-        let listener = TcpListener::bind(self.addr)
-            .await
-            .unwrap_or_else(|e| panic!("rebinding {}: {e}", self.addr));
+        let listener =
+            listen(self.addr).unwrap_or_else(|e| panic!("listening on {} again: {e}", self.addr));
+        self.held.lock().unwrap().take();
         self.run(listener);
     }
+}
+
+/// A socket bound to `addr` that shares the port with the server's other sockets and no one
+/// else's. Why: `stop` and `restart` keep one port, as a restarted API server does, and a port
+/// the server let go of is an ephemeral port like any other: another test's `bind(0)`, or an
+/// outgoing connection's source port, took it during an outage, and the restart failed with
+/// "address in use" (or the client would have talked to a stranger). Linux shares a port bound
+/// with `SO_REUSEPORT` only with sockets of the same user that set it too, and refuses
+/// connections to it while none listens. The holding socket (not a `listener`) must not set
+/// `SO_REUSEADDR`: with it, any socket setting that too (std's and tokio's listeners do) could
+/// bind the port while it is not listening.
+fn bind(addr: SocketAddr, listener: bool) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(listener)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// The server's listener on `addr` (port 0: any free port), sharing its port as [`bind`] says.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = bind(addr, true)?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
 }
 
 impl Drop for ApiServer {
