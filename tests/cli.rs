@@ -22,7 +22,12 @@ impl Drop for Server {
 }
 
 fn start(args: &[&str]) -> Server {
+    start_env(args, &[])
+}
+
+fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_clusterdns"))
+        .envs(env.iter().copied())
         .arg("serve")
         // Nothing leaves this machine: no upstream (the built-in default forwards to
         // /etc/resolv.conf).
@@ -464,4 +469,74 @@ fn a_forwarding_loop_is_detected_and_exits_naming_the_upstream() {
         err.contains("Loop") && err.contains(&format!("dns://127.0.0.1:{port}")),
         "{err}"
     );
+}
+
+/// glibc's per-thread malloc arenas in a process's memory map: each is a heap of its own,
+/// reserved as 64 MiB (HEAP_MAX_SIZE on 64-bit) at a 64 MiB-aligned address, read-write from
+/// its start and PROT_NONE for the part not yet used.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn thread_arenas(pid: u32) -> usize {
+    const HEAP: u64 = 64 << 20;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let regions: Vec<(u64, u64, String, bool)> = maps
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (a, b) = f.next()?.split_once('-')?;
+            let perms = f.next()?.to_string();
+            let named = f.nth(3).is_some();
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+                perms,
+                named,
+            ))
+        })
+        .collect();
+    regions
+        .iter()
+        .enumerate()
+        .filter(|(i, (start, end, perms, named))| {
+            if *named || perms != "rw-p" || start % HEAP != 0 {
+                return false;
+            }
+            // The unused rest of the reservation follows as PROT_NONE, unless all is in use.
+            let reserved_end = match regions.get(i + 1) {
+                Some((next, next_end, p, false)) if next == end && p == "---p" => *next_end,
+                _ => *end,
+            };
+            reserved_end - start == HEAP
+        })
+        .count()
+}
+
+/// The binary caps glibc at one malloc arena (src/malloc.rs: an arena per runtime thread kept
+/// what API lists left behind, a third of the API source's memory), and the user's
+/// MALLOC_ARENA_MAX still wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn one_malloc_arena_unless_malloc_arena_max_says_otherwise() {
+    let arenas_under_load = |env: &[(&str, &str)]| {
+        let server = start_env(&[], env);
+        // Queries over UDP and TCP from several clients at once, so that every runtime thread
+        // allocates.
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let addr = server.addr;
+                s.spawn(move || {
+                    let tcp = if i % 2 == 0 { "+tcp" } else { "+notcp" };
+                    let out = dig(addr, &[tcp, "nginx.demo.svc.cluster.local"]);
+                    assert!(out.contains("status: NOERROR"), "{out}");
+                });
+            }
+        });
+        thread_arenas(server.child.id())
+    };
+    assert_eq!(
+        arenas_under_load(&[]),
+        0,
+        "thread arenas without MALLOC_ARENA_MAX"
+    );
+    // The check itself sees arenas when glibc makes them.
+    assert!(arenas_under_load(&[("MALLOC_ARENA_MAX", "8")]) > 0);
 }
