@@ -1,6 +1,8 @@
 //! The binary as a user runs it: `clusterdns serve` on port 0, queried with `dig`, with its
 //! manifests edited (and broken) while it runs.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -37,14 +39,7 @@ fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         .stderr(Stdio::piped())
         .spawn()
         .expect("clusterdns starts");
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    let sink = stderr.clone();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
+    let stderr = support::process::collect_stderr(&mut child);
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).expect("startup line");
@@ -307,10 +302,9 @@ fn export_zone_prints_zones_nsd_accepts() {
 
 const LATER: &str = "---\napiVersion: v1\nkind: Service\nmetadata: {name: later, namespace: demo}\nspec: {clusterIP: 10.100.99.98, ports: [{name: http, port: 80}]}\n";
 
-/// One manifest file edited the ways editors and kubelet do: replaced by a rename, written in
-/// two parts (the half-written file does not stick), and a ConfigMap volume's `..data` swap.
-#[test]
-fn a_manifest_replaced_by_rename_half_written_or_swapped_like_a_configmap_is_reloaded() {
+/// A server following a copy of the demo cluster that the test edits: (server, its directory,
+/// the file, the demo text).
+fn serve_editable_demo() -> (Server, tempfile::TempDir, std::path::PathBuf, String) {
     let demo = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples/demo-cluster.yaml"),
     )
@@ -319,6 +313,14 @@ fn a_manifest_replaced_by_rename_half_written_or_swapped_like_a_configmap_is_rel
     let file = dir.path().join("cluster.yaml");
     std::fs::write(&file, &demo).unwrap();
     let server = start(&["--manifests", file.to_str().unwrap()]);
+    (server, dir, file, demo)
+}
+
+/// One manifest file edited the ways editors and kubelet do: replaced by a rename, written in
+/// two parts (the half-written file does not stick), and a ConfigMap volume's `..data` swap.
+#[test]
+fn a_manifest_replaced_by_rename_half_written_or_swapped_like_a_configmap_is_reloaded() {
+    let (server, dir, file, demo) = serve_editable_demo();
     let status = |name: &str| parse_dig(&dig(server.addr, &[name])).0;
     assert_eq!(status("added.demo.svc.cluster.local"), "NXDOMAIN");
 
@@ -382,14 +384,7 @@ fn a_manifest_replaced_by_rename_half_written_or_swapped_like_a_configmap_is_rel
 /// cluster with no services: answers keep coming from the last good state until it is written.
 #[test]
 fn a_manifest_truncated_for_rewriting_keeps_serving_until_written() {
-    let demo = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples/demo-cluster.yaml"),
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("cluster.yaml");
-    std::fs::write(&file, &demo).unwrap();
-    let server = start(&["--manifests", file.to_str().unwrap()]);
+    let (server, _dir, file, demo) = serve_editable_demo();
     let status = |name: &str| parse_dig(&dig(server.addr, &[name])).0;
     assert_eq!(status("nginx.demo.svc.cluster.local"), "NOERROR");
 

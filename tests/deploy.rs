@@ -11,8 +11,9 @@
 //! Every directory of manifests/overlays is checked, whoever added it. A failure names the
 //! overlay, the object (kind namespace/name) and the field.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use support::process::wait_for_lines;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -1039,33 +1041,6 @@ impl Drop for Running {
     }
 }
 
-/// Reads the server's start-up banner (its "serving ..." lines) until the DNS line and every
-/// HTTP line have appeared, with a deadline; returns the lines.
-fn banner(child: &mut Child, want: &[&str], timeout: Duration) -> Vec<String> {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + timeout;
-    let mut lines = Vec::new();
-    while !want
-        .iter()
-        .all(|w| lines.iter().any(|l: &String| l.contains(w)))
-    {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => lines.push(line),
-            Err(_) => panic!("no banner with {want:?} within {timeout:?}; got {lines:?}"),
-        }
-    }
-    lines
-}
-
 /// `dig` inside the network namespace of `pid`, polled until it answers `want`.
 fn dig_in_netns(pid: u32, name: &str, tcp: bool, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1145,7 +1120,7 @@ fn the_configmap_corefile_is_served_by_clusterdns_serve() {
             .spawn()
             .expect("unshare");
         let mut server = Running(child);
-        let lines = banner(
+        let lines = wait_for_lines(
             &mut server.0,
             &[":53 (udp+tcp)", ":8080", ":8181", ":9153"],
             Duration::from_secs(20),

@@ -13,7 +13,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -21,6 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::apiserver::ApiServer;
+use support::process::wait_for_line;
 use support::{namespace, service, slice};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -54,29 +54,6 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// Reads stdout until a line containing `want` appears (with a deadline); returns that line.
-fn wait_for_line(child: &mut Child, want: &str, timeout: Duration) -> String {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + timeout;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(want) => return line,
-            Ok(line) => seen.push(line),
-            Err(_) => panic!("no line with {want:?} within {timeout:?}; got {seen:?}"),
-        }
     }
 }
 

@@ -7,6 +7,8 @@
 //! Every server is the real binary on loopback; clients are plain sockets speaking DNS
 //! through hickory-proto's message types.
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -87,14 +89,7 @@ fn start(corefile: &str, args: &[&str], nofile: Option<(u64, u64)>, http: &[&str
         }
     }
     let mut child = cmd.spawn().expect("clusterdns starts");
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    let sink = stderr.clone();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
+    let stderr = support::process::collect_stderr(&mut child);
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut dns = None;
     let mut found = HashMap::new();

@@ -31,7 +31,7 @@ use tokio::sync::Semaphore;
 
 use super::analysis::{Addr, Verdict};
 use super::aws::{self, TCP, UDP};
-use super::paths::{judge_all, Finding};
+use super::paths::{app_services, judge_all, Finding};
 use super::report::{self, FindingJson};
 use super::ProbeError;
 use crate::cluster::objects::ObjectSet;
@@ -272,18 +272,8 @@ pub fn targets(objects: &ObjectSet) -> (Vec<Target>, Vec<String>) {
         }
     }
 
-    let mut services: Vec<(String, String)> = objects
-        .services
-        .iter()
-        .filter_map(|s| Some((s.metadata.namespace.clone()?, s.metadata.name.clone()?)))
-        // kube-dns is probed above; the API server is not a pod (and the static paths agree).
-        .filter(|(ns, name)| {
-            !(ns == "kube-system" && name == "kube-dns" || ns == "default" && name == "kubernetes")
-        })
-        .collect();
-    services.sort();
-    services.dedup();
-    for (ns, name) in services {
+    // kube-dns is probed above; the same services as the static paths judge.
+    for (ns, name) in app_services(objects) {
         for (ip, pod, ports) in endpoints(objects, &ns, &name) {
             for (proto, port, port_name) in ports {
                 if proto != Some(Protocol::Tcp) {

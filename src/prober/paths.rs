@@ -880,6 +880,23 @@ impl Judge<'_> {
     }
 }
 
+/// (namespace, name) of every service but kube-dns (its paths are the DNS paths) and the API
+/// server (not a pod), sorted, each once: the application services whose endpoints are judged
+/// and probed.
+pub fn app_services(objects: &ObjectSet) -> Vec<(String, String)> {
+    let mut services: Vec<(String, String)> = objects
+        .services
+        .iter()
+        .filter_map(|s| Some((s.metadata.namespace.clone()?, s.metadata.name.clone()?)))
+        .filter(|(ns, name)| {
+            !(ns == "kube-system" && name == "kube-dns" || ns == "default" && name == "kubernetes")
+        })
+        .collect();
+    services.sort();
+    services.dedup();
+    services
+}
+
 /// Judges every path for the cluster's real endpoints. Returns the findings (in [`PATHS`]
 /// order) and notes about what the input could not cover.
 pub fn judge_all(model: &VpcModel, objects: &ObjectSet) -> (Vec<Finding>, Vec<String>) {
@@ -946,18 +963,7 @@ pub fn judge_all(model: &VpcModel, objects: &ObjectSet) -> (Vec<Finding>, Vec<St
     }
 
     // 3: every other service's endpoints across the two worlds, on each port.
-    let mut services: Vec<(String, String)> = objects
-        .services
-        .iter()
-        .filter_map(|s| Some((s.metadata.namespace.clone()?, s.metadata.name.clone()?)))
-        .filter(|(ns, name)| {
-            // kube-dns is judged by the DNS paths; the API server is not a pod.
-            !(ns == "kube-system" && name == "kube-dns" || ns == "default" && name == "kubernetes")
-        })
-        .collect();
-    services.sort();
-    services.dedup();
-    for (ns, name) in &services {
+    for (ns, name) in &app_services(objects) {
         for t in view.service_targets(ns, name) {
             let (path, sources) = match t.placement {
                 Placement::Node { .. } => ("fargate-to-nodegroup-services", &micro_vm),
