@@ -80,8 +80,10 @@ impl Port {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
-    pub namespace: Box<str>,
-    pub name: Box<str>,
+    /// Interned ([`intern`]): shared by every object of the namespace and the store's keys.
+    pub namespace: Arc<str>,
+    /// Shared with the store's key of the object.
+    pub name: Arc<str>,
     pub kind: ServiceKind,
     /// `spec.clusterIPs` (or `spec.clusterIP`), in the API's order; empty when headless.
     pub cluster_ips: Vec<IpAddr>,
@@ -185,8 +187,9 @@ impl<'a> IntoIterator for &'a Addresses {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSlice {
-    pub namespace: Box<str>,
-    pub name: Box<str>,
+    /// Interned; the name is shared with the store's key (as for [`Service`]).
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     /// The service this slice belongs to (its `kubernetes.io/service-name` label).
     pub service: Box<str>,
     pub endpoints: Vec<Endpoint>,
@@ -195,8 +198,9 @@ pub struct EndpointSlice {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod {
-    pub namespace: Box<str>,
-    pub name: Box<str>,
+    /// Interned; the name is shared with the store's key (as for [`Service`]).
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     pub ips: Vec<IpAddr>,
     pub node_name: Option<Box<str>>,
     pub hostname: Option<Box<str>>,
@@ -217,7 +221,8 @@ pub struct Pod {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
-    pub name: Box<str>,
+    /// Interned: the store's key and every endpoint on the node share it.
+    pub name: Arc<str>,
     /// Runs a single micro-VM pod (Fargate), not an EC2 worker.
     pub micro_vm: bool,
     pub labels: BTreeMap<String, String>,
@@ -227,7 +232,8 @@ pub struct Node {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
-    pub name: Box<str>,
+    /// Interned, as every object's namespace.
+    pub name: Arc<str>,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -313,15 +319,17 @@ impl Service {
             },
             _ => Vec::new(),
         };
-        let ports = spec
+        let mut ports: Vec<Port> = spec
             .ports
             .iter()
             .flatten()
             .filter_map(|p| Port::new(p.name.as_deref(), p.protocol.as_deref(), Some(p.port)))
             .collect();
+        // Collected through a filter: room for four ports where most services have one.
+        ports.shrink_to_fit();
         Some(Service {
-            namespace: boxed(namespace),
-            name: boxed(name),
+            namespace: intern(namespace),
+            name: name.into(),
             kind,
             cluster_ips,
             external_name: spec
@@ -385,8 +393,8 @@ impl EndpointSlice {
             .filter_map(|p| Port::new(p.name.as_deref(), p.protocol.as_deref(), p.port))
             .collect();
         Some(EndpointSlice {
-            namespace: boxed(namespace),
-            name: boxed(name),
+            namespace: intern(namespace),
+            name: name.into(),
             service: boxed(service),
             endpoints,
             ports: ports.into(),
@@ -438,7 +446,7 @@ impl EndpointSlice {
                 .filter_map(|p| Port::new(p.name.as_deref(), p.protocol.as_deref(), Some(p.port)))
                 .collect();
             out.push(EndpointSlice {
-                namespace: boxed(namespace),
+                namespace: intern(namespace),
                 name: format!("{name}-v1-{i}").into(),
                 service: boxed(name),
                 endpoints,
@@ -467,8 +475,8 @@ impl Pod {
             addrs.clear();
         }
         Some(Pod {
-            namespace: boxed(namespace),
-            name: boxed(name),
+            namespace: intern(namespace),
+            name: name.into(),
             ips: addrs,
             node_name: spec.and_then(|s| s.node_name.as_deref()).map(boxed),
             hostname: spec.and_then(|s| s.hostname.as_deref()).map(boxed),
@@ -505,7 +513,7 @@ impl Node {
             .filter(|z| !z.is_empty())
             .map(|z| intern(z));
         Some(Node {
-            name: boxed(name),
+            name: intern(name),
             micro_vm,
             labels,
             zone,
@@ -516,7 +524,7 @@ impl Node {
 impl Namespace {
     pub fn from_api(ns: &core::Namespace) -> Option<Namespace> {
         Some(Namespace {
-            name: boxed(ns.metadata.name.as_deref()?),
+            name: intern(ns.metadata.name.as_deref()?),
             labels: ns.metadata.labels.clone().unwrap_or_default(),
         })
     }

@@ -47,19 +47,24 @@ impl Store {
             .namespaces
             .iter()
             .filter_map(Namespace::from_api)
-            .map(|ns| (Arc::from(&*ns.name), Arc::new(ns)))
+            .map(|ns| (ns.name.clone(), Arc::new(ns)))
             .collect();
         let services = objects
             .services
             .iter()
             .filter_map(Service::from_api)
-            .map(|svc| (key(&svc.namespace, &svc.name), Arc::new(svc)))
+            .map(|svc| ((svc.namespace.clone(), svc.name.clone()), Arc::new(svc)))
             .collect();
         let slices = objects
             .endpoint_slices
             .iter()
             .filter_map(EndpointSlice::from_api)
-            .map(|slice| (key(&slice.namespace, &slice.name), Arc::new(slice)))
+            .map(|slice| {
+                (
+                    (slice.namespace.clone(), slice.name.clone()),
+                    Arc::new(slice),
+                )
+            })
             .collect();
         let mut legacy = HashMap::new();
         for ep in &objects.endpoints {
@@ -73,13 +78,13 @@ impl Store {
             .pods
             .iter()
             .filter_map(Pod::from_api)
-            .map(|pod| (key(&pod.namespace, &pod.name), Arc::new(pod)))
+            .map(|pod| ((pod.namespace.clone(), pod.name.clone()), Arc::new(pod)))
             .collect();
         let nodes = objects
             .nodes
             .iter()
             .filter_map(Node::from_api)
-            .map(|node| (Arc::from(&*node.name), Arc::new(node)))
+            .map(|node| (node.name.clone(), Arc::new(node)))
             .collect();
         Store {
             namespaces: Arc::new(namespaces),
@@ -138,13 +143,19 @@ pub struct StoreBuilder {
 
 impl StoreBuilder {
     pub fn finish(self) -> Store {
+        // The joins grew each table by doubling: kept as long as the objects, so trimmed to
+        // what they hold.
+        fn fit<K: std::hash::Hash + Eq, V>(mut map: HashMap<K, V>) -> Arc<HashMap<K, V>> {
+            map.shrink_to_fit();
+            Arc::new(map)
+        }
         Store {
-            namespaces: Arc::new(self.namespaces),
-            services: Arc::new(self.services),
-            slices: Arc::new(self.slices),
-            legacy_endpoints: Arc::new(self.legacy),
-            pods: Arc::new(self.pods),
-            nodes: Arc::new(self.nodes),
+            namespaces: fit(self.namespaces),
+            services: fit(self.services),
+            slices: fit(self.slices),
+            legacy_endpoints: fit(self.legacy),
+            pods: fit(self.pods),
+            nodes: fit(self.nodes),
             pod_nodes: Arc::new(self.pod_nodes.finish()),
         }
     }
@@ -172,19 +183,21 @@ impl super::objects::Fork for StoreBuilder {
 impl super::objects::Sink for StoreBuilder {
     fn namespace(&mut self, o: k8s_openapi::api::core::v1::Namespace) {
         if let Some(ns) = Namespace::from_api(&o) {
-            self.namespaces.insert(Arc::from(&*ns.name), Arc::new(ns));
+            self.namespaces.insert(ns.name.clone(), Arc::new(ns));
         }
     }
     fn service(&mut self, o: k8s_openapi::api::core::v1::Service) {
         if let Some(svc) = Service::from_api(&o) {
             self.services
-                .insert(key(&svc.namespace, &svc.name), Arc::new(svc));
+                .insert((svc.namespace.clone(), svc.name.clone()), Arc::new(svc));
         }
     }
     fn endpoint_slice(&mut self, o: k8s_openapi::api::discovery::v1::EndpointSlice) {
         if let Some(slice) = EndpointSlice::from_api(&o) {
-            self.slices
-                .insert(key(&slice.namespace, &slice.name), Arc::new(slice));
+            self.slices.insert(
+                (slice.namespace.clone(), slice.name.clone()),
+                Arc::new(slice),
+            );
         }
     }
     fn endpoints(&mut self, o: k8s_openapi::api::core::v1::Endpoints) {
@@ -204,7 +217,7 @@ impl super::objects::Sink for StoreBuilder {
         }
         if let Some(pod) = Pod::from_api(&o) {
             self.pods
-                .insert(key(&pod.namespace, &pod.name), Arc::new(pod));
+                .insert((pod.namespace.clone(), pod.name.clone()), Arc::new(pod));
         }
     }
     fn node(&mut self, o: k8s_openapi::api::core::v1::Node) {
@@ -213,7 +226,7 @@ impl super::objects::Sink for StoreBuilder {
             if self.drop_pods {
                 node.labels = Default::default();
             }
-            self.nodes.insert(Arc::from(&*node.name), Arc::new(node));
+            self.nodes.insert(node.name.clone(), Arc::new(node));
         }
     }
     fn skip(&mut self) {
