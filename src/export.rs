@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::cluster::model::{Port, ServiceKind};
-use crate::cluster::snapshot::{EndpointEntry, Snapshot};
+use crate::cluster::snapshot::{EndpointEntry, Label, Snapshot};
 
 fn addr_rr(ip: &IpAddr) -> String {
     match ip {
@@ -117,7 +117,7 @@ pub fn forward_zone(snap: &Snapshot, zone: &str, ttl: u32) -> String {
                 for (p, eps) in &by_port {
                     // Endpoints sharing a hostname share one record, weighted as before.
                     let w = weight(eps.len());
-                    let mut seen: Vec<&str> = Vec::new();
+                    let mut seen: Vec<Label> = Vec::new();
                     for e in eps {
                         if seen.contains(&e.label(false)) {
                             continue;

@@ -123,6 +123,10 @@ pub struct EndpointExtra {
     /// `hints.forZones`: the zones this endpoint should serve (topology-aware routing).
     /// None when the slice gives no hints.
     pub for_zones: Option<Box<[Arc<str>]>>,
+    /// The hostname and the pod name lowercased (DNS answers with those), only when one of
+    /// them is not lowercase already: names the API never gives, that a hand-written file
+    /// can. Set by [`Endpoint::with_lowercase_names`]; derived from the other fields.
+    lowercase: Option<(Option<Box<str>>, Option<Box<str>>)>,
 }
 
 impl EndpointExtra {
@@ -135,12 +139,51 @@ impl EndpointExtra {
             Box::new(EndpointExtra {
                 hostname,
                 for_zones,
+                lowercase: None,
             })
         })
     }
 }
 
+fn has_upper(s: Option<&str>) -> bool {
+    s.is_some_and(|s| s.bytes().any(|b| b.is_ascii_uppercase()))
+}
+
 impl Endpoint {
+    /// The endpoint with lowercase copies of its names when they are not lowercase (see
+    /// [`EndpointExtra`]): every constructor ends with this.
+    pub fn with_lowercase_names(mut self) -> Endpoint {
+        let (host, pod) = (self.hostname(), self.pod_name.as_deref());
+        if has_upper(host) || has_upper(pod) {
+            let lower = |s: &str| Box::<str>::from(s.to_ascii_lowercase());
+            let lowercase = Some((host.map(lower), pod.map(lower)));
+            self.extra.get_or_insert_with(Default::default).lowercase = lowercase;
+        }
+        self
+    }
+
+    /// `hostname`, lowercased.
+    pub fn hostname_lowercase(&self) -> Option<&str> {
+        match self.extra.as_deref() {
+            Some(EndpointExtra {
+                lowercase: Some((host, _)),
+                ..
+            }) => host.as_deref(),
+            _ => self.hostname(),
+        }
+    }
+
+    /// `pod_name`, lowercased.
+    pub fn pod_name_lowercase(&self) -> Option<&str> {
+        match self.extra.as_deref() {
+            Some(EndpointExtra {
+                lowercase: Some((_, pod)),
+                ..
+            }) => pod.as_deref(),
+            _ => self.pod_name.as_deref(),
+        }
+    }
+
     pub fn hostname(&self) -> Option<&str> {
         self.extra.as_ref()?.hostname.as_deref()
     }
@@ -381,6 +424,7 @@ impl EndpointSlice {
                             .map(|z| z.iter().map(|z| intern(&z.name)).collect()),
                     ),
                 }
+                .with_lowercase_names()
             })
             .filter(|e| !e.addresses.is_empty())
             .collect::<Vec<_>>();
@@ -409,20 +453,23 @@ impl EndpointSlice {
         let namespace = ep.metadata.namespace.as_deref().unwrap_or("default");
         let mut out = Vec::new();
         for (i, subset) in ep.subsets.iter().flatten().enumerate() {
-            let convert = |a: &core::EndpointAddress, ready: bool| Endpoint {
-                addresses: ips(std::iter::once(&a.ip)).into(),
-                ready,
-                serving: ready,
-                terminating: false,
-                pod_name: a
-                    .target_ref
-                    .as_ref()
-                    .filter(|r| r.kind.as_deref().unwrap_or("Pod") == "Pod")
-                    .and_then(|r| r.name.as_deref())
-                    .map(boxed),
-                node_name: a.node_name.as_deref().map(intern),
-                zone: None,
-                extra: EndpointExtra::new(a.hostname.as_deref().map(boxed), None),
+            let convert = |a: &core::EndpointAddress, ready: bool| {
+                Endpoint {
+                    addresses: ips(std::iter::once(&a.ip)).into(),
+                    ready,
+                    serving: ready,
+                    terminating: false,
+                    pod_name: a
+                        .target_ref
+                        .as_ref()
+                        .filter(|r| r.kind.as_deref().unwrap_or("Pod") == "Pod")
+                        .and_then(|r| r.name.as_deref())
+                        .map(boxed),
+                    node_name: a.node_name.as_deref().map(intern),
+                    zone: None,
+                    extra: EndpointExtra::new(a.hostname.as_deref().map(boxed), None),
+                }
+                .with_lowercase_names()
             };
             let mut endpoints = subset
                 .addresses

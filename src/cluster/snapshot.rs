@@ -244,64 +244,128 @@ impl super::objects::Sink for StoreBuilder {
 }
 
 /// One endpoint address of a service, merged over all its slices. Its names are read from the
-/// slice it came from (shared with the store), not copied: a cluster has far more endpoints
-/// than anything else DNS keeps.
+/// slice it came from (shared with the store), not copied, and its dashed address is formatted
+/// when a query needs it: a cluster has far more endpoints than anything else DNS keeps, and
+/// this is 32 bytes.
 #[derive(Debug, Clone)]
 pub struct EndpointEntry {
-    pub address: IpAddr,
-    /// Counts `publishNotReadyAddresses`: every endpoint of such a service is ready.
-    pub ready: bool,
-    /// The address with `.`/`:` replaced by `-` (`10-3-0-1`, `fd00--1` -> `fd00--1`).
-    dashed: Dashed,
     /// The slice the endpoint came from (its names and ports are read from there).
     slice: Arc<EndpointSlice>,
     /// Index into `slice.endpoints`.
     endpoint: u32,
-    /// Lowercased names, only for the rare endpoint whose names are not lowercase already.
-    lowered: Option<Box<Lowered>>,
+    pub address: IpAddr,
+    /// Counts `publishNotReadyAddresses`: every endpoint of such a service is ready.
+    pub ready: bool,
 }
 
-#[derive(Debug, Clone)]
-struct Lowered {
-    hostname: Option<Box<str>>,
-    pod_name: Option<Box<str>>,
+/// An address with `.`/`:` replaced by `-` (`10-3-0-1`, `fd00::1` -> `fd00--1`, `::1` ->
+/// `0--1`), formatted on the stack: no allocation on the query path, nothing stored per
+/// endpoint.
+#[derive(Clone, Copy)]
+pub struct DashedIp {
+    /// The text is `buf[start..end]`: `start` is 1 unless a `0` had to go before a leading `-`.
+    start: u8,
+    end: u8,
+    /// std formats an IPv6 address in at most 45 characters (with an embedded IPv4), plus
+    /// the two `0`s around it.
+    buf: [u8; 48],
 }
 
-/// A dashed address, inline when it fits (every IPv4 address): no allocation per endpoint.
-#[derive(Debug, Clone)]
-enum Dashed {
-    Inline { len: u8, bytes: [u8; 15] },
-    Heap(Box<str>),
-}
-
-impl Dashed {
-    fn new(ip: IpAddr) -> Dashed {
-        let s = dashed_ip(ip);
-        if s.len() <= 15 {
-            let mut bytes = [0u8; 15];
-            bytes[..s.len()].copy_from_slice(s.as_bytes());
-            Dashed::Inline {
-                len: s.len() as u8,
-                bytes,
+impl DashedIp {
+    pub fn new(ip: IpAddr) -> DashedIp {
+        use std::io::Write;
+        let mut buf = [0u8; 48];
+        let mut w = std::io::Cursor::new(&mut buf[1..47]);
+        // Cannot fail: the longest address fits (see `buf`).
+        let _ = write!(w, "{ip}");
+        let mut end = 1 + w.position() as usize;
+        let (mut start, text) = (1, &mut buf[1..end]);
+        // Only the family's own separator, as `dashed_ip` (an IPv4-mapped IPv6 address
+        // keeps its dots).
+        let sep = if ip.is_ipv6() { b':' } else { b'.' };
+        for b in text.iter_mut() {
+            if *b == sep {
+                *b = b'-';
             }
-        } else {
-            Dashed::Heap(s.into())
+        }
+        if ip.is_ipv6() {
+            // A name label cannot start or end with `-`.
+            if buf[end - 1] == b'-' {
+                buf[end] = b'0';
+                end += 1;
+            }
+            if buf[1] == b'-' {
+                buf[0] = b'0';
+                start = 0;
+            }
+        }
+        DashedIp {
+            start,
+            end: end as u8,
+            buf,
         }
     }
 
-    fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &str {
+        // ASCII only (digits, hex letters, `-`).
+        std::str::from_utf8(&self.buf[self.start as usize..self.end as usize]).unwrap_or_default()
+    }
+}
+
+/// An endpoint's name label: its hostname or pod name (borrowed from the store) or its
+/// dashed address. Compares, hashes and prints as the text.
+#[derive(Clone, Copy)]
+pub enum Label<'a> {
+    Name(&'a str),
+    Dashed(DashedIp),
+}
+
+impl std::ops::Deref for Label<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
         match self {
-            // Always a copy of a whole `str` (ASCII), so the slice is valid UTF-8.
-            Dashed::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..*len as usize]).unwrap_or_default()
-            }
-            Dashed::Heap(s) => s,
+            Label::Name(s) => s,
+            Label::Dashed(d) => d.as_str(),
         }
     }
 }
 
-fn has_upper(s: Option<&str>) -> bool {
-    s.is_some_and(|s| s.bytes().any(|b| b.is_ascii_uppercase()))
+impl PartialEq for Label<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Label<'_> {}
+
+impl PartialOrd for Label<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Label<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+impl std::hash::Hash for Label<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state)
+    }
+}
+
+impl std::fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl std::fmt::Debug for Label<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
 }
 
 impl EndpointEntry {
@@ -311,20 +375,11 @@ impl EndpointEntry {
         slice: &Arc<EndpointSlice>,
         endpoint: usize,
     ) -> EndpointEntry {
-        let ep = &slice.endpoints[endpoint];
-        let lowered = (has_upper(ep.hostname()) || has_upper(ep.pod_name.as_deref())).then(|| {
-            Box::new(Lowered {
-                hostname: ep.hostname().map(lower),
-                pod_name: ep.pod_name.as_deref().map(lower),
-            })
-        });
         EndpointEntry {
-            address,
-            ready,
-            dashed: Dashed::new(address),
             slice: slice.clone(),
             endpoint: endpoint as u32,
-            lowered,
+            address,
+            ready,
         }
     }
 
@@ -339,18 +394,12 @@ impl EndpointEntry {
 
     /// The endpoint's own `hostname`, lowercased.
     pub fn hostname(&self) -> Option<&str> {
-        match &self.lowered {
-            Some(l) => l.hostname.as_deref(),
-            None => self.source().hostname(),
-        }
+        self.source().hostname_lowercase()
     }
 
     /// The target pod's name, lowercased (for `endpoint_pod_names`).
     pub fn pod_name(&self) -> Option<&str> {
-        match &self.lowered {
-            Some(l) => l.pod_name.as_deref(),
-            None => self.source().pod_name.as_deref(),
-        }
+        self.source().pod_name_lowercase()
     }
 
     /// The EndpointSlice's `zone` of this endpoint.
@@ -367,22 +416,22 @@ impl EndpointEntry {
         self.source().node_name.as_deref()
     }
 
-    pub fn dashed(&self) -> &str {
-        self.dashed.as_str()
+    pub fn dashed(&self) -> DashedIp {
+        DashedIp::new(self.address)
     }
 
     /// The name label of this endpoint: its hostname, else (with `endpoint_pod_names`) the pod
     /// name when shorter than 64 characters, else the dashed IP.
-    pub fn label(&self, endpoint_pod_names: bool) -> &str {
+    pub fn label(&self, endpoint_pod_names: bool) -> Label<'_> {
         if let Some(h) = self.hostname() {
-            return h;
+            return Label::Name(h);
         }
         if endpoint_pod_names {
             if let Some(p) = self.pod_name().filter(|p| p.len() < 64) {
-                return p;
+                return Label::Name(p);
             }
         }
-        self.dashed()
+        Label::Dashed(self.dashed())
     }
 }
 
@@ -421,8 +470,11 @@ impl ServiceEntry {
             _ => &self.by_label,
         };
         let of = |i: &u32| self.endpoints[*i as usize].label(endpoint_pod_names);
-        let start = index.partition_point(|i| of(i) < label);
-        let len = index[start..].iter().take_while(|i| of(i) == label).count();
+        let start = index.partition_point(|i| &*of(i) < label);
+        let len = index[start..]
+            .iter()
+            .take_while(|i| &*of(i) == label)
+            .count();
         index[start..start + len]
             .iter()
             .map(|&i| &self.endpoints[i as usize])
@@ -771,12 +823,9 @@ impl ServiceEntry {
             let mut idx: Vec<u32> = (0..endpoints.len() as u32)
                 .filter(|&i| endpoints[i as usize].ready)
                 .collect();
-            // Stable: endpoints of one label stay in endpoint order.
-            idx.sort_by(|a, b| {
-                endpoints[*a as usize]
-                    .label(pod_names)
-                    .cmp(endpoints[*b as usize].label(pod_names))
-            });
+            // Stable: endpoints of one label stay in endpoint order. Cached: a dashed label
+            // is formatted once, not at every comparison.
+            idx.sort_by_cached_key(|i| endpoints[*i as usize].label(pod_names));
             idx.into_boxed_slice()
         };
         let by_label = sorted_by(false);
@@ -1290,15 +1339,18 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
             service: service.into(),
             endpoints: eps
                 .iter()
-                .map(|(ip, host, ready)| Endpoint {
-                    addresses: vec![ip.parse().unwrap()].into(),
-                    ready: *ready,
-                    serving: *ready,
-                    terminating: false,
-                    pod_name: Some(format!("Pod-{ip}").into()),
-                    node_name: None,
-                    zone: None,
-                    extra: EndpointExtra::new(host.map(Into::into), None),
+                .map(|(ip, host, ready)| {
+                    Endpoint {
+                        addresses: vec![ip.parse().unwrap()].into(),
+                        ready: *ready,
+                        serving: *ready,
+                        terminating: false,
+                        pod_name: Some(format!("Pod-{ip}").into()),
+                        node_name: None,
+                        zone: None,
+                        extra: EndpointExtra::new(host.map(Into::into), None),
+                    }
+                    .with_lowercase_names()
                 })
                 .collect(),
             ports: Arc::from(Vec::new()),
@@ -1332,7 +1384,7 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
                 for ep in &e.endpoints {
                     let label = ep.label(pod_names);
                     let hits: Vec<String> = e
-                        .endpoints_named(label, pod_names)
+                        .endpoints_named(&label, pod_names)
                         .map(|h| h.address.to_string())
                         .collect();
                     out.push(format!(
@@ -1492,6 +1544,91 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
 
     /// The rows kept once per address in the cluster stay small (issue 17: these sizes are
     /// most of the memory at 100 000 endpoints).
+    /// The labels formatted on demand are the text the entries used to store.
+    #[test]
+    fn dashed_addresses_match_the_stored_form() {
+        let ips = [
+            "10.3.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "fd00::1",
+            "::",
+            "::1",
+            "fd00::",
+            "1::",
+            "::ffff:10.0.0.1",
+            "2001:db8:85a3:8d3:1319:8a2e:370:7348",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "fe80::1:0:0:0",
+            "0:1::",
+        ];
+        for ip in ips {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(DashedIp::new(ip).as_str(), dashed_ip(ip), "{ip}");
+        }
+        assert_eq!(DashedIp::new("::1".parse().unwrap()).as_str(), "0--1");
+        assert_eq!(DashedIp::new("fd00::".parse().unwrap()).as_str(), "fd00--0");
+        // Every shape of IPv6 text: a pseudo-random walk over addresses with runs of zeros.
+        let mut x: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834;
+        for _ in 0..2000 {
+            x = x
+                .wrapping_mul(0x2545_f491_4f6c_dd1d)
+                .wrapping_add(1442695040888963407);
+            let mask = (x >> 64) as u128 * 0x0001_0001_0001_0001;
+            let ip = IpAddr::V6((x & mask).into());
+            assert_eq!(DashedIp::new(ip).as_str(), dashed_ip(ip), "{ip}");
+            let ip = IpAddr::V4(((x >> 32) as u32).into());
+            assert_eq!(DashedIp::new(ip).as_str(), dashed_ip(ip), "{ip}");
+        }
+    }
+
+    /// Names a file gives in uppercase answer lowercase, from the copies the store keeps.
+    #[test]
+    fn uppercase_names_in_a_file_answer_lowercase() {
+        let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: x}
+spec: {clusterIP: None}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-1, namespace: x, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+endpoints:
+- {addresses: [10.1.0.1], hostname: Web-0, targetRef: {kind: Pod, name: Web-Pod-0}}
+- {addresses: [10.1.0.2], targetRef: {kind: Pod, name: Web-Pod-1}}
+- {addresses: [10.1.0.3], targetRef: {kind: Pod, name: web-pod-2}}
+"#;
+        let mut set = ObjectSet::default();
+        set.add_text(yaml, Path::new("t.yaml")).unwrap();
+        let snap = Snapshot::build(Arc::new(Store::from_objects(&set)), 1, true);
+        let e = snap.service("s.x").unwrap();
+        let labels = |pods: bool| -> Vec<String> {
+            e.endpoints
+                .iter()
+                .map(|x| x.label(pods).to_string())
+                .collect()
+        };
+        assert_eq!(labels(false), ["web-0", "10-1-0-2", "10-1-0-3"]);
+        assert_eq!(labels(true), ["web-0", "web-pod-1", "web-pod-2"]);
+        assert_eq!(e.endpoints_named("web-pod-1", true).count(), 1);
+        assert_eq!(e.endpoints_named("10-1-0-2", false).count(), 1);
+        assert_eq!(e.endpoints_named("10-1-0-2", true).count(), 0);
+        // The store keeps the names as given (for the views that print objects back).
+        let slice = &set_slice(&snap);
+        assert_eq!(slice.endpoints[0].hostname(), Some("Web-0"));
+        assert_eq!(slice.endpoints[1].pod_name.as_deref(), Some("Web-Pod-1"));
+        assert!(
+            slice.endpoints[2].extra.is_none(),
+            "a lowercase endpoint has no extra box"
+        );
+    }
+
+    fn set_slice(snap: &Snapshot) -> Arc<EndpointSlice> {
+        snap.store.slices[&key("x", "s-1")].clone()
+    }
+
     #[test]
     fn per_address_rows_stay_small() {
         assert_eq!(std::mem::size_of::<PtrTarget>(), 16);
@@ -1501,7 +1638,7 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
             std::mem::size_of::<Endpoint>()
         );
         assert!(
-            std::mem::size_of::<EndpointEntry>() <= 64,
+            std::mem::size_of::<EndpointEntry>() <= 32,
             "{}",
             std::mem::size_of::<EndpointEntry>()
         );

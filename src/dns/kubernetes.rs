@@ -14,7 +14,7 @@ use super::answer::Answer;
 use super::pipeline::{Flow, Handler, Request};
 use crate::cluster::labels::Selector;
 use crate::cluster::model::{Port, Service, ServiceKind};
-use crate::cluster::snapshot::{EndpointEntry, PtrTarget, ServiceEntry, Snapshot};
+use crate::cluster::snapshot::{EndpointEntry, Label, PtrTarget, ServiceEntry, Snapshot};
 use crate::cluster::ClusterView;
 
 mod zone_aware;
@@ -677,7 +677,7 @@ impl Kubernetes {
                 let mut answers = Vec::with_capacity(pairs.len());
                 let mut additionals: Vec<Record> = Vec::new();
                 // Sets, not scans: a headless service may have thousands of endpoints.
-                let mut seen_srv: HashSet<(&str, u16)> = HashSet::new();
+                let mut seen_srv: HashSet<(Label, u16)> = HashSet::new();
                 let mut seen_glue: HashSet<IpAddr> = HashSet::new();
                 for (e, p) in &pairs {
                     let label = e.label(self.cfg.endpoint_pod_names);
@@ -686,7 +686,7 @@ impl Kubernetes {
                     if !new_srv && !new_glue {
                         continue;
                     }
-                    let target = self.fqdn(ctx, &[label, svc, ns, "svc"]);
+                    let target = self.fqdn(ctx, &[&label, svc, ns, "svc"]);
                     if new_glue {
                         additionals.push(address_record(&target, ttl, e.address));
                     }
@@ -804,7 +804,7 @@ impl Kubernetes {
                     self.fqdn(
                         &zctx,
                         &[
-                            e.label(self.cfg.endpoint_pod_names),
+                            &e.label(self.cfg.endpoint_pod_names),
                             service,
                             namespace,
                             "svc",
