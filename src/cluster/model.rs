@@ -2,9 +2,9 @@
 //! from the k8s-openapi API types. Everything else of an object is dropped on arrival, which is
 //! what keeps memory small in clusters with 100 000 pods.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -99,7 +99,7 @@ pub struct Service {
     pub prefer_close: bool,
 }
 
-/// A cluster has more endpoints than anything else the store keeps: 88 bytes each, with no
+/// A cluster has more endpoints than anything else the store keeps: 64 bytes each, with no
 /// allocation of their own beyond the pod name in the common case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -110,11 +110,40 @@ pub struct Endpoint {
     pub terminating: bool,
     /// `targetRef.name` when the target is a Pod.
     pub pod_name: Option<Box<str>>,
-    /// Interned ([`intern`]): tens of endpoints share a node, thousands a zone.
-    pub node_name: Option<Arc<str>>,
-    pub zone: Option<Arc<str>>,
+    /// `nodeName` and `zone` ([`Placement::new`]).
+    pub placement: Option<Arc<Placement>>,
     /// `hostname` and `hints.forZones`, which most endpoints do not have.
     pub extra: Option<Box<EndpointExtra>>,
+}
+
+/// Where an endpoint runs: its node and zone, interned as a pair. Tens of endpoints share a
+/// node and thousands a zone, so an endpoint holds one thin pointer to the shared pair (8
+/// bytes) instead of two `Arc<str>` (32).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Placement {
+    /// Both interned ([`intern`]).
+    pub node: Option<Arc<str>>,
+    pub zone: Option<Arc<str>>,
+}
+
+impl Placement {
+    /// The shared pair; None when there is neither.
+    pub fn new(node: Option<&str>, zone: Option<&str>) -> Option<Arc<Placement>> {
+        static PLACEMENTS: Interner<Placement> = Mutex::new(None);
+        if node.is_none() && zone.is_none() {
+            return None;
+        }
+        let p = Placement {
+            node: node.map(intern),
+            zone: zone.map(intern),
+        };
+        Some(intern_in(&PLACEMENTS, &p, |p| {
+            Arc::new(Placement {
+                node: p.node.clone(),
+                zone: p.zone.clone(),
+            })
+        }))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -186,6 +215,16 @@ impl Endpoint {
 
     pub fn hostname(&self) -> Option<&str> {
         self.extra.as_ref()?.hostname.as_deref()
+    }
+
+    /// `nodeName`.
+    pub fn node_name(&self) -> Option<&str> {
+        self.placement.as_ref()?.node.as_deref()
+    }
+
+    /// The EndpointSlice's `zone` of this endpoint.
+    pub fn zone(&self) -> Option<&str> {
+        self.placement.as_ref()?.zone.as_deref()
     }
 
     pub fn for_zones(&self) -> Option<&[Arc<str>]> {
@@ -298,24 +337,35 @@ fn ips<'a>(values: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
     out
 }
 
-/// Names many objects repeat (node names, zones), shared: one allocation per distinct name.
-/// Names no object uses any more are dropped once the set has doubled since the last sweep.
+/// Names many objects repeat (namespaces, node names, zones), shared: one allocation per
+/// distinct name.
 pub fn intern(s: &str) -> Arc<str> {
-    use std::collections::HashSet;
-    use std::sync::Mutex;
-    static NAMES: Mutex<Option<(HashSet<Arc<str>>, usize)>> = Mutex::new(None);
-    let mut guard = NAMES.lock().unwrap_or_else(|e| e.into_inner());
-    let (names, swept) = guard.get_or_insert_with(|| (HashSet::new(), 0));
-    if let Some(name) = names.get(s) {
-        return name.clone();
+    static NAMES: Interner<str> = Mutex::new(None);
+    intern_in(&NAMES, s, |s| Arc::from(s))
+}
+
+/// A set of shared values, and its length after the last sweep.
+type Interner<T> = Mutex<Option<(HashSet<Arc<T>>, usize)>>;
+
+/// The shared copy of `value` in `set` (made by `make` the first time). Values no object uses
+/// any more are dropped once the set has doubled since the last sweep.
+fn intern_in<T: ?Sized + Eq + std::hash::Hash>(
+    set: &Interner<T>,
+    value: &T,
+    make: impl FnOnce(&T) -> Arc<T>,
+) -> Arc<T> {
+    let mut guard = set.lock().unwrap_or_else(|e| e.into_inner());
+    let (values, swept) = guard.get_or_insert_with(|| (HashSet::new(), 0));
+    if let Some(v) = values.get(value) {
+        return v.clone();
     }
-    if names.len() >= 2 * *swept + 1024 {
-        names.retain(|n| Arc::strong_count(n) > 1);
-        *swept = names.len();
+    if values.len() >= 2 * *swept + 1024 {
+        values.retain(|v| Arc::strong_count(v) > 1);
+        *swept = values.len();
     }
-    let name: Arc<str> = Arc::from(s);
-    names.insert(name.clone());
-    name
+    let v = make(value);
+    values.insert(v.clone());
+    v
 }
 
 /// Whether the Service asks for in-zone traffic: `trafficDistribution` `PreferClose` (or its
@@ -414,8 +464,7 @@ impl EndpointSlice {
                         .filter(|r| r.kind.as_deref().unwrap_or("Pod") == "Pod")
                         .and_then(|r| r.name.as_deref())
                         .map(boxed),
-                    node_name: e.node_name.as_deref().map(intern),
-                    zone: e.zone.as_deref().map(intern),
+                    placement: Placement::new(e.node_name.as_deref(), e.zone.as_deref()),
                     extra: EndpointExtra::new(
                         e.hostname.as_deref().map(boxed),
                         e.hints
@@ -465,8 +514,7 @@ impl EndpointSlice {
                         .filter(|r| r.kind.as_deref().unwrap_or("Pod") == "Pod")
                         .and_then(|r| r.name.as_deref())
                         .map(boxed),
-                    node_name: a.node_name.as_deref().map(intern),
-                    zone: None,
+                    placement: Placement::new(a.node_name.as_deref(), None),
                     extra: EndpointExtra::new(a.hostname.as_deref().map(boxed), None),
                 }
                 .with_lowercase_names()
@@ -574,5 +622,53 @@ impl Namespace {
             name: intern(ns.metadata.name.as_deref()?),
             labels: ns.metadata.labels.clone().unwrap_or_default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Equal pairs are one shared value that reads back what went in; names are shared
+    /// with everything else interned.
+    #[test]
+    fn placements_are_shared_pairs() {
+        let a = Placement::new(Some("node-1"), Some("eu-west-1a")).unwrap();
+        let b = Placement::new(Some("node-1"), Some("eu-west-1a")).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(a.node.as_ref().unwrap(), &intern("node-1")));
+        let c = Placement::new(Some("node-1"), None).unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(
+            (c.node.as_deref(), c.zone.as_deref()),
+            (Some("node-1"), None)
+        );
+        assert!(Placement::new(None, None).is_none());
+        let ep = Endpoint {
+            addresses: Addresses::One(["10.0.0.1".parse().unwrap()]),
+            ready: true,
+            serving: true,
+            terminating: false,
+            pod_name: None,
+            placement: Placement::new(None, Some("eu-west-1b")),
+            extra: None,
+        };
+        assert_eq!((ep.node_name(), ep.zone()), (None, Some("eu-west-1b")));
+    }
+
+    /// What the interner holds is dropped once nothing uses it (checked through a sweep).
+    #[test]
+    fn unused_names_are_swept() {
+        static SET: Interner<str> = Mutex::new(None);
+        let kept = intern_in(&SET, "kept", |s| Arc::from(s));
+        for i in 0..3000 {
+            intern_in(&SET, &format!("gone-{i}"), |s| Arc::from(s));
+        }
+        let len = SET.lock().unwrap().as_ref().unwrap().0.len();
+        assert!(len < 3000, "{len} names kept");
+        assert!(Arc::ptr_eq(
+            &kept,
+            &intern_in(&SET, "kept", |s| Arc::from(s))
+        ));
     }
 }

@@ -404,7 +404,7 @@ impl EndpointEntry {
 
     /// The EndpointSlice's `zone` of this endpoint.
     pub fn zone(&self) -> Option<&str> {
-        self.source().zone.as_deref()
+        self.source().zone()
     }
 
     /// The slice's `hints.forZones` for this endpoint.
@@ -413,7 +413,7 @@ impl EndpointEntry {
     }
 
     pub fn node_name(&self) -> Option<&str> {
-        self.source().node_name.as_deref()
+        self.source().node_name()
     }
 
     pub fn dashed(&self) -> DashedIp {
@@ -1346,8 +1346,7 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
                         serving: *ready,
                         terminating: false,
                         pod_name: Some(format!("Pod-{ip}").into()),
-                        node_name: None,
-                        zone: None,
+                        placement: None,
                         extra: EndpointExtra::new(host.map(Into::into), None),
                     }
                     .with_lowercase_names()
@@ -1633,7 +1632,7 @@ endpoints:
     fn per_address_rows_stay_small() {
         assert_eq!(std::mem::size_of::<PtrTarget>(), 16);
         assert!(
-            std::mem::size_of::<Endpoint>() <= 88,
+            std::mem::size_of::<Endpoint>() <= 64,
             "{}",
             std::mem::size_of::<Endpoint>()
         );
