@@ -102,7 +102,7 @@ pub fn forward_zone(snap: &Snapshot, zone: &str, ttl: u32) -> String {
             }
             ServiceKind::Headless => {
                 for e in &ready {
-                    let _ = writeln!(out, "{base}\t{ttl}\tIN\t{}", addr_rr(&e.address));
+                    let _ = writeln!(out, "{base}\t{ttl}\tIN\t{}", addr_rr(&e.address()));
                 }
                 // SRV per named port over every ready endpoint carrying it.
                 let mut by_port: Vec<(Port, Vec<&EndpointEntry>)> = Vec::new();
@@ -140,7 +140,7 @@ pub fn forward_zone(snap: &Snapshot, zone: &str, ttl: u32) -> String {
                 out,
                 "{}.{base}\t{ttl}\tIN\t{}",
                 e.label(false),
-                addr_rr(&e.address)
+                addr_rr(&e.address())
             );
         }
     }

@@ -246,14 +246,15 @@ impl super::objects::Sink for StoreBuilder {
 /// One endpoint address of a service, merged over all its slices. Its names are read from the
 /// slice it came from (shared with the store), not copied, and its dashed address is formatted
 /// when a query needs it: a cluster has far more endpoints than anything else DNS keeps, and
-/// this is 32 bytes.
+/// this is 16 bytes.
 #[derive(Debug, Clone)]
 pub struct EndpointEntry {
-    /// The slice the endpoint came from (its names and ports are read from there).
+    /// The slice the endpoint came from (its names, addresses and ports are read from there).
     slice: Arc<EndpointSlice>,
     /// Index into `slice.endpoints`.
     endpoint: u32,
-    pub address: IpAddr,
+    /// Index into the endpoint's addresses (the API allows 100; a file could hold more).
+    address: u16,
     /// Counts `publishNotReadyAddresses`: every endpoint of such a service is ready.
     pub ready: bool,
 }
@@ -369,11 +370,12 @@ impl std::fmt::Debug for Label<'_> {
 }
 
 impl EndpointEntry {
+    /// The `address`th address of the `endpoint`th endpoint of `slice`.
     fn new(
-        address: IpAddr,
-        ready: bool,
         slice: &Arc<EndpointSlice>,
         endpoint: usize,
+        address: u16,
+        ready: bool,
     ) -> EndpointEntry {
         EndpointEntry {
             slice: slice.clone(),
@@ -385,6 +387,10 @@ impl EndpointEntry {
 
     fn source(&self) -> &Endpoint {
         &self.slice.endpoints[self.endpoint as usize]
+    }
+
+    pub fn address(&self) -> IpAddr {
+        self.source().addresses[self.address as usize]
     }
 
     /// The ports of the endpoint's slice.
@@ -417,7 +423,7 @@ impl EndpointEntry {
     }
 
     pub fn dashed(&self) -> DashedIp {
-        DashedIp::new(self.address)
+        DashedIp::new(self.address())
     }
 
     /// The name label of this endpoint: its hostname, else (with `endpoint_pod_names`) the pod
@@ -811,9 +817,12 @@ impl ServiceEntry {
         let mut seen: HashSet<IpAddr> = HashSet::new();
         for slice in &slices {
             for (i, ep) in slice.endpoints.iter().enumerate() {
-                for &address in &ep.addresses {
+                // The API allows 100 addresses; a file with more than 65 536 in one endpoint
+                // has the rest ignored.
+                for (j, &address) in ep.addresses.iter().enumerate().take(1 << 16) {
                     if seen.insert(address) {
-                        endpoints.push(EndpointEntry::new(address, ep.ready || publish, slice, i));
+                        let ready = ep.ready || publish;
+                        endpoints.push(EndpointEntry::new(slice, i, j as u16, ready));
                     }
                 }
             }
@@ -869,7 +878,7 @@ impl ServiceEntry {
             .filter(|(_, e)| e.ready && self.service.kind != ServiceKind::ExternalName)
             .map(|(index, e)| {
                 (
-                    e.address,
+                    e.address(),
                     PtrTarget {
                         names: self.names.clone(),
                         index: index as u32,
@@ -1278,7 +1287,7 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
                 let eps: Vec<String> = e
                     .endpoints
                     .iter()
-                    .map(|x| format!("{}:{}:{}", x.address, x.ready, x.label(false)))
+                    .map(|x| format!("{}:{}:{}", x.address(), x.ready, x.label(false)))
                     .collect();
                 format!(
                     "{}/{} {:?} {:?}",
@@ -1384,7 +1393,7 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
                     let label = ep.label(pod_names);
                     let hits: Vec<String> = e
                         .endpoints_named(&label, pod_names)
-                        .map(|h| h.address.to_string())
+                        .map(|h| h.address().to_string())
                         .collect();
                     out.push(format!(
                         "{}/{} {pod_names} {label} {hits:?}",
@@ -1637,7 +1646,7 @@ endpoints:
             std::mem::size_of::<Endpoint>()
         );
         assert!(
-            std::mem::size_of::<EndpointEntry>() <= 32,
+            std::mem::size_of::<EndpointEntry>() <= 16,
             "{}",
             std::mem::size_of::<EndpointEntry>()
         );
@@ -1661,7 +1670,11 @@ endpoints:
     fn endpoints_merge_across_slices_deduplicated_by_address() {
         let snap = snapshot();
         let b = snap.service("b.x").unwrap();
-        let addrs: Vec<String> = b.endpoints.iter().map(|e| e.address.to_string()).collect();
+        let addrs: Vec<String> = b
+            .endpoints
+            .iter()
+            .map(|e| e.address().to_string())
+            .collect();
         assert_eq!(addrs, ["10.1.0.5", "10.0.0.9", "10.1.0.6"]);
         assert_eq!(b.ready_endpoints().count(), 2);
         assert_eq!(b.endpoints_named("10-1-0-5", false).count(), 1);

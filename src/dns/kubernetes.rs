@@ -658,13 +658,13 @@ impl Kubernetes {
             RecordType::A | RecordType::AAAA | RecordType::ANY => {
                 let mut records = Vec::new();
                 for e in endpoints {
-                    if explicit_port && !pairs.iter().any(|(pe, _)| pe.address == e.address) {
+                    if explicit_port && !pairs.iter().any(|(pe, _)| pe.address() == e.address()) {
                         continue;
                     }
-                    if family_matches(ctx.qtype, &e.address) {
+                    if family_matches(ctx.qtype, &e.address()) {
                         // A service's endpoints are unique by address (the snapshot merges
                         // its slices so), so no record repeats here.
-                        records.push(address_record(ctx.qname, ttl, e.address));
+                        records.push(address_record(ctx.qname, ttl, e.address()));
                     }
                 }
                 Outcome::or_nodata(records, Vec::new())
@@ -682,13 +682,13 @@ impl Kubernetes {
                 for (e, p) in &pairs {
                     let label = e.label(self.cfg.endpoint_pod_names);
                     let new_srv = seen_srv.insert((label, p.port));
-                    let new_glue = seen_glue.insert(e.address);
+                    let new_glue = seen_glue.insert(e.address());
                     if !new_srv && !new_glue {
                         continue;
                     }
                     let target = self.fqdn(ctx, &[&label, svc, ns, "svc"]);
                     if new_glue {
-                        additionals.push(address_record(&target, ttl, e.address));
+                        additionals.push(address_record(&target, ttl, e.address()));
                     }
                     if new_srv {
                         let srv = SRV::new(0, weight, p.port, target);
