@@ -158,9 +158,9 @@ pub fn reverse_zone(snap: &Snapshot, reverse: &str, cluster_zone: &str, ttl: u32
         .ptr_entries()
         .filter(|(ip, _)| ip.is_ipv6() == v6)
         .collect();
-    entries.sort_by_key(|(ip, _)| **ip);
+    entries.sort_by_key(|(ip, _)| *ip);
     for (ip, targets) in entries {
-        let owner = ipnet_reverse(ip);
+        let owner = ipnet_reverse(&ip);
         for t in targets {
             let (service, namespace) = (t.service(), t.namespace());
             let name = match t.endpoint() {
