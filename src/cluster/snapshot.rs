@@ -487,12 +487,57 @@ impl ServiceEntry {
     }
 }
 
-/// The names a reverse target answers with: one allocation shared by every reverse target
-/// of a service, so rebuilding the reverse map after a change allocates nothing per endpoint.
+/// A service's lowercase `<name>.<namespace>`: the key of its entry in the snapshot and the
+/// names its reverse targets answer with, shared by all of them (rebuilding the reverse map
+/// after a change allocates nothing per endpoint). Two allocations per service.
 #[derive(Debug, PartialEq, Eq)]
 pub struct PtrNames {
-    pub service: Arc<str>,
-    pub namespace: Arc<str>,
+    key: Box<str>,
+    /// Where the name ends (the `.`): a name could hold a `.` when it came from a file.
+    dot: u32,
+}
+
+impl PtrNames {
+    fn new(name: &str, namespace: &str) -> PtrNames {
+        PtrNames {
+            key: service_key(namespace, name),
+            dot: name.len() as u32,
+        }
+    }
+
+    pub fn service(&self) -> &str {
+        &self.key[..self.dot as usize]
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.key[self.dot as usize + 1..]
+    }
+}
+
+/// A key of the snapshot's service table: the entry's own [`PtrNames`], looked up by `&str`
+/// (`<name>.<namespace>`), so the table costs no string of its own.
+#[derive(Debug, Clone)]
+struct ServiceKey(Arc<PtrNames>);
+
+impl std::borrow::Borrow<str> for ServiceKey {
+    fn borrow(&self) -> &str {
+        &self.0.key
+    }
+}
+
+impl PartialEq for ServiceKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for ServiceKey {}
+
+impl std::hash::Hash for ServiceKey {
+    /// As `str` hashes: `Borrow<str>` requires it.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (*self.0.key).hash(state)
+    }
 }
 
 /// What a reverse lookup of an IP finds: a service cluster IP (`<svc>.<ns>`), or an
@@ -510,12 +555,12 @@ const SERVICE_IP: u32 = u32::MAX;
 impl PtrTarget {
     /// The service's name (lowercase).
     pub fn service(&self) -> &str {
-        &self.names.service
+        self.names.service()
     }
 
     /// The service's namespace (lowercase).
     pub fn namespace(&self) -> &str {
-        &self.names.namespace
+        self.names.namespace()
     }
 
     /// The endpoint's index in the service's endpoints; None for a cluster IP.
@@ -528,7 +573,7 @@ impl PtrTarget {
     }
 
     fn names(&self) -> (&str, &str) {
-        (&self.names.service, &self.names.namespace)
+        (self.names.service(), self.names.namespace())
     }
 
     /// Service targets first, then by `<name>.<namespace>`: the order answers list them in.
@@ -715,7 +760,7 @@ struct ServiceIndex {
     service_namespaces: HashMap<Arc<str>, u32>,
     /// Keyed `<name>.<namespace>`, which is how the labels stand in a query name. Entries
     /// are shared with the previous snapshot unless their service changed.
-    services: HashMap<Arc<str>, Arc<ServiceEntry>>,
+    services: HashMap<ServiceKey, Arc<ServiceEntry>>,
     /// `PTR_SHARDS` shards (empty in the default index).
     ptr: Box<[Arc<PtrShard>]>,
 }
@@ -893,10 +938,7 @@ impl ServiceEntry {
             .any(|e| e.ready && e.label(false) != e.label(true));
         let by_pod_label = differs.then(|| sorted_by(true));
         ServiceEntry {
-            names: Arc::new(PtrNames {
-                service: Arc::from(svc.name.to_ascii_lowercase()),
-                namespace: Arc::from(svc.namespace.to_ascii_lowercase()),
-            }),
+            names: Arc::new(PtrNames::new(&svc.name, &svc.namespace)),
             service: svc,
             endpoints,
             slices: slices.into_boxed_slice(),
@@ -906,8 +948,13 @@ impl ServiceEntry {
     }
 
     /// `<name>.<namespace>`, the entry's key.
-    fn key(&self) -> Arc<str> {
-        format!("{}.{}", self.names.service, self.names.namespace).into()
+    fn key(&self) -> ServiceKey {
+        ServiceKey(self.names.clone())
+    }
+
+    /// The entry's (lowercase) namespace, for counting services per namespace.
+    fn namespace(&self) -> Arc<str> {
+        super::model::intern(self.names.namespace())
     }
 
     /// The reverse targets of this service: cluster IPs, then ready endpoints.
@@ -1020,15 +1067,13 @@ fn namespace_set(store: &Store) -> HashSet<Box<str>> {
 impl ServiceIndex {
     fn build(store: &Store) -> ServiceIndex {
         let mut groups = slices_by_service(store);
-        let mut services: HashMap<Arc<str>, Arc<ServiceEntry>> =
+        let mut services: HashMap<ServiceKey, Arc<ServiceEntry>> =
             HashMap::with_capacity(store.services.len());
         let mut service_namespaces: HashMap<Arc<str>, u32> = HashMap::new();
         for ((ns, name), svc) in store.services.iter() {
             let slices = groups.remove(&(&**ns, &**name)).unwrap_or_default();
             let entry = ServiceEntry::build(svc.clone(), slices);
-            *service_namespaces
-                .entry(entry.names.namespace.clone())
-                .or_default() += 1;
+            *service_namespaces.entry(entry.namespace()).or_default() += 1;
             services.insert(entry.key(), Arc::new(entry));
         }
         let mut shards: Vec<PtrShard> = (0..PTR_SHARDS).map(|_| PtrShard::default()).collect();
@@ -1117,10 +1162,11 @@ impl ServiceIndex {
         for &(ns, name) in &affected {
             let skey = service_key(ns, name);
             if let Some(old) = services.remove(&*skey) {
-                if let Some(n) = service_namespaces.get_mut(&old.names.namespace) {
+                let ns = old.names.namespace();
+                if let Some(n) = service_namespaces.get_mut(ns) {
                     *n -= 1;
                     if *n == 0 {
-                        service_namespaces.remove(&old.names.namespace);
+                        service_namespaces.remove(ns);
                     }
                 }
                 old_entries.push(old);
@@ -1164,9 +1210,7 @@ impl ServiceIndex {
                 }
             }
             let entry = Arc::new(ServiceEntry::build(svc.clone(), slices));
-            *service_namespaces
-                .entry(entry.names.namespace.clone())
-                .or_default() += 1;
+            *service_namespaces.entry(entry.namespace()).or_default() += 1;
             services.insert(entry.key(), entry.clone());
             new_entries.push(entry);
         }
@@ -1176,7 +1220,7 @@ impl ServiceIndex {
         let mut ptr: Vec<Arc<PtrShard>> = prev.ptr.to_vec();
         let gone: HashSet<(&str, &str)> = old_entries
             .iter()
-            .map(|e| (&*e.names.service, &*e.names.namespace))
+            .map(|e| (e.names.service(), e.names.namespace()))
             .collect();
         // The old entries' targets are only in the shards of their addresses.
         let mut touched: HashSet<usize> = HashSet::new();
