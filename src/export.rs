@@ -78,7 +78,7 @@ pub fn forward_zone(snap: &Snapshot, zone: &str, ttl: u32) -> String {
                 let ips = svc.cluster_ips.len();
                 let w = weight(svc.ports.len() * ips);
                 let mut seen: Vec<u16> = Vec::new();
-                for p in &svc.ports {
+                for p in svc.ports.iter() {
                     if seen.contains(&p.port) {
                         continue;
                     }

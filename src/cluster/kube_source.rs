@@ -739,14 +739,13 @@ impl Watch {
     }
 }
 
-/// A copy of `o` in fresh allocations: a derived clone, except the shared parts (the slice's
-/// port list, the names), which are copied. Namespaces and node names are interned: one copy
-/// per name for the whole store.
+/// A copy of `o` in fresh allocations: a derived clone, except the shared names, which are
+/// copied. What is interned (namespaces, node names, port lists) is not: one copy per
+/// distinct value for the whole store.
 fn compacted(o: &Object) -> Object {
     let fresh = |s: &Arc<str>| Arc::<str>::from(&**s);
     match o {
         Object::Slice(s) => Object::Slice(EndpointSlice {
-            ports: s.ports.iter().cloned().collect::<Vec<_>>().into(),
             name: fresh(&s.name),
             ..s.clone()
         }),

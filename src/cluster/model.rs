@@ -88,7 +88,8 @@ pub struct Service {
     /// `spec.clusterIPs` (or `spec.clusterIP`), in the API's order; empty when headless.
     pub cluster_ips: Vec<IpAddr>,
     pub external_name: Option<Box<str>>,
-    pub ports: Vec<Port>,
+    /// Interned ([`port_list`]).
+    pub ports: Arc<[Port]>,
     pub publish_not_ready: bool,
     pub has_selector: bool,
     /// For the `kubernetes` plugin's `labels SELECTOR`.
@@ -275,6 +276,7 @@ pub struct EndpointSlice {
     /// The service this slice belongs to (its `kubernetes.io/service-name` label).
     pub service: Box<str>,
     pub endpoints: Vec<Endpoint>,
+    /// Interned ([`port_list`]).
     pub ports: Arc<[Port]>,
 }
 
@@ -342,6 +344,13 @@ fn ips<'a>(values: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
 pub fn intern(s: &str) -> Arc<str> {
     static NAMES: Interner<str> = Mutex::new(None);
     intern_in(&NAMES, s, |s| Arc::from(s))
+}
+
+/// A port list, shared: most services and their slices have one of a few lists (`http 80`,
+/// `https 443`, ...), so one allocation each.
+pub fn port_list(ports: Vec<Port>) -> Arc<[Port]> {
+    static PORTS: Interner<[Port]> = Mutex::new(None);
+    intern_in(&PORTS, &ports, |p| Arc::from(p))
 }
 
 /// A set of shared values, and its length after the last sweep.
@@ -412,14 +421,12 @@ impl Service {
             },
             _ => Vec::new(),
         };
-        let mut ports: Vec<Port> = spec
+        let ports: Vec<Port> = spec
             .ports
             .iter()
             .flatten()
             .filter_map(|p| Port::new(p.name.as_deref(), p.protocol.as_deref(), Some(p.port)))
             .collect();
-        // Collected through a filter: room for four ports where most services have one.
-        ports.shrink_to_fit();
         Some(Service {
             namespace: intern(namespace),
             name: name.into(),
@@ -430,7 +437,7 @@ impl Service {
                 .as_deref()
                 .filter(|_| kind == ServiceKind::ExternalName)
                 .map(|n| boxed(n.trim_end_matches('.'))),
-            ports,
+            ports: port_list(ports),
             publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
             has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
             labels: Labels::from_map(svc.metadata.labels.as_ref()),
@@ -490,7 +497,7 @@ impl EndpointSlice {
             name: name.into(),
             service: boxed(service),
             endpoints,
-            ports: ports.into(),
+            ports: port_list(ports),
         })
     }
 
@@ -545,7 +552,7 @@ impl EndpointSlice {
                 name: format!("{name}-v1-{i}").into(),
                 service: boxed(name),
                 endpoints,
-                ports: ports.into(),
+                ports: port_list(ports),
             });
         }
         out
@@ -654,6 +661,18 @@ mod tests {
             extra: None,
         };
         assert_eq!((ep.node_name(), ep.zone()), (None, Some("eu-west-1b")));
+    }
+
+    #[test]
+    fn equal_port_lists_are_one() {
+        let http = || Port::new(Some("http"), None, Some(80)).unwrap();
+        let a = port_list(vec![http()]);
+        assert!(Arc::ptr_eq(&a, &port_list(vec![http()])));
+        let udp = Port::new(Some("http"), Some("UDP"), Some(80)).unwrap();
+        let b = port_list(vec![udp]);
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!((b[0].port, b[0].protocol), (80, Protocol::Udp));
+        assert!(port_list(Vec::new()).is_empty());
     }
 
     /// What the interner holds is dropped once nothing uses it (checked through a sweep).

@@ -1470,7 +1470,7 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
             },
             cluster_ips: ip.iter().map(|ip| ip.parse().unwrap()).collect(),
             external_name: None,
-            ports: Vec::new(),
+            ports: Arc::from(Vec::new()),
             publish_not_ready: false,
             has_selector: true,
             prefer_close: false,
