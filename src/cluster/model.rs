@@ -100,8 +100,8 @@ pub struct Service {
     pub prefer_close: bool,
 }
 
-/// A cluster has more endpoints than anything else the store keeps: 64 bytes each, with no
-/// allocation of their own beyond the pod name in the common case.
+/// A cluster has more endpoints than anything else the store keeps: 56 bytes each, with no
+/// allocation of their own in the common case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub addresses: Addresses,
@@ -109,12 +109,54 @@ pub struct Endpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    /// `targetRef.name` when the target is a Pod.
-    pub pod_name: Option<Box<str>>,
+    /// `targetRef.name` when the target is a Pod, in its slice's `pod_names`
+    /// ([`EndpointSlice::pod_name`]).
+    pub pod_name: Option<NameRef>,
     /// `nodeName` and `zone` ([`Placement::new`]).
     pub placement: Option<Arc<Placement>>,
     /// `hostname` and `hints.forZones`, which most endpoints do not have.
     pub extra: Option<Box<EndpointExtra>>,
+}
+
+/// Where a name is in a buffer of names (`start..start + len`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameRef {
+    start: u32,
+    len: u32,
+}
+
+/// A slice's endpoints as they are converted, with their pod names in one buffer: one
+/// allocation per slice instead of one per endpoint saves the allocator's overhead on each
+/// (16 bytes and the rounding, about half again of a typical pod name) and 8 bytes of pointer.
+#[derive(Default)]
+pub struct EndpointsBuilder {
+    endpoints: Vec<Endpoint>,
+    names: String,
+}
+
+impl EndpointsBuilder {
+    /// Adds `e` (its `pod_name` is set here) unless it has no address.
+    pub fn push(&mut self, mut e: Endpoint, pod_name: Option<&str>) {
+        if e.addresses.is_empty() {
+            return;
+        }
+        e.pod_name = pod_name.map(|p| {
+            let start = self.names.len() as u32;
+            self.names.push_str(p);
+            NameRef {
+                start,
+                len: p.len() as u32,
+            }
+        });
+        self.endpoints.push(e.with_lowercase_names(pod_name));
+    }
+
+    /// The endpoints and the buffer of their pod names, with no room to spare: they are kept
+    /// as long as the slice.
+    pub fn finish(mut self) -> (Vec<Endpoint>, Box<str>) {
+        self.endpoints.shrink_to_fit();
+        (self.endpoints, self.names.into_boxed_str())
+    }
 }
 
 /// Where an endpoint runs: its node and zone, interned as a pair. Tens of endpoints share a
@@ -181,9 +223,9 @@ fn has_upper(s: Option<&str>) -> bool {
 
 impl Endpoint {
     /// The endpoint with lowercase copies of its names when they are not lowercase (see
-    /// [`EndpointExtra`]): every constructor ends with this.
-    pub fn with_lowercase_names(mut self) -> Endpoint {
-        let (host, pod) = (self.hostname(), self.pod_name.as_deref());
+    /// [`EndpointExtra`]); `pod` is its pod name ([`EndpointsBuilder::push`] calls this).
+    fn with_lowercase_names(mut self, pod: Option<&str>) -> Endpoint {
+        let host = self.hostname();
         if has_upper(host) || has_upper(pod) {
             let lower = |s: &str| Box::<str>::from(s.to_ascii_lowercase());
             let lowercase = Some((host.map(lower), pod.map(lower)));
@@ -203,14 +245,14 @@ impl Endpoint {
         }
     }
 
-    /// `pod_name`, lowercased.
-    pub fn pod_name_lowercase(&self) -> Option<&str> {
+    /// The lowercase copy of the pod name, when the name is not lowercase (else None).
+    fn pod_name_lowercase(&self) -> Option<Option<&str>> {
         match self.extra.as_deref() {
             Some(EndpointExtra {
                 lowercase: Some((_, pod)),
                 ..
-            }) => pod.as_deref(),
-            _ => self.pod_name.as_deref(),
+            }) => Some(pod.as_deref()),
+            _ => None,
         }
     }
 
@@ -276,6 +318,8 @@ pub struct EndpointSlice {
     /// The service this slice belongs to (its `kubernetes.io/service-name` label).
     pub service: Box<str>,
     pub endpoints: Vec<Endpoint>,
+    /// The endpoints' pod names ([`EndpointsBuilder`]).
+    pub pod_names: Box<str>,
     /// Interned ([`port_list`]).
     pub ports: Arc<[Port]>,
 }
@@ -446,7 +490,29 @@ impl Service {
     }
 }
 
+/// The pod name of an endpoint's `targetRef`, when it refers to a Pod.
+fn pod_target(r: Option<&core::ObjectReference>) -> Option<&str> {
+    r.filter(|r| r.kind.as_deref().unwrap_or("Pod") == "Pod")
+        .and_then(|r| r.name.as_deref())
+}
+
 impl EndpointSlice {
+    /// The pod name of `e`, one of this slice's endpoints.
+    /// (For an endpoint of another slice, the name is garbage or None, never a panic.)
+    pub fn pod_name(&self, e: &Endpoint) -> Option<&str> {
+        let r = e.pod_name?;
+        self.pod_names
+            .get(r.start as usize..r.start as usize + r.len as usize)
+    }
+
+    /// [`EndpointSlice::pod_name`], lowercased.
+    pub fn pod_name_lowercase<'a>(&'a self, e: &'a Endpoint) -> Option<&'a str> {
+        match e.pod_name_lowercase() {
+            Some(lower) => lower,
+            None => self.pod_name(e),
+        }
+    }
+
     pub fn from_api(slice: &discovery::EndpointSlice) -> Option<EndpointSlice> {
         let name = slice.metadata.name.as_deref()?;
         let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
@@ -454,38 +520,27 @@ impl EndpointSlice {
         if slice.address_type == "FQDN" {
             return None; // deprecated, never served by CoreDNS either
         }
-        let mut endpoints = slice
-            .endpoints
-            .iter()
-            .flatten()
-            .map(|e| {
-                let c = e.conditions.clone().unwrap_or_default();
-                Endpoint {
-                    addresses: ips(&e.addresses).into(),
-                    ready: c.ready.unwrap_or(true),
-                    serving: c.serving.unwrap_or(true),
-                    terminating: c.terminating.unwrap_or(false),
-                    pod_name: e
-                        .target_ref
+        let mut endpoints = EndpointsBuilder::default();
+        for e in slice.endpoints.iter().flatten() {
+            let c = e.conditions.clone().unwrap_or_default();
+            let endpoint = Endpoint {
+                addresses: ips(&e.addresses).into(),
+                ready: c.ready.unwrap_or(true),
+                serving: c.serving.unwrap_or(true),
+                terminating: c.terminating.unwrap_or(false),
+                pod_name: None,
+                placement: Placement::new(e.node_name.as_deref(), e.zone.as_deref()),
+                extra: EndpointExtra::new(
+                    e.hostname.as_deref().map(boxed),
+                    e.hints
                         .as_ref()
-                        .filter(|r| r.kind.as_deref().unwrap_or("Pod") == "Pod")
-                        .and_then(|r| r.name.as_deref())
-                        .map(boxed),
-                    placement: Placement::new(e.node_name.as_deref(), e.zone.as_deref()),
-                    extra: EndpointExtra::new(
-                        e.hostname.as_deref().map(boxed),
-                        e.hints
-                            .as_ref()
-                            .and_then(|h| h.for_zones.as_ref())
-                            .map(|z| z.iter().map(|z| intern(&z.name)).collect()),
-                    ),
-                }
-                .with_lowercase_names()
-            })
-            .filter(|e| !e.addresses.is_empty())
-            .collect::<Vec<_>>();
-        // Kept as long as the slice: no room for endpoints that will never come.
-        endpoints.shrink_to_fit();
+                        .and_then(|h| h.for_zones.as_ref())
+                        .map(|z| z.iter().map(|z| intern(&z.name)).collect()),
+                ),
+            };
+            endpoints.push(endpoint, pod_target(e.target_ref.as_ref()));
+        }
+        let (endpoints, pod_names) = endpoints.finish();
         let ports: Vec<Port> = slice
             .ports
             .iter()
@@ -497,6 +552,7 @@ impl EndpointSlice {
             name: name.into(),
             service: boxed(service),
             endpoints,
+            pod_names,
             ports: port_list(ports),
         })
     }
@@ -509,38 +565,22 @@ impl EndpointSlice {
         let namespace = ep.metadata.namespace.as_deref().unwrap_or("default");
         let mut out = Vec::new();
         for (i, subset) in ep.subsets.iter().flatten().enumerate() {
-            let convert = |a: &core::EndpointAddress, ready: bool| {
-                Endpoint {
+            let mut endpoints = EndpointsBuilder::default();
+            let ready = subset.addresses.iter().flatten().map(|a| (a, true));
+            let not_ready = subset.not_ready_addresses.iter().flatten();
+            for (a, ready) in ready.chain(not_ready.map(|a| (a, false))) {
+                let endpoint = Endpoint {
                     addresses: ips(std::iter::once(&a.ip)).into(),
                     ready,
                     serving: ready,
                     terminating: false,
-                    pod_name: a
-                        .target_ref
-                        .as_ref()
-                        .filter(|r| r.kind.as_deref().unwrap_or("Pod") == "Pod")
-                        .and_then(|r| r.name.as_deref())
-                        .map(boxed),
+                    pod_name: None,
                     placement: Placement::new(a.node_name.as_deref(), None),
                     extra: EndpointExtra::new(a.hostname.as_deref().map(boxed), None),
-                }
-                .with_lowercase_names()
-            };
-            let mut endpoints = subset
-                .addresses
-                .iter()
-                .flatten()
-                .map(|a| convert(a, true))
-                .chain(
-                    subset
-                        .not_ready_addresses
-                        .iter()
-                        .flatten()
-                        .map(|a| convert(a, false)),
-                )
-                .filter(|e| !e.addresses.is_empty())
-                .collect::<Vec<_>>();
-            endpoints.shrink_to_fit();
+                };
+                endpoints.push(endpoint, pod_target(a.target_ref.as_ref()));
+            }
+            let (endpoints, pod_names) = endpoints.finish();
             let ports: Vec<Port> = subset
                 .ports
                 .iter()
@@ -552,6 +592,7 @@ impl EndpointSlice {
                 name: format!("{name}-v1-{i}").into(),
                 service: boxed(name),
                 endpoints,
+                pod_names,
                 ports: port_list(ports),
             });
         }

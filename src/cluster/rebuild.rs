@@ -117,7 +117,7 @@ impl Store {
                             ),
                             ..Default::default()
                         }),
-                        target_ref: e.pod_name.as_deref().map(|n| core::ObjectReference {
+                        target_ref: slice.pod_name(e).map(|n| core::ObjectReference {
                             kind: Some("Pod".to_string()),
                             name: Some(n.to_string()),
                             namespace: Some(slice.namespace.to_string()),

@@ -405,7 +405,7 @@ impl EndpointEntry {
 
     /// The target pod's name, lowercased (for `endpoint_pod_names`).
     pub fn pod_name(&self) -> Option<&str> {
-        self.source().pod_name_lowercase()
+        self.slice.pod_name_lowercase(self.source())
     }
 
     /// The EndpointSlice's `zone` of this endpoint.
@@ -1328,7 +1328,7 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::model::EndpointExtra;
+    use crate::cluster::model::{EndpointExtra, EndpointsBuilder};
     use std::path::Path;
 
     const TWO_SERVICES_ONE_POD: &str = r#"
@@ -1436,25 +1436,26 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
         service: &str,
         eps: &[(&str, Option<&str>, bool)],
     ) -> Arc<EndpointSlice> {
+        let mut endpoints = EndpointsBuilder::default();
+        for (ip, host, ready) in eps {
+            let e = Endpoint {
+                addresses: vec![ip.parse().unwrap()].into(),
+                ready: *ready,
+                serving: *ready,
+                terminating: false,
+                pod_name: None,
+                placement: None,
+                extra: EndpointExtra::new(host.map(Into::into), None),
+            };
+            endpoints.push(e, Some(&format!("Pod-{ip}")));
+        }
+        let (endpoints, pod_names) = endpoints.finish();
         Arc::new(EndpointSlice {
             namespace: ns.into(),
             name: name.into(),
             service: service.into(),
-            endpoints: eps
-                .iter()
-                .map(|(ip, host, ready)| {
-                    Endpoint {
-                        addresses: vec![ip.parse().unwrap()].into(),
-                        ready: *ready,
-                        serving: *ready,
-                        terminating: false,
-                        pod_name: Some(format!("Pod-{ip}").into()),
-                        placement: None,
-                        extra: EndpointExtra::new(host.map(Into::into), None),
-                    }
-                    .with_lowercase_names()
-                })
-                .collect(),
+            endpoints,
+            pod_names,
             ports: Arc::from(Vec::new()),
         })
     }
@@ -1720,7 +1721,9 @@ endpoints:
         // The store keeps the names as given (for the views that print objects back).
         let slice = &set_slice(&snap);
         assert_eq!(slice.endpoints[0].hostname(), Some("Web-0"));
-        assert_eq!(slice.endpoints[1].pod_name.as_deref(), Some("Web-Pod-1"));
+        assert_eq!(slice.pod_name(&slice.endpoints[1]), Some("Web-Pod-1"));
+        assert_eq!(slice.pod_name(&slice.endpoints[2]), Some("web-pod-2"));
+        assert_eq!(&*slice.pod_names, "Web-Pod-0Web-Pod-1web-pod-2");
         assert!(
             slice.endpoints[2].extra.is_none(),
             "a lowercase endpoint has no extra box"
@@ -1781,7 +1784,7 @@ endpoints: [{addresses: ["fd00::1:1"]}]
     fn per_address_rows_stay_small() {
         assert_eq!(std::mem::size_of::<PtrTarget>(), 16);
         assert!(
-            std::mem::size_of::<Endpoint>() <= 64,
+            std::mem::size_of::<Endpoint>() <= 56,
             "{}",
             std::mem::size_of::<Endpoint>()
         );
