@@ -198,7 +198,13 @@ pub struct EndpointExtra {
     /// The hostname and the pod name lowercased (DNS answers with those), only when one of
     /// them is not lowercase already: names the API never gives, that a hand-written file
     /// can. Set by [`Endpoint::with_lowercase_names`]; derived from the other fields.
-    lowercase: Option<(Option<Box<str>>, Option<Box<str>>)>,
+    lowercase: Option<Lowercase>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Lowercase {
+    hostname: Option<Box<str>>,
+    pod_name: Option<Box<str>>,
 }
 
 impl EndpointExtra {
@@ -228,7 +234,10 @@ impl Endpoint {
         let host = self.hostname();
         if has_upper(host) || has_upper(pod) {
             let lower = |s: &str| Box::<str>::from(s.to_ascii_lowercase());
-            let lowercase = Some((host.map(lower), pod.map(lower)));
+            let lowercase = Some(Lowercase {
+                hostname: host.map(lower),
+                pod_name: pod.map(lower),
+            });
             self.extra.get_or_insert_with(Default::default).lowercase = lowercase;
         }
         self
@@ -238,9 +247,8 @@ impl Endpoint {
     pub fn hostname_lowercase(&self) -> Option<&str> {
         match self.extra.as_deref() {
             Some(EndpointExtra {
-                lowercase: Some((host, _)),
-                ..
-            }) => host.as_deref(),
+                lowercase: Some(l), ..
+            }) => l.hostname.as_deref(),
             _ => self.hostname(),
         }
     }
@@ -249,9 +257,8 @@ impl Endpoint {
     fn pod_name_lowercase(&self) -> Option<Option<&str>> {
         match self.extra.as_deref() {
             Some(EndpointExtra {
-                lowercase: Some((_, pod)),
-                ..
-            }) => Some(pod.as_deref()),
+                lowercase: Some(l), ..
+            }) => Some(l.pod_name.as_deref()),
             _ => None,
         }
     }

@@ -1677,7 +1677,10 @@ endpoints: [{addresses: [10.1.0.5], conditions: {ready: false}}, {addresses: [10
             x = x
                 .wrapping_mul(0x2545_f491_4f6c_dd1d)
                 .wrapping_add(1442695040888963407);
-            let mask = (x >> 64) as u128 * 0x0001_0001_0001_0001;
+            // Each 16-bit group kept or zeroed by one bit of `x`.
+            let mask = (0..8)
+                .filter(|g| (x >> (120 + g)) & 1 == 1)
+                .fold(0u128, |m, g| m | (0xffff << (16 * g)));
             let ip = IpAddr::V6((x & mask).into());
             assert_eq!(DashedIp::new(ip).as_str(), dashed_ip(ip), "{ip}");
             let ip = IpAddr::V4(((x >> 32) as u32).into());
