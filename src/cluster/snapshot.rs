@@ -446,9 +446,9 @@ pub struct ServiceEntry {
     pub service: Arc<Service>,
     /// De-duplicated by address, in slice-name order for stable answers.
     pub endpoints: Vec<EndpointEntry>,
-    /// The lowercased name and namespace in one allocation, shared by every reverse target
-    /// of the service.
-    names: Arc<PtrNames>,
+    /// The lowercase `<name>.<namespace>`: the entry's key and what its reverse targets
+    /// answer with (they point at the entry).
+    names: PtrNames,
     /// The slices (or converted v1 Endpoints) the entry was built from, in name order: what
     /// an incremental update starts from.
     slices: Box<[Arc<EndpointSlice>]>,
@@ -487,10 +487,9 @@ impl ServiceEntry {
     }
 }
 
-/// A service's lowercase `<name>.<namespace>`: the key of its entry in the snapshot and the
-/// names its reverse targets answer with, shared by all of them (rebuilding the reverse map
-/// after a change allocates nothing per endpoint). Two allocations per service.
-#[derive(Debug, PartialEq, Eq)]
+/// A service's lowercase `<name>.<namespace>`, kept in its entry: the entry's key in the
+/// snapshot and the names its reverse targets (which point at the entry) answer with.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PtrNames {
     key: Box<str>,
     /// Where the name ends (the `.`): a name could hold a `.` when it came from a file.
@@ -514,20 +513,20 @@ impl PtrNames {
     }
 }
 
-/// A key of the snapshot's service table: the entry's own [`PtrNames`], looked up by `&str`
-/// (`<name>.<namespace>`), so the table costs no string of its own.
+/// An entry of the snapshot's service table, a set looked up by `&str` (`<name>.<namespace>`,
+/// the entry's own [`PtrNames`]): the table costs no key of its own, 8 bytes a slot.
 #[derive(Debug, Clone)]
-struct ServiceKey(Arc<PtrNames>);
+struct ServiceKey(Arc<ServiceEntry>);
 
 impl std::borrow::Borrow<str> for ServiceKey {
     fn borrow(&self) -> &str {
-        &self.0.key
+        &self.0.names.key
     }
 }
 
 impl PartialEq for ServiceKey {
     fn eq(&self, other: &Self) -> bool {
-        self.0.key == other.0.key
+        self.0.names.key == other.0.names.key
     }
 }
 
@@ -536,18 +535,37 @@ impl Eq for ServiceKey {}
 impl std::hash::Hash for ServiceKey {
     /// As `str` hashes: `Borrow<str>` requires it.
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (*self.0.key).hash(state)
+        (*self.0.names.key).hash(state)
     }
 }
 
 /// What a reverse lookup of an IP finds: a service cluster IP (`<svc>.<ns>`), or an
 /// endpoint address (`<hostname>.<svc>.<ns>`, one per service selecting it). 16 bytes: the
 /// reverse map holds one for every address in the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct PtrTarget {
-    names: Arc<PtrNames>,
+    /// The service's entry (its names).
+    entry: Arc<ServiceEntry>,
     /// Index into the service's endpoints; `SERVICE_IP` for a cluster IP.
     index: u32,
+}
+
+impl PartialEq for PtrTarget {
+    fn eq(&self, other: &Self) -> bool {
+        self.index == other.index && self.names() == other.names()
+    }
+}
+
+impl Eq for PtrTarget {}
+
+impl std::fmt::Debug for PtrTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PtrTarget")
+            .field("service", &self.service())
+            .field("namespace", &self.namespace())
+            .field("index", &self.index)
+            .finish()
+    }
 }
 
 const SERVICE_IP: u32 = u32::MAX;
@@ -555,12 +573,12 @@ const SERVICE_IP: u32 = u32::MAX;
 impl PtrTarget {
     /// The service's name (lowercase).
     pub fn service(&self) -> &str {
-        self.names.service()
+        self.entry.names.service()
     }
 
     /// The service's namespace (lowercase).
     pub fn namespace(&self) -> &str {
-        self.names.namespace()
+        self.entry.names.namespace()
     }
 
     /// The endpoint's index in the service's endpoints; None for a cluster IP.
@@ -573,7 +591,7 @@ impl PtrTarget {
     }
 
     fn names(&self) -> (&str, &str) {
-        (self.names.service(), self.names.namespace())
+        (self.service(), self.namespace())
     }
 
     /// Service targets first, then by `<name>.<namespace>`: the order answers list them in.
@@ -760,7 +778,7 @@ struct ServiceIndex {
     service_namespaces: HashMap<Arc<str>, u32>,
     /// Keyed `<name>.<namespace>`, which is how the labels stand in a query name. Entries
     /// are shared with the previous snapshot unless their service changed.
-    services: HashMap<ServiceKey, Arc<ServiceEntry>>,
+    services: HashSet<ServiceKey>,
     /// `PTR_SHARDS` shards (empty in the default index).
     ptr: Box<[Arc<PtrShard>]>,
 }
@@ -853,7 +871,7 @@ impl Snapshot {
         let dns_service_ips = index
             .services
             .get(format!("{}.{}", DNS_SERVICE.1, DNS_SERVICE.0).as_str())
-            .map(|e| e.service.cluster_ips.clone())
+            .map(|e| e.0.service.cluster_ips.clone())
             .unwrap_or_default();
         Snapshot {
             serial,
@@ -938,7 +956,7 @@ impl ServiceEntry {
             .any(|e| e.ready && e.label(false) != e.label(true));
         let by_pod_label = differs.then(|| sorted_by(true));
         ServiceEntry {
-            names: Arc::new(PtrNames::new(&svc.name, &svc.namespace)),
+            names: PtrNames::new(&svc.name, &svc.namespace),
             service: svc,
             endpoints,
             slices: slices.into_boxed_slice(),
@@ -947,23 +965,18 @@ impl ServiceEntry {
         }
     }
 
-    /// `<name>.<namespace>`, the entry's key.
-    fn key(&self) -> ServiceKey {
-        ServiceKey(self.names.clone())
-    }
-
     /// The entry's (lowercase) namespace, for counting services per namespace.
     fn namespace(&self) -> Arc<str> {
         super::model::intern(self.names.namespace())
     }
 
     /// The reverse targets of this service: cluster IPs, then ready endpoints.
-    fn ptr_targets(&self) -> impl Iterator<Item = (IpAddr, PtrTarget)> + '_ {
+    fn ptr_targets(self: &Arc<Self>) -> impl Iterator<Item = (IpAddr, PtrTarget)> + '_ {
         let services = self.service.cluster_ips.iter().map(|ip| {
             (
                 *ip,
                 PtrTarget {
-                    names: self.names.clone(),
+                    entry: self.clone(),
                     index: SERVICE_IP,
                 },
             )
@@ -977,7 +990,7 @@ impl ServiceEntry {
                 (
                     e.address(),
                     PtrTarget {
-                        names: self.names.clone(),
+                        entry: self.clone(),
                         index: index as u32,
                     },
                 )
@@ -1067,17 +1080,17 @@ fn namespace_set(store: &Store) -> HashSet<Box<str>> {
 impl ServiceIndex {
     fn build(store: &Store) -> ServiceIndex {
         let mut groups = slices_by_service(store);
-        let mut services: HashMap<ServiceKey, Arc<ServiceEntry>> =
-            HashMap::with_capacity(store.services.len());
+        let mut services: HashSet<ServiceKey> = HashSet::with_capacity(store.services.len());
         let mut service_namespaces: HashMap<Arc<str>, u32> = HashMap::new();
         for ((ns, name), svc) in store.services.iter() {
             let slices = groups.remove(&(&**ns, &**name)).unwrap_or_default();
             let entry = ServiceEntry::build(svc.clone(), slices);
             *service_namespaces.entry(entry.namespace()).or_default() += 1;
-            services.insert(entry.key(), Arc::new(entry));
+            // `replace`: a later service of the same lowercase name wins, as a map insert.
+            services.replace(ServiceKey(Arc::new(entry)));
         }
         let mut shards: Vec<PtrShard> = (0..PTR_SHARDS).map(|_| PtrShard::default()).collect();
-        for e in services.values() {
+        for ServiceKey(e) in services.iter() {
             for (ip, t) in e.ptr_targets() {
                 shards[ptr_shard(&ip)].push(ip, t);
             }
@@ -1142,7 +1155,7 @@ impl ServiceIndex {
         // can only be found by a scan of the table.
         let unknown: HashSet<(&str, &str)> = affected
             .iter()
-            .filter(|(ns, name)| !prev.services.contains_key(&*service_key(ns, name)))
+            .filter(|(ns, name)| !prev.services.contains(&*service_key(ns, name)))
             .copied()
             .collect();
         let mut scanned: HashMap<(&str, &str), Vec<Arc<EndpointSlice>>> = HashMap::new();
@@ -1161,7 +1174,7 @@ impl ServiceIndex {
         let mut new_entries: Vec<Arc<ServiceEntry>> = Vec::new();
         for &(ns, name) in &affected {
             let skey = service_key(ns, name);
-            if let Some(old) = services.remove(&*skey) {
+            if let Some(ServiceKey(old)) = services.take(&*skey) {
                 let ns = old.names.namespace();
                 if let Some(n) = service_namespaces.get_mut(ns) {
                     *n -= 1;
@@ -1180,7 +1193,7 @@ impl ServiceIndex {
                     // The previous entry's slices, as the store has them now, plus the
                     // changed ones.
                     let mut list: Vec<Arc<EndpointSlice>> = Vec::new();
-                    let prev_entry = prev.services.get(&*skey);
+                    let prev_entry = prev.services.get(&*skey).map(|k| &k.0);
                     let names = prev_entry
                         .iter()
                         .flat_map(|e| e.slices.iter().map(|s| &*s.name))
@@ -1211,7 +1224,7 @@ impl ServiceIndex {
             }
             let entry = Arc::new(ServiceEntry::build(svc.clone(), slices));
             *service_namespaces.entry(entry.namespace()).or_default() += 1;
-            services.insert(entry.key(), entry.clone());
+            services.replace(ServiceKey(entry.clone()));
             new_entries.push(entry);
         }
 
@@ -1275,11 +1288,11 @@ impl Snapshot {
 
     /// `key` is `<name>.<namespace>`, lowercase.
     pub fn service(&self, key: &str) -> Option<&ServiceEntry> {
-        self.index.services.get(key).map(|e| &**e)
+        self.index.services.get(key).map(|k| &*k.0)
     }
 
     pub fn services(&self) -> impl Iterator<Item = &ServiceEntry> {
-        self.index.services.values().map(|e| &**e)
+        self.index.services.iter().map(|k| &*k.0)
     }
 
     /// Every reverse entry (for zone export).
