@@ -790,6 +790,8 @@ pub fn now_serial() -> u32 {
         .unwrap_or(1)
 }
 
+/// The dashed form as a `String`: the reference [`DashedIp`] is tested against (and for callers
+/// that keep the text).
 pub fn dashed_ip(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string().replace('.', "-"),
