@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::cluster::model::{Port, ServiceKind};
-use crate::cluster::snapshot::{EndpointEntry, Snapshot};
+use crate::cluster::snapshot::{EndpointEntry, Label, Snapshot};
 
 fn addr_rr(ip: &IpAddr) -> String {
     match ip {
@@ -78,7 +78,7 @@ pub fn forward_zone(snap: &Snapshot, zone: &str, ttl: u32) -> String {
                 let ips = svc.cluster_ips.len();
                 let w = weight(svc.ports.len() * ips);
                 let mut seen: Vec<u16> = Vec::new();
-                for p in &svc.ports {
+                for p in svc.ports.iter() {
                     if seen.contains(&p.port) {
                         continue;
                     }
@@ -102,7 +102,7 @@ pub fn forward_zone(snap: &Snapshot, zone: &str, ttl: u32) -> String {
             }
             ServiceKind::Headless => {
                 for e in &ready {
-                    let _ = writeln!(out, "{base}\t{ttl}\tIN\t{}", addr_rr(&e.address));
+                    let _ = writeln!(out, "{base}\t{ttl}\tIN\t{}", addr_rr(&e.address()));
                 }
                 // SRV per named port over every ready endpoint carrying it.
                 let mut by_port: Vec<(Port, Vec<&EndpointEntry>)> = Vec::new();
@@ -117,7 +117,7 @@ pub fn forward_zone(snap: &Snapshot, zone: &str, ttl: u32) -> String {
                 for (p, eps) in &by_port {
                     // Endpoints sharing a hostname share one record, weighted as before.
                     let w = weight(eps.len());
-                    let mut seen: Vec<&str> = Vec::new();
+                    let mut seen: Vec<Label> = Vec::new();
                     for e in eps {
                         if seen.contains(&e.label(false)) {
                             continue;
@@ -140,7 +140,7 @@ pub fn forward_zone(snap: &Snapshot, zone: &str, ttl: u32) -> String {
                 out,
                 "{}.{base}\t{ttl}\tIN\t{}",
                 e.label(false),
-                addr_rr(&e.address)
+                addr_rr(&e.address())
             );
         }
     }
@@ -158,9 +158,9 @@ pub fn reverse_zone(snap: &Snapshot, reverse: &str, cluster_zone: &str, ttl: u32
         .ptr_entries()
         .filter(|(ip, _)| ip.is_ipv6() == v6)
         .collect();
-    entries.sort_by_key(|(ip, _)| **ip);
+    entries.sort_by_key(|(ip, _)| *ip);
     for (ip, targets) in entries {
-        let owner = ipnet_reverse(ip);
+        let owner = ipnet_reverse(&ip);
         for t in targets {
             let (service, namespace) = (t.service(), t.namespace());
             let name = match t.endpoint() {

@@ -414,7 +414,7 @@ pub fn manifests(data: &[u8]) {
         queries.push((format!("*.{base}"), RecordType::SRV));
         for ep in entry.endpoints.iter().take(2) {
             queries.push((ep.label(true).to_string() + "." + &base, RecordType::A));
-            let ptr = match ep.address {
+            let ptr = match ep.address() {
                 IpAddr::V4(a) => {
                     let o = a.octets();
                     format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0])

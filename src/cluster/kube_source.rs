@@ -52,7 +52,7 @@ use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use super::model::{EndpointSlice, Namespace, Node, Pod, Service, ServiceKind};
+use super::model::{intern, EndpointSlice, Namespace, Node, Pod, Service, ServiceKind};
 use super::snapshot::{Changed, Key, Store};
 use super::status::{ResourceKind, SourceStatus};
 use super::view::ClusterView;
@@ -739,14 +739,46 @@ impl Watch {
     }
 }
 
-/// A copy of `o` in fresh allocations: a derived clone, except the slice's shared port list.
+/// A copy of `o` in fresh allocations: a derived clone, except the shared names, which are
+/// copied. What is interned (namespaces, node names, port lists) is not: one copy per
+/// distinct value for the whole store.
 fn compacted(o: &Object) -> Object {
+    let fresh = |s: &Arc<str>| Arc::<str>::from(&**s);
     match o {
         Object::Slice(s) => Object::Slice(EndpointSlice {
-            ports: s.ports.iter().cloned().collect::<Vec<_>>().into(),
+            name: fresh(&s.name),
             ..s.clone()
         }),
+        Object::Service(s) => Object::Service(Service {
+            name: fresh(&s.name),
+            ..s.clone()
+        }),
+        Object::Pod(p) => Object::Pod(Pod {
+            name: fresh(&p.name),
+            ..p.clone()
+        }),
         other => other.clone(),
+    }
+}
+
+impl Object {
+    /// `key` with the object's own name strings when they are the same (they are, but for
+    /// objects without a namespace): the store's keys then cost no allocation of their own.
+    fn share_key(&self, key: Key) -> Key {
+        let (ns, name) = match self {
+            Object::Service(o) => (&o.namespace, &o.name),
+            Object::Slice(o) => (&o.namespace, &o.name),
+            Object::Pod(o) => (&o.namespace, &o.name),
+            // Cluster-scoped: the namespace part is empty, one interned copy for all.
+            Object::Namespace(o) if *o.name == *key.1 => return (intern(&key.0), o.name.clone()),
+            Object::Node(o) if *o.name == *key.1 => return (intern(&key.0), o.name.clone()),
+            _ => return key,
+        };
+        if **ns == *key.0 && **name == *key.1 {
+            (ns.clone(), name.clone())
+        } else {
+            key
+        }
     }
 }
 
@@ -1201,9 +1233,14 @@ impl Publisher {
                 return false;
             }
             // Copies the table only while a published snapshot still shares it.
-            Arc::make_mut(map).insert(key, Arc::new(value));
+            let map = Arc::make_mut(map);
+            // Removed first: `insert` would keep the old key, whose strings are the old
+            // object's, and the new object's would then be a second copy.
+            map.remove(&key);
+            map.insert(key, Arc::new(value));
             true
         }
+        let key = object.share_key(key);
         let s = &mut self.store;
         match object {
             Object::Namespace(o) => put(&mut s.namespaces, key.1, o),
@@ -1279,8 +1316,15 @@ impl Publisher {
         // pins a page of freed memory that no trim can return; the copies are packed
         // together. Dropping the originals then leaves those pages free (bench/RESULTS.md).
         for (key, object) in &objects {
-            let key: Key = (Arc::from(&*key.0), Arc::from(&*key.1));
-            self.insert(key, compacted(object));
+            let object = compacted(object);
+            let shared = object.share_key(key.clone());
+            // A key the object does not share (none, normally) is copied like the object.
+            let key = if Arc::ptr_eq(&shared.1, &key.1) {
+                (Arc::from(&*key.0), Arc::from(&*key.1))
+            } else {
+                shared
+            };
+            self.insert(key, object);
         }
         drop(objects);
         if kind == ResourceKind::Services {

@@ -2,9 +2,9 @@
 //! from the k8s-openapi API types. Everything else of an object is dropped on arrival, which is
 //! what keeps memory small in clusters with 100 000 pods.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -80,13 +80,16 @@ impl Port {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
-    pub namespace: Box<str>,
-    pub name: Box<str>,
+    /// Interned ([`intern`]): shared by every object of the namespace and the store's keys.
+    pub namespace: Arc<str>,
+    /// Shared with the store's key of the object.
+    pub name: Arc<str>,
     pub kind: ServiceKind,
     /// `spec.clusterIPs` (or `spec.clusterIP`), in the API's order; empty when headless.
     pub cluster_ips: Vec<IpAddr>,
     pub external_name: Option<Box<str>>,
-    pub ports: Vec<Port>,
+    /// Interned ([`port_list`]).
+    pub ports: Arc<[Port]>,
     pub publish_not_ready: bool,
     pub has_selector: bool,
     /// For the `kubernetes` plugin's `labels SELECTOR`.
@@ -97,8 +100,8 @@ pub struct Service {
     pub prefer_close: bool,
 }
 
-/// A cluster has more endpoints than anything else the store keeps: 88 bytes each, with no
-/// allocation of their own beyond the pod name in the common case.
+/// A cluster has more endpoints than anything else the store keeps: 56 bytes each, with no
+/// allocation of their own in the common case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub addresses: Addresses,
@@ -106,13 +109,84 @@ pub struct Endpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    /// `targetRef.name` when the target is a Pod.
-    pub pod_name: Option<Box<str>>,
-    /// Interned ([`intern`]): tens of endpoints share a node, thousands a zone.
-    pub node_name: Option<Arc<str>>,
-    pub zone: Option<Arc<str>>,
+    /// `targetRef.name` when the target is a Pod, in its slice's `pod_names`
+    /// ([`EndpointSlice::pod_name`]).
+    pub pod_name: Option<NameRef>,
+    /// `nodeName` and `zone` ([`Placement::new`]).
+    pub placement: Option<Arc<Placement>>,
     /// `hostname` and `hints.forZones`, which most endpoints do not have.
     pub extra: Option<Box<EndpointExtra>>,
+}
+
+/// Where a name is in a buffer of names (`start..start + len`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameRef {
+    start: u32,
+    len: u32,
+}
+
+/// A slice's endpoints as they are converted, with their pod names in one buffer: one
+/// allocation per slice instead of one per endpoint saves the allocator's overhead on each
+/// (16 bytes and the rounding, about half again of a typical pod name) and 8 bytes of pointer.
+#[derive(Default)]
+pub struct EndpointsBuilder {
+    endpoints: Vec<Endpoint>,
+    names: String,
+}
+
+impl EndpointsBuilder {
+    /// Adds `e` (its `pod_name` is set here) unless it has no address.
+    pub fn push(&mut self, mut e: Endpoint, pod_name: Option<&str>) {
+        if e.addresses.is_empty() {
+            return;
+        }
+        e.pod_name = pod_name.map(|p| {
+            let start = self.names.len() as u32;
+            self.names.push_str(p);
+            NameRef {
+                start,
+                len: p.len() as u32,
+            }
+        });
+        self.endpoints.push(e.with_lowercase_names(pod_name));
+    }
+
+    /// The endpoints and the buffer of their pod names, with no room to spare: they are kept
+    /// as long as the slice.
+    pub fn finish(mut self) -> (Vec<Endpoint>, Box<str>) {
+        self.endpoints.shrink_to_fit();
+        (self.endpoints, self.names.into_boxed_str())
+    }
+}
+
+/// Where an endpoint runs: its node and zone, interned as a pair. Tens of endpoints share a
+/// node and thousands a zone, so an endpoint holds one thin pointer to the shared pair (8
+/// bytes) instead of two `Arc<str>` (32).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Placement {
+    /// Both interned ([`intern`]).
+    pub node: Option<Arc<str>>,
+    pub zone: Option<Arc<str>>,
+}
+
+impl Placement {
+    /// The shared pair; None when there is neither.
+    pub fn new(node: Option<&str>, zone: Option<&str>) -> Option<Arc<Placement>> {
+        static PLACEMENTS: Interner<Placement> = Mutex::new(None);
+        if node.is_none() && zone.is_none() {
+            return None;
+        }
+        let p = Placement {
+            node: node.map(intern),
+            zone: zone.map(intern),
+        };
+        Some(intern_in(&PLACEMENTS, &p, |p| {
+            Arc::new(Placement {
+                node: p.node.clone(),
+                zone: p.zone.clone(),
+            })
+        }))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -121,6 +195,16 @@ pub struct EndpointExtra {
     /// `hints.forZones`: the zones this endpoint should serve (topology-aware routing).
     /// None when the slice gives no hints.
     pub for_zones: Option<Box<[Arc<str>]>>,
+    /// The hostname and the pod name lowercased (DNS answers with those), only when one of
+    /// them is not lowercase already: names the API never gives, that a hand-written file
+    /// can. Set by [`Endpoint::with_lowercase_names`]; derived from the other fields.
+    lowercase: Option<Lowercase>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Lowercase {
+    hostname: Option<Box<str>>,
+    pod_name: Option<Box<str>>,
 }
 
 impl EndpointExtra {
@@ -133,14 +217,64 @@ impl EndpointExtra {
             Box::new(EndpointExtra {
                 hostname,
                 for_zones,
+                lowercase: None,
             })
         })
     }
 }
 
+fn has_upper(s: Option<&str>) -> bool {
+    s.is_some_and(|s| s.bytes().any(|b| b.is_ascii_uppercase()))
+}
+
 impl Endpoint {
+    /// The endpoint with lowercase copies of its names when they are not lowercase (see
+    /// [`EndpointExtra`]); `pod` is its pod name ([`EndpointsBuilder::push`] calls this).
+    fn with_lowercase_names(mut self, pod: Option<&str>) -> Endpoint {
+        let host = self.hostname();
+        if has_upper(host) || has_upper(pod) {
+            let lower = |s: &str| Box::<str>::from(s.to_ascii_lowercase());
+            let lowercase = Some(Lowercase {
+                hostname: host.map(lower),
+                pod_name: pod.map(lower),
+            });
+            self.extra.get_or_insert_with(Default::default).lowercase = lowercase;
+        }
+        self
+    }
+
+    /// `hostname`, lowercased.
+    pub fn hostname_lowercase(&self) -> Option<&str> {
+        match self.extra.as_deref() {
+            Some(EndpointExtra {
+                lowercase: Some(l), ..
+            }) => l.hostname.as_deref(),
+            _ => self.hostname(),
+        }
+    }
+
+    /// The lowercase copy of the pod name, when the name is not lowercase (else None).
+    fn pod_name_lowercase(&self) -> Option<Option<&str>> {
+        match self.extra.as_deref() {
+            Some(EndpointExtra {
+                lowercase: Some(l), ..
+            }) => Some(l.pod_name.as_deref()),
+            _ => None,
+        }
+    }
+
     pub fn hostname(&self) -> Option<&str> {
         self.extra.as_ref()?.hostname.as_deref()
+    }
+
+    /// `nodeName`.
+    pub fn node_name(&self) -> Option<&str> {
+        self.placement.as_ref()?.node.as_deref()
+    }
+
+    /// The EndpointSlice's `zone` of this endpoint.
+    pub fn zone(&self) -> Option<&str> {
+        self.placement.as_ref()?.zone.as_deref()
     }
 
     pub fn for_zones(&self) -> Option<&[Arc<str>]> {
@@ -185,18 +319,23 @@ impl<'a> IntoIterator for &'a Addresses {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSlice {
-    pub namespace: Box<str>,
-    pub name: Box<str>,
+    /// Interned; the name is shared with the store's key (as for [`Service`]).
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     /// The service this slice belongs to (its `kubernetes.io/service-name` label).
     pub service: Box<str>,
     pub endpoints: Vec<Endpoint>,
+    /// The endpoints' pod names ([`EndpointsBuilder`]).
+    pub pod_names: Box<str>,
+    /// Interned ([`port_list`]).
     pub ports: Arc<[Port]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pod {
-    pub namespace: Box<str>,
-    pub name: Box<str>,
+    /// Interned; the name is shared with the store's key (as for [`Service`]).
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
     pub ips: Vec<IpAddr>,
     pub node_name: Option<Box<str>>,
     pub hostname: Option<Box<str>>,
@@ -217,7 +356,8 @@ pub struct Pod {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
-    pub name: Box<str>,
+    /// Interned: the store's key and every endpoint on the node share it.
+    pub name: Arc<str>,
     /// Runs a single micro-VM pod (Fargate), not an EC2 worker.
     pub micro_vm: bool,
     pub labels: BTreeMap<String, String>,
@@ -227,7 +367,8 @@ pub struct Node {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
-    pub name: Box<str>,
+    /// Interned, as every object's namespace.
+    pub name: Arc<str>,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -249,24 +390,42 @@ fn ips<'a>(values: impl IntoIterator<Item = &'a String>) -> Vec<IpAddr> {
     out
 }
 
-/// Names many objects repeat (node names, zones), shared: one allocation per distinct name.
-/// Names no object uses any more are dropped once the set has doubled since the last sweep.
+/// Names many objects repeat (namespaces, node names, zones), shared: one allocation per
+/// distinct name.
 pub fn intern(s: &str) -> Arc<str> {
-    use std::collections::HashSet;
-    use std::sync::Mutex;
-    static NAMES: Mutex<Option<(HashSet<Arc<str>>, usize)>> = Mutex::new(None);
-    let mut guard = NAMES.lock().unwrap_or_else(|e| e.into_inner());
-    let (names, swept) = guard.get_or_insert_with(|| (HashSet::new(), 0));
-    if let Some(name) = names.get(s) {
-        return name.clone();
+    static NAMES: Interner<str> = Mutex::new(None);
+    intern_in(&NAMES, s, |s| Arc::from(s))
+}
+
+/// A port list, shared: most services and their slices have one of a few lists (`http 80`,
+/// `https 443`, ...), so one allocation each.
+pub fn port_list(ports: Vec<Port>) -> Arc<[Port]> {
+    static PORTS: Interner<[Port]> = Mutex::new(None);
+    intern_in(&PORTS, &ports, |p| Arc::from(p))
+}
+
+/// A set of shared values, and its length after the last sweep.
+type Interner<T> = Mutex<Option<(HashSet<Arc<T>>, usize)>>;
+
+/// The shared copy of `value` in `set` (made by `make` the first time). Values no object uses
+/// any more are dropped once the set has doubled since the last sweep.
+fn intern_in<T: ?Sized + Eq + std::hash::Hash>(
+    set: &Interner<T>,
+    value: &T,
+    make: impl FnOnce(&T) -> Arc<T>,
+) -> Arc<T> {
+    let mut guard = set.lock().unwrap_or_else(|e| e.into_inner());
+    let (values, swept) = guard.get_or_insert_with(|| (HashSet::new(), 0));
+    if let Some(v) = values.get(value) {
+        return v.clone();
     }
-    if names.len() >= 2 * *swept + 1024 {
-        names.retain(|n| Arc::strong_count(n) > 1);
-        *swept = names.len();
+    if values.len() >= 2 * *swept + 1024 {
+        values.retain(|v| Arc::strong_count(v) > 1);
+        *swept = values.len();
     }
-    let name: Arc<str> = Arc::from(s);
-    names.insert(name.clone());
-    name
+    let v = make(value);
+    values.insert(v.clone());
+    v
 }
 
 /// Whether the Service asks for in-zone traffic: `trafficDistribution` `PreferClose` (or its
@@ -313,15 +472,15 @@ impl Service {
             },
             _ => Vec::new(),
         };
-        let ports = spec
+        let ports: Vec<Port> = spec
             .ports
             .iter()
             .flatten()
             .filter_map(|p| Port::new(p.name.as_deref(), p.protocol.as_deref(), Some(p.port)))
             .collect();
         Some(Service {
-            namespace: boxed(namespace),
-            name: boxed(name),
+            namespace: intern(namespace),
+            name: name.into(),
             kind,
             cluster_ips,
             external_name: spec
@@ -329,7 +488,7 @@ impl Service {
                 .as_deref()
                 .filter(|_| kind == ServiceKind::ExternalName)
                 .map(|n| boxed(n.trim_end_matches('.'))),
-            ports,
+            ports: port_list(ports),
             publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
             has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
             labels: Labels::from_map(svc.metadata.labels.as_ref()),
@@ -338,7 +497,29 @@ impl Service {
     }
 }
 
+/// The pod name of an endpoint's `targetRef`, when it refers to a Pod.
+fn pod_target(r: Option<&core::ObjectReference>) -> Option<&str> {
+    r.filter(|r| r.kind.as_deref().unwrap_or("Pod") == "Pod")
+        .and_then(|r| r.name.as_deref())
+}
+
 impl EndpointSlice {
+    /// The pod name of `e`, one of this slice's endpoints.
+    /// (For an endpoint of another slice, the name is garbage or None, never a panic.)
+    pub fn pod_name(&self, e: &Endpoint) -> Option<&str> {
+        let r = e.pod_name?;
+        self.pod_names
+            .get(r.start as usize..r.start as usize + r.len as usize)
+    }
+
+    /// [`EndpointSlice::pod_name`], lowercased.
+    pub fn pod_name_lowercase<'a>(&'a self, e: &'a Endpoint) -> Option<&'a str> {
+        match e.pod_name_lowercase() {
+            Some(lower) => lower,
+            None => self.pod_name(e),
+        }
+    }
+
     pub fn from_api(slice: &discovery::EndpointSlice) -> Option<EndpointSlice> {
         let name = slice.metadata.name.as_deref()?;
         let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
@@ -346,38 +527,27 @@ impl EndpointSlice {
         if slice.address_type == "FQDN" {
             return None; // deprecated, never served by CoreDNS either
         }
-        let mut endpoints = slice
-            .endpoints
-            .iter()
-            .flatten()
-            .map(|e| {
-                let c = e.conditions.clone().unwrap_or_default();
-                Endpoint {
-                    addresses: ips(&e.addresses).into(),
-                    ready: c.ready.unwrap_or(true),
-                    serving: c.serving.unwrap_or(true),
-                    terminating: c.terminating.unwrap_or(false),
-                    pod_name: e
-                        .target_ref
+        let mut endpoints = EndpointsBuilder::default();
+        for e in slice.endpoints.iter().flatten() {
+            let c = e.conditions.clone().unwrap_or_default();
+            let endpoint = Endpoint {
+                addresses: ips(&e.addresses).into(),
+                ready: c.ready.unwrap_or(true),
+                serving: c.serving.unwrap_or(true),
+                terminating: c.terminating.unwrap_or(false),
+                pod_name: None,
+                placement: Placement::new(e.node_name.as_deref(), e.zone.as_deref()),
+                extra: EndpointExtra::new(
+                    e.hostname.as_deref().map(boxed),
+                    e.hints
                         .as_ref()
-                        .filter(|r| r.kind.as_deref().unwrap_or("Pod") == "Pod")
-                        .and_then(|r| r.name.as_deref())
-                        .map(boxed),
-                    node_name: e.node_name.as_deref().map(intern),
-                    zone: e.zone.as_deref().map(intern),
-                    extra: EndpointExtra::new(
-                        e.hostname.as_deref().map(boxed),
-                        e.hints
-                            .as_ref()
-                            .and_then(|h| h.for_zones.as_ref())
-                            .map(|z| z.iter().map(|z| intern(&z.name)).collect()),
-                    ),
-                }
-            })
-            .filter(|e| !e.addresses.is_empty())
-            .collect::<Vec<_>>();
-        // Kept as long as the slice: no room for endpoints that will never come.
-        endpoints.shrink_to_fit();
+                        .and_then(|h| h.for_zones.as_ref())
+                        .map(|z| z.iter().map(|z| intern(&z.name)).collect()),
+                ),
+            };
+            endpoints.push(endpoint, pod_target(e.target_ref.as_ref()));
+        }
+        let (endpoints, pod_names) = endpoints.finish();
         let ports: Vec<Port> = slice
             .ports
             .iter()
@@ -385,11 +555,12 @@ impl EndpointSlice {
             .filter_map(|p| Port::new(p.name.as_deref(), p.protocol.as_deref(), p.port))
             .collect();
         Some(EndpointSlice {
-            namespace: boxed(namespace),
-            name: boxed(name),
+            namespace: intern(namespace),
+            name: name.into(),
             service: boxed(service),
             endpoints,
-            ports: ports.into(),
+            pod_names,
+            ports: port_list(ports),
         })
     }
 
@@ -401,36 +572,22 @@ impl EndpointSlice {
         let namespace = ep.metadata.namespace.as_deref().unwrap_or("default");
         let mut out = Vec::new();
         for (i, subset) in ep.subsets.iter().flatten().enumerate() {
-            let convert = |a: &core::EndpointAddress, ready: bool| Endpoint {
-                addresses: ips(std::iter::once(&a.ip)).into(),
-                ready,
-                serving: ready,
-                terminating: false,
-                pod_name: a
-                    .target_ref
-                    .as_ref()
-                    .filter(|r| r.kind.as_deref().unwrap_or("Pod") == "Pod")
-                    .and_then(|r| r.name.as_deref())
-                    .map(boxed),
-                node_name: a.node_name.as_deref().map(intern),
-                zone: None,
-                extra: EndpointExtra::new(a.hostname.as_deref().map(boxed), None),
-            };
-            let mut endpoints = subset
-                .addresses
-                .iter()
-                .flatten()
-                .map(|a| convert(a, true))
-                .chain(
-                    subset
-                        .not_ready_addresses
-                        .iter()
-                        .flatten()
-                        .map(|a| convert(a, false)),
-                )
-                .filter(|e| !e.addresses.is_empty())
-                .collect::<Vec<_>>();
-            endpoints.shrink_to_fit();
+            let mut endpoints = EndpointsBuilder::default();
+            let ready = subset.addresses.iter().flatten().map(|a| (a, true));
+            let not_ready = subset.not_ready_addresses.iter().flatten();
+            for (a, ready) in ready.chain(not_ready.map(|a| (a, false))) {
+                let endpoint = Endpoint {
+                    addresses: ips(std::iter::once(&a.ip)).into(),
+                    ready,
+                    serving: ready,
+                    terminating: false,
+                    pod_name: None,
+                    placement: Placement::new(a.node_name.as_deref(), None),
+                    extra: EndpointExtra::new(a.hostname.as_deref().map(boxed), None),
+                };
+                endpoints.push(endpoint, pod_target(a.target_ref.as_ref()));
+            }
+            let (endpoints, pod_names) = endpoints.finish();
             let ports: Vec<Port> = subset
                 .ports
                 .iter()
@@ -438,11 +595,12 @@ impl EndpointSlice {
                 .filter_map(|p| Port::new(p.name.as_deref(), p.protocol.as_deref(), Some(p.port)))
                 .collect();
             out.push(EndpointSlice {
-                namespace: boxed(namespace),
+                namespace: intern(namespace),
                 name: format!("{name}-v1-{i}").into(),
                 service: boxed(name),
                 endpoints,
-                ports: ports.into(),
+                pod_names,
+                ports: port_list(ports),
             });
         }
         out
@@ -467,8 +625,8 @@ impl Pod {
             addrs.clear();
         }
         Some(Pod {
-            namespace: boxed(namespace),
-            name: boxed(name),
+            namespace: intern(namespace),
+            name: name.into(),
             ips: addrs,
             node_name: spec.and_then(|s| s.node_name.as_deref()).map(boxed),
             hostname: spec.and_then(|s| s.hostname.as_deref()).map(boxed),
@@ -505,7 +663,7 @@ impl Node {
             .filter(|z| !z.is_empty())
             .map(|z| intern(z));
         Some(Node {
-            name: boxed(name),
+            name: intern(name),
             micro_vm,
             labels,
             zone,
@@ -516,8 +674,68 @@ impl Node {
 impl Namespace {
     pub fn from_api(ns: &core::Namespace) -> Option<Namespace> {
         Some(Namespace {
-            name: boxed(ns.metadata.name.as_deref()?),
+            name: intern(ns.metadata.name.as_deref()?),
             labels: ns.metadata.labels.clone().unwrap_or_default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Equal pairs are one shared value that reads back what went in; names are shared
+    /// with everything else interned.
+    #[test]
+    fn placements_are_shared_pairs() {
+        let a = Placement::new(Some("node-1"), Some("eu-west-1a")).unwrap();
+        let b = Placement::new(Some("node-1"), Some("eu-west-1a")).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(a.node.as_ref().unwrap(), &intern("node-1")));
+        let c = Placement::new(Some("node-1"), None).unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(
+            (c.node.as_deref(), c.zone.as_deref()),
+            (Some("node-1"), None)
+        );
+        assert!(Placement::new(None, None).is_none());
+        let ep = Endpoint {
+            addresses: Addresses::One(["10.0.0.1".parse().unwrap()]),
+            ready: true,
+            serving: true,
+            terminating: false,
+            pod_name: None,
+            placement: Placement::new(None, Some("eu-west-1b")),
+            extra: None,
+        };
+        assert_eq!((ep.node_name(), ep.zone()), (None, Some("eu-west-1b")));
+    }
+
+    #[test]
+    fn equal_port_lists_are_one() {
+        let http = || Port::new(Some("http"), None, Some(80)).unwrap();
+        let a = port_list(vec![http()]);
+        assert!(Arc::ptr_eq(&a, &port_list(vec![http()])));
+        let udp = Port::new(Some("http"), Some("UDP"), Some(80)).unwrap();
+        let b = port_list(vec![udp]);
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!((b[0].port, b[0].protocol), (80, Protocol::Udp));
+        assert!(port_list(Vec::new()).is_empty());
+    }
+
+    /// What the interner holds is dropped once nothing uses it (checked through a sweep).
+    #[test]
+    fn unused_names_are_swept() {
+        static SET: Interner<str> = Mutex::new(None);
+        let kept = intern_in(&SET, "kept", |s| Arc::from(s));
+        for i in 0..3000 {
+            intern_in(&SET, &format!("gone-{i}"), |s| Arc::from(s));
+        }
+        let len = SET.lock().unwrap().as_ref().unwrap().0.len();
+        assert!(len < 3000, "{len} names kept");
+        assert!(Arc::ptr_eq(
+            &kept,
+            &intern_in(&SET, "kept", |s| Arc::from(s))
+        ));
     }
 }

@@ -105,8 +105,8 @@ impl Store {
                             terminating: Some(e.terminating),
                         }),
                         hostname: e.hostname().map(str::to_string),
-                        node_name: e.node_name.as_deref().map(str::to_string),
-                        zone: e.zone.as_deref().map(str::to_string),
+                        node_name: e.node_name().map(str::to_string),
+                        zone: e.zone().map(str::to_string),
                         hints: e.for_zones().map(|z| discovery::EndpointHints {
                             for_zones: Some(
                                 z.iter()
@@ -117,7 +117,7 @@ impl Store {
                             ),
                             ..Default::default()
                         }),
-                        target_ref: e.pod_name.as_deref().map(|n| core::ObjectReference {
+                        target_ref: slice.pod_name(e).map(|n| core::ObjectReference {
                             kind: Some("Pod".to_string()),
                             name: Some(n.to_string()),
                             namespace: Some(slice.namespace.to_string()),

@@ -14,7 +14,7 @@ use super::answer::Answer;
 use super::pipeline::{Flow, Handler, Request};
 use crate::cluster::labels::Selector;
 use crate::cluster::model::{Port, Service, ServiceKind};
-use crate::cluster::snapshot::{EndpointEntry, PtrTarget, ServiceEntry, Snapshot};
+use crate::cluster::snapshot::{EndpointEntry, Label, PtrTarget, ServiceEntry, Snapshot};
 use crate::cluster::ClusterView;
 
 mod zone_aware;
@@ -658,13 +658,13 @@ impl Kubernetes {
             RecordType::A | RecordType::AAAA | RecordType::ANY => {
                 let mut records = Vec::new();
                 for e in endpoints {
-                    if explicit_port && !pairs.iter().any(|(pe, _)| pe.address == e.address) {
+                    if explicit_port && !pairs.iter().any(|(pe, _)| pe.address() == e.address()) {
                         continue;
                     }
-                    if family_matches(ctx.qtype, &e.address) {
+                    if family_matches(ctx.qtype, &e.address()) {
                         // A service's endpoints are unique by address (the snapshot merges
                         // its slices so), so no record repeats here.
-                        records.push(address_record(ctx.qname, ttl, e.address));
+                        records.push(address_record(ctx.qname, ttl, e.address()));
                     }
                 }
                 Outcome::or_nodata(records, Vec::new())
@@ -677,18 +677,18 @@ impl Kubernetes {
                 let mut answers = Vec::with_capacity(pairs.len());
                 let mut additionals: Vec<Record> = Vec::new();
                 // Sets, not scans: a headless service may have thousands of endpoints.
-                let mut seen_srv: HashSet<(&str, u16)> = HashSet::new();
+                let mut seen_srv: HashSet<(Label, u16)> = HashSet::new();
                 let mut seen_glue: HashSet<IpAddr> = HashSet::new();
                 for (e, p) in &pairs {
                     let label = e.label(self.cfg.endpoint_pod_names);
                     let new_srv = seen_srv.insert((label, p.port));
-                    let new_glue = seen_glue.insert(e.address);
+                    let new_glue = seen_glue.insert(e.address());
                     if !new_srv && !new_glue {
                         continue;
                     }
-                    let target = self.fqdn(ctx, &[label, svc, ns, "svc"]);
+                    let target = self.fqdn(ctx, &[&label, svc, ns, "svc"]);
                     if new_glue {
-                        additionals.push(address_record(&target, ttl, e.address));
+                        additionals.push(address_record(&target, ttl, e.address()));
                     }
                     if new_srv {
                         let srv = SRV::new(0, weight, p.port, target);
@@ -804,7 +804,7 @@ impl Kubernetes {
                     self.fqdn(
                         &zctx,
                         &[
-                            e.label(self.cfg.endpoint_pod_names),
+                            &e.label(self.cfg.endpoint_pod_names),
                             service,
                             namespace,
                             "svc",

@@ -44,7 +44,7 @@ impl Source {
         let snapshot = self.view.snapshot();
         let mut v: Vec<IpAddr> = snapshot
             .service(key)
-            .map(|e| e.ready_endpoints().map(|ep| ep.address).collect())
+            .map(|e| e.ready_endpoints().map(|ep| ep.address()).collect())
             .unwrap_or_default();
         v.sort();
         v

@@ -64,7 +64,7 @@ impl Kubernetes {
         // without the asked port or address family must not hide the others.
         let usable = |e: &EndpointEntry| {
             (!explicit_port || e.ports().iter().any(|p| port_matches(port, proto, p)))
-                && (ctx.qtype == RecordType::SRV || family_matches(ctx.qtype, &e.address))
+                && (ctx.qtype == RecordType::SRV || family_matches(ctx.qtype, &e.address()))
         };
         let (near, far): (Vec<&EndpointEntry>, Vec<&EndpointEntry>) = ready
             .iter()
