@@ -743,22 +743,19 @@ impl Watch {
 /// copied. What is interned (namespaces, node names, port lists) is not: one copy per
 /// distinct value for the whole store.
 fn compacted(o: &Object) -> Object {
-    let fresh = |s: &Arc<str>| Arc::<str>::from(&**s);
-    match o {
-        Object::Slice(s) => Object::Slice(EndpointSlice {
-            name: fresh(&s.name),
-            ..s.clone()
-        }),
-        Object::Service(s) => Object::Service(Service {
-            name: fresh(&s.name),
-            ..s.clone()
-        }),
-        Object::Pod(p) => Object::Pod(Pod {
-            name: fresh(&p.name),
-            ..p.clone()
-        }),
-        other => other.clone(),
+    with_fresh_name(o.clone())
+}
+
+/// `o` with a name string of its own (a clone of an object shares it).
+fn with_fresh_name(mut o: Object) -> Object {
+    let fresh = |s: &mut Arc<str>| *s = Arc::<str>::from(&**s);
+    match &mut o {
+        Object::Slice(s) => fresh(&mut s.name),
+        Object::Service(s) => fresh(&mut s.name),
+        Object::Pod(p) => fresh(&mut p.name),
+        _ => {}
     }
+    o
 }
 
 impl Object {
@@ -941,6 +938,9 @@ struct Publisher {
     /// A complete list was applied since the last publish: its transient memory (response
     /// pages, decoded objects) is handed back to the OS after that publish.
     relisted: bool,
+    /// Kinds listed during the initial sync and stored as the watch tasks stripped them: they
+    /// are copied together only when every kind has listed (see [`Publisher::compact`]).
+    uncompacted: Vec<ResourceKind>,
     /// Services asking for in-zone traffic; while there are any (or with `PodZones::Always`)
     /// the compact pod watch runs: `zones` says so to the source task.
     prefer_close: usize,
@@ -983,6 +983,7 @@ impl Publisher {
             published: None,
             changed: None,
             relisted: false,
+            uncompacted: Vec::new(),
         }
     }
 
@@ -1299,6 +1300,22 @@ impl Publisher {
     }
 
     fn replace(&mut self, kind: ResourceKind, objects: Vec<(Key, Object)>) {
+        // During the initial sync other kinds are still being decoded, on every runtime
+        // thread: copies made now would land between their garbage. The objects are stored as
+        // the watch tasks stripped them and copied together once every kind has listed
+        // (`compact`).
+        if self.syncing() {
+            if !self.uncompacted.contains(&kind) {
+                self.uncompacted.push(kind);
+            }
+            self.refill(kind, objects, false);
+        } else {
+            self.refill(kind, objects, true);
+        }
+    }
+
+    /// `kind`'s table made of `objects` alone; with `copy`, of compacted copies of them.
+    fn refill(&mut self, kind: ResourceKind, objects: Vec<(Key, Object)>, copy: bool) {
         // A new table (not a cleared shared one): snapshots keep the old one while they live.
         let s = &mut self.store;
         match kind {
@@ -1311,22 +1328,30 @@ impl Publisher {
             ResourceKind::Pods => s.pods = Arc::default(),
             ResourceKind::Nodes => s.nodes = Arc::default(),
         }
-        // Copies, made here, of what the watch task stripped: the originals were allocated
-        // on runtime threads between the much larger full objects they came from, so each
-        // pins a page of freed memory that no trim can return; the copies are packed
-        // together. Dropping the originals then leaves those pages free (bench/RESULTS.md).
-        for (key, object) in &objects {
-            let object = compacted(object);
-            let shared = object.share_key(key.clone());
-            // A key the object does not share (none, normally) is copied like the object.
-            let key = if Arc::ptr_eq(&shared.1, &key.1) {
-                (Arc::from(&*key.0), Arc::from(&*key.1))
-            } else {
-                shared
-            };
-            self.insert(key, object);
+        if copy {
+            // Copies, made here, of what the watch task stripped: the originals were
+            // allocated on runtime threads between the much larger full objects they came
+            // from, so each pins a page of freed memory that no trim can return; the copies
+            // are packed together. Dropping the originals then leaves those pages free
+            // (bench/RESULTS.md).
+            for (key, object) in &objects {
+                let object = compacted(object);
+                let shared = object.share_key(key.clone());
+                // A key the object does not share (none, normally) is copied like the object.
+                let key = if Arc::ptr_eq(&shared.1, &key.1) {
+                    (Arc::from(&*key.0), Arc::from(&*key.1))
+                } else {
+                    shared
+                };
+                self.insert(key, object);
+            }
+            drop(objects);
+        } else {
+            for (key, object) in objects {
+                let key = object.share_key(key);
+                self.insert(key, object);
+            }
         }
-        drop(objects);
         if kind == ResourceKind::Services {
             self.zones_wanted();
         }
@@ -1349,7 +1374,52 @@ impl Publisher {
         ]
     }
 
+    /// The kinds stored uncopied during the initial sync, copied now that no list is being
+    /// decoded any more: the copies fill the holes the decoding left, and the originals,
+    /// freed together, leave whole pages that the trim after this publish returns.
+    fn compact(&mut self) {
+        for kind in std::mem::take(&mut self.uncompacted) {
+            let s = &self.store;
+            let cluster = |name: &Arc<str>| (intern(""), name.clone());
+            let objects: Vec<(Key, Object)> = match kind {
+                ResourceKind::Namespaces => s
+                    .namespaces
+                    .iter()
+                    .map(|(k, v)| (cluster(k), Object::Namespace((**v).clone())))
+                    .collect(),
+                ResourceKind::Services => s
+                    .services
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Object::Service((**v).clone())))
+                    .collect(),
+                ResourceKind::EndpointSlices => s
+                    .slices
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Object::Slice((**v).clone())))
+                    .collect(),
+                ResourceKind::Pods => s
+                    .pods
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Object::Pod((**v).clone())))
+                    .collect(),
+                ResourceKind::Nodes => s
+                    .nodes
+                    .iter()
+                    .map(|(k, v)| (cluster(k), Object::Node((**v).clone())))
+                    .collect(),
+            };
+            let objects = objects
+                .into_iter()
+                .map(|(k, o)| (k, with_fresh_name(o)))
+                .collect();
+            self.refill(kind, objects, false);
+        }
+    }
+
     fn publish(&mut self) {
+        if !self.syncing() {
+            self.compact();
+        }
         if std::mem::take(&mut self.pod_table_changed) {
             if let Some(t) = &self.pod_table {
                 self.store.pod_nodes = Arc::new(t.pod_nodes());
