@@ -2,6 +2,7 @@
 //! IP in the manifests (127.0.0.2 in `default`), and from one that is not (127.0.0.1).
 
 mod dnsclient;
+mod support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -2,6 +2,7 @@
 //! SERVFAIL before the first complete load.
 
 mod dnsclient;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1408,6 +1408,7 @@ impl Publisher {
                     .map(|(k, v)| (cluster(k), Object::Node((**v).clone())))
                     .collect(),
             };
+            // Collected in place (same element type): no second vector.
             let objects = objects
                 .into_iter()
                 .map(|(k, o)| (k, with_fresh_name(o)))

@@ -344,8 +344,8 @@ struct Running {
 pub struct ApiServer {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    /// HTTPS (and the CA's PEM file in `dir`) when set.
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// HTTPS with this CA and certificate when set.
+    pki: Option<super::pki::Pki>,
     running: Mutex<Option<Running>>,
     /// While stopped: a socket bound to `addr` but not listening, so that connecting is
     /// refused as with a dead API server, yet no other socket of the machine can take the port
@@ -363,15 +363,11 @@ impl ApiServer {
     /// As [`ApiServer::start`], over HTTPS (a certificate for 127.0.0.1 from a CA made here)
     /// and answering 401 to any request without `Authorization: Bearer <token>`.
     pub async fn start_secure(token: &str) -> ApiServer {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let tls = test_pki(&dir.path().join("ca.pem"));
-        ApiServer::start_with(Some((tls, dir)), Some(token.to_string())).await
+        let pki = super::pki::pki(&["127.0.0.1"]);
+        ApiServer::start_with(Some(pki), Some(token.to_string())).await
     }
 
-    async fn start_with(
-        tls: Option<(tokio_rustls::TlsAcceptor, tempfile::TempDir)>,
-        token: Option<String>,
-    ) -> ApiServer {
+    async fn start_with(pki: Option<super::pki::Pki>, token: Option<String>) -> ApiServer {
         let listener = listen("127.0.0.1:0".parse().expect("an address"))
             .unwrap_or_else(|e| panic!("listening on 127.0.0.1: {e}"));
         let addr = listener.local_addr().expect("local addr");
@@ -386,17 +382,13 @@ impl ApiServer {
             resets: watch::channel(0).0,
             token,
         });
-        let (tls, dir) = match tls {
-            Some((tls, dir)) => (Some(tls), dir),
-            None => (None, tempfile::tempdir().expect("tempdir")),
-        };
         let server = ApiServer {
             shared,
             addr,
-            tls,
+            pki,
             running: Mutex::new(None),
             held: Mutex::new(None),
-            dir,
+            dir: tempfile::tempdir().expect("tempdir"),
         };
         std::fs::write(server.kubeconfig_path(), server.kubeconfig()).expect("write kubeconfig");
         server.run(listener);
@@ -408,23 +400,22 @@ impl ApiServer {
         let task = tokio::spawn(serve(
             listener,
             self.shared.clone(),
-            self.tls.clone(),
+            self.pki
+                .as_ref()
+                .map(|p| tokio_rustls::TlsAcceptor::from(p.server.clone())),
             cancel.clone(),
         ));
         *self.running.lock().unwrap() = Some(Running { cancel, task });
     }
 
     pub fn url(&self) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
     }
 
     pub fn kubeconfig(&self) -> String {
-        let ca = match self.tls {
-            Some(_) => format!(
-                "    certificate-authority: {}\n",
-                self.dir.path().join("ca.pem").display()
-            ),
+        let ca = match &self.pki {
+            Some(pki) => format!("    certificate-authority: {}\n", pki.ca.display()),
             None => String::new(),
         };
         let user = match &self.shared.token {
@@ -1153,33 +1144,4 @@ fn watch_response(
         .header("content-type", "application/json")
         .body(StreamBody::new(stream).boxed_unsync())
         .expect("valid response")
-}
-
-/// A CA of its own (written to `ca_pem`) and a server certificate it issued for 127.0.0.1.
-fn test_pki(ca_pem: &Path) -> tokio_rustls::TlsAcceptor {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "fake API server CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().expect("server key");
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .expect("server params")
-        .signed_by(&key, &issuer)
-        .expect("server certificate");
-    std::fs::write(ca_pem, ca_cert.pem()).expect("write CA");
-    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.der().clone()], key_der)
-    .expect("server config");
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }

@@ -7,6 +7,7 @@ pub mod dashboard;
 pub mod golden;
 pub mod kube_source;
 pub mod logs;
+pub mod pki;
 pub mod process;
 
 use std::time::{Duration, Instant};
