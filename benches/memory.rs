@@ -25,6 +25,9 @@
 //! `--only-bins` measures only those (not the bench's own build, a debug binary under
 //! `cargo test --bench memory`). `--env-all` gives every `--env` variant a file-source run
 //! too (for allocator settings, which apply to both sources).
+//! The fake API server offers streaming lists (`sendInitialEvents`), as Kubernetes 1.32 and
+//! 1.34+ do, so the API source streams; `--env CLUSTERDNS_INITIAL_LIST=paged` adds a variant
+//! with paged lists, and `--refuse-streaming` makes the server refuse them (422, as 1.33).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -38,7 +41,7 @@ use std::time::{Duration, Instant};
 use clusterdns::cluster::objects::ObjectSet;
 use clusterdns::gen::{write_cluster, GenArgs};
 use serde_json::{json, Map, Value};
-use support::apiserver::ApiServer;
+use support::apiserver::{ApiServer, WatchList};
 
 struct Args {
     services: usize,
@@ -54,6 +57,7 @@ struct Args {
     bins: Vec<(String, String)>,
     only_bins: bool,
     env_all: bool,
+    refuse_streaming: bool,
 }
 
 fn args() -> Args {
@@ -70,6 +74,7 @@ fn args() -> Args {
         bins: Vec::new(),
         only_bins: false,
         env_all: false,
+        refuse_streaming: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -106,6 +111,7 @@ fn args() -> Args {
             }
             "--only-bins" => a.only_bins = true,
             "--env-all" => a.env_all = true,
+            "--refuse-streaming" => a.refuse_streaming = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -462,6 +468,12 @@ async fn main() {
     .expect("write the List");
     let n_objects = objects.len();
     let api = ApiServer::start().await;
+    // As Kubernetes 1.32 and 1.34+ by default: the source's streaming lists are served.
+    api.set_watch_list(if a.refuse_streaming {
+        WatchList::Refused
+    } else {
+        WatchList::Offered
+    });
     api.apply_all(objects.into_iter().map(with_managed_fields));
     eprintln!(
         "memory: {} services, {} pods{}, {n_objects} objects; list file {} MiB",

@@ -50,6 +50,8 @@ pub struct ServeOptions {
     /// Follow the Kubernetes API through this kubeconfig (also implied by `--corefile`,
     /// which then uses `KUBECONFIG` or the in-cluster service account).
     pub kubeconfig: Option<PathBuf>,
+    /// How the API source fetches each kind before watching it (streaming or paged lists).
+    pub initial_list: crate::cluster::kube_source::InitialList,
     /// For the built-in default only: where DNS listens.
     pub dns_addr: SocketAddr,
     /// For the built-in default only: the cluster zone, record TTL and pod records mode.
@@ -73,6 +75,7 @@ impl Default for ServeOptions {
             corefile: None,
             manifests: None,
             kubeconfig: None,
+            initial_list: crate::cluster::kube_source::InitialList::Auto,
             fargate_profiles: None,
             aws: None,
             aws_api: None,
@@ -236,6 +239,7 @@ async fn start_source(
         // Nodes are few and tell micro-VM endpoints from node-group ones.
         watch_nodes: true,
         api_url: Some(api_url),
+        initial_list: opts.initial_list,
         on_programmed: Some(Arc::new(move |kind, d| {
             m.programming_duration
                 .with_label_values(&[kind.as_str()])

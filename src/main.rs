@@ -201,6 +201,17 @@ struct ServeArgs {
     /// in-cluster service account, as CoreDNS does.
     #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
     kubeconfig: Option<PathBuf>,
+    /// How the Kubernetes API source fetches each kind before watching it: `streaming` (one
+    /// watch with sendInitialEvents: no list pages on either side, served from the API
+    /// server's watch cache; Kubernetes 1.32 and 1.34+), `paged` (lists of 500, then a watch),
+    /// or `auto`: streaming, falling back to paged where the API server refuses or ignores it.
+    #[arg(
+        long,
+        value_name = "MODE",
+        env = "CLUSTERDNS_INITIAL_LIST",
+        default_value = "auto"
+    )]
+    initial_list: clusterdns::cluster::kube_source::InitialList,
     /// `aws eks describe-fargate-profile` JSON (file or directory): serve `/debug/placement`
     /// (JSON: where each pod runs, its profile and micro-VM size, mismatches) on the HTTP
     /// endpoints, and the `clusterdns_placement_mismatches` gauge.
@@ -330,6 +341,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         corefile: args.corefile,
         manifests: args.manifests,
         kubeconfig: args.kubeconfig,
+        initial_list: args.initial_list,
         fargate_profiles: args.fargate_profiles,
         aws: args.aws,
         aws_api: args.aws_api.options(),

@@ -6,9 +6,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clusterdns::cluster::kube_source::{self, KubeSourceOptions, ServiceKindLabel, SourceError};
+use clusterdns::cluster::kube_source::{
+    self, InitialList, KubeSourceOptions, ServiceKindLabel, SourceError,
+};
 use clusterdns::cluster::status::ResourceKind;
-use support::apiserver::{ApiServer, Res};
+use support::apiserver::{ApiServer, Res, WatchList};
 use support::kube_source::{quick_options, start};
 use support::{eventually, headless, namespace, node, pod, service, slice};
 
@@ -237,18 +239,25 @@ async fn nothing_is_published_until_every_kind_has_listed() {
 
 #[tokio::test]
 async fn readiness_names_a_forbidden_resource() {
+    // A streaming list asks with the watch verb, a paged one with list.
+    readiness_names_a_forbidden(InitialList::Auto, "watch").await;
+    readiness_names_a_forbidden(InitialList::Paged, "list").await;
+}
+
+async fn readiness_names_a_forbidden(initial_list: InitialList, verb: &str) {
     let server = ApiServer::start().await;
     seed(&server);
     server.forbid(Res::EndpointSlices, true);
     let opts = KubeSourceOptions {
         startup_timeout: Duration::from_millis(200),
+        initial_list,
         ..options(&server)
     };
     let source = start(&server, opts).await;
     let status = source.status.clone();
-    let expected = "kubernetes: waiting for initial list of endpointslices: 403 forbidden: cannot list resource \"endpointslices\" in API group \"discovery.k8s.io\" (as system:serviceaccount:kube-system:clusterdns)";
+    let expected = format!("kubernetes: waiting for initial list of endpointslices: 403 forbidden: cannot {verb} resource \"endpointslices\" in API group \"discovery.k8s.io\" (as system:serviceaccount:kube-system:clusterdns)");
     eventually("the 403 in the readiness reasons", WAIT, || {
-        status.not_ready_reasons() == [expected]
+        status.not_ready_reasons() == [expected.as_str()]
     })
     .await;
     assert!(!status.ready());
@@ -678,4 +687,263 @@ async fn objects_larger_than_the_read_buffer_arrive_by_list_and_watch() {
         s.cluster_ips("watched.demo") == [ip("10.96.0.22")]
     })
     .await;
+}
+
+/// Requests of `path` (e.g. `/api/v1/services`) that are lists (no `watch=`).
+fn lists_of(server: &ApiServer, path: &str) -> usize {
+    let prefix = format!("GET {path}?");
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with(&prefix) && !r.contains("watch="))
+        .count()
+}
+
+/// Streaming lists (watches with `sendInitialEvents=true`) of `path`.
+fn streaming_lists_of(server: &ApiServer, path: &str) -> usize {
+    let prefix = format!("GET {path}?");
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with(&prefix) && r.contains("sendInitialEvents=true"))
+        .count()
+}
+
+const PATHS: [&str; 5] = [
+    "/api/v1/namespaces",
+    "/api/v1/services",
+    "/apis/discovery.k8s.io/v1/endpointslices",
+    "/api/v1/pods",
+    "/api/v1/nodes",
+];
+
+/// An API server that offers streaming lists (1.32, 1.34+): every kind syncs from one watch
+/// each, with no list request at all, and goes on watching on it; a 410 streams again.
+#[tokio::test]
+async fn a_streaming_list_syncs_every_kind_without_a_list_request() {
+    let server = ApiServer::start().await;
+    server.set_watch_list(WatchList::Offered);
+    seed(&server);
+    let source = start(&server, options(&server)).await;
+    source.wait_ready(WAIT).await;
+    assert_eq!(source.cluster_ips("nginx.demo"), [ip("10.96.0.10")]);
+    assert_eq!(
+        source.endpoints("web.demo"),
+        [ip("10.1.0.1"), ip("10.1.0.2")]
+    );
+    let snapshot = source.view.snapshot();
+    assert!(snapshot.namespace_exists("demo"));
+    assert!(snapshot.pod_ip_in_namespace(&ip("10.1.0.1"), "demo"));
+    assert_eq!(snapshot.store.nodes.len(), 1);
+    assert!(source.status.not_ready_reasons().is_empty());
+    for path in PATHS {
+        assert_eq!(lists_of(&server, path), 0, "{path} was listed");
+        assert_eq!(streaming_lists_of(&server, path), 1, "{path}");
+    }
+
+    // Changes come on the same watch: no second request for services.
+    server.apply(service("demo", "later", "10.96.0.30"));
+    let s = &source;
+    eventually("the later service", WAIT, || {
+        s.cluster_ips("later.demo") == [ip("10.96.0.30")]
+    })
+    .await;
+    let services_requests = |server: &ApiServer| {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("GET /api/v1/services?"))
+            .count()
+    };
+    assert_eq!(services_requests(&server), 1);
+
+    // History lost while disconnected: the relist streams too, and drops what went.
+    server.stall(true);
+    server.drop_watches();
+    server.delete(Res::Services, "demo", "later");
+    server.apply(service("demo", "newer", "10.96.0.31"));
+    server.compact();
+    server.stall(false);
+    eventually("the relist", WAIT, || {
+        !s.has_service("later.demo") && s.has_service("newer.demo")
+    })
+    .await;
+    assert_eq!(lists_of(&server, "/api/v1/services"), 0);
+    assert!(streaming_lists_of(&server, "/api/v1/services") >= 2);
+    assert_eq!(source.cluster_ips("nginx.demo"), [ip("10.96.0.10")]);
+}
+
+/// The API server's default before 1.32 and in 1.33: 422 Invalid for `sendInitialEvents`.
+/// `auto` lists in pages instead, without reporting a failure, and does not ask again.
+#[tokio::test]
+async fn a_refused_streaming_list_falls_back_to_pages() {
+    let server = ApiServer::start().await;
+    server.set_watch_list(WatchList::Refused);
+    seed(&server);
+    let source = start(&server, options(&server)).await;
+    source.wait_ready(WAIT).await;
+    assert_eq!(source.cluster_ips("nginx.demo"), [ip("10.96.0.10")]);
+    assert!(source.status.not_ready_reasons().is_empty());
+    assert!(source.status.stale_since().is_none());
+    for path in PATHS {
+        assert_eq!(streaming_lists_of(&server, path), 1, "{path}");
+        assert!(lists_of(&server, path) >= 1, "{path} was not listed");
+    }
+    let server_ref = &server;
+    eventually("a services watch", WAIT, || {
+        server_ref.open_watches(Res::Services) == 1
+    })
+    .await;
+    let lists = lists_of(&server, "/api/v1/services");
+    server.expire_watches();
+    eventually("the relist", WAIT, || {
+        lists_of(server_ref, "/api/v1/services") > lists
+    })
+    .await;
+    assert_eq!(streaming_lists_of(&server, "/api/v1/services"), 1);
+}
+
+/// A server from before 1.27 ignores `sendInitialEvents`: the watch sends every object and
+/// never the bookmark that ends them. `auto` lists in pages once they stop coming.
+#[tokio::test]
+async fn a_server_that_ignores_streaming_lists_is_listed_in_pages() {
+    let server = ApiServer::start().await;
+    server.set_watch_list(WatchList::Ignored);
+    seed(&server);
+    let opts = KubeSourceOptions {
+        initial_events_patience: Duration::from_millis(300),
+        ..options(&server)
+    };
+    let source = start(&server, opts).await;
+    source.wait_ready(WAIT).await;
+    assert_eq!(source.cluster_ips("nginx.demo"), [ip("10.96.0.10")]);
+    for path in PATHS {
+        assert!(lists_of(&server, path) >= 1, "{path} was not listed");
+    }
+    server.apply(service("demo", "later", "10.96.0.30"));
+    let s = &source;
+    eventually("the later service", WAIT, || {
+        s.cluster_ips("later.demo") == [ip("10.96.0.30")]
+    })
+    .await;
+}
+
+/// `--initial-list streaming` against a server that refuses it: readiness says why and what
+/// to do, and nothing is listed in pages.
+#[tokio::test]
+async fn forced_streaming_lists_name_the_refusal_in_readiness() {
+    let server = ApiServer::start().await;
+    server.set_watch_list(WatchList::Refused);
+    seed(&server);
+    let opts = KubeSourceOptions {
+        initial_list: InitialList::Streaming,
+        startup_timeout: Duration::from_millis(200),
+        ..options(&server)
+    };
+    let source = start(&server, opts).await;
+    let status = source.status.clone();
+    eventually("the 422 in the readiness reasons", WAIT, || {
+        status.not_ready_reasons().iter().any(|r| {
+            r.contains("422 Invalid")
+                && r.contains("WatchList feature gate")
+                && r.contains("--initial-list auto or paged")
+        })
+    })
+    .await;
+    assert!(!status.ready());
+    assert_eq!(lists_of(&server, "/api/v1/services"), 0);
+
+    // The gate turned on: the same source syncs.
+    server.set_watch_list(WatchList::Offered);
+    source.wait_ready(WAIT).await;
+    assert_eq!(source.cluster_ips("nginx.demo"), [ip("10.96.0.10")]);
+}
+
+/// `--initial-list paged` never asks for a streaming list.
+#[tokio::test]
+async fn paged_lists_never_ask_for_a_stream() {
+    let server = ApiServer::start().await;
+    server.set_watch_list(WatchList::Offered);
+    seed(&server);
+    let opts = KubeSourceOptions {
+        initial_list: InitialList::Paged,
+        ..options(&server)
+    };
+    let source = start(&server, opts).await;
+    source.wait_ready(WAIT).await;
+    for path in PATHS {
+        assert_eq!(streaming_lists_of(&server, path), 0, "{path}");
+        assert!(lists_of(&server, path) >= 1, "{path} was not listed");
+    }
+}
+
+/// The fake API server's streaming lists, as kube-rs's own API sees them: ADDED for every
+/// object, then a BOOKMARK annotated `k8s.io/initial-events-end` at the current
+/// resourceVersion, then changes; and 422 Invalid where the gate is off.
+#[tokio::test]
+async fn the_fake_api_server_streams_lists_as_kubernetes_does() {
+    use futures::{StreamExt, TryStreamExt};
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::{Api, WatchEvent, WatchParams};
+
+    let server = ApiServer::start().await;
+    seed(&server);
+    let client = kube_source::client(Some(&server.kubeconfig_path()), None)
+        .await
+        .unwrap();
+    let all: Api<Service> = Api::all(client);
+    let params = WatchParams::streaming_lists();
+
+    let kube::Error::Api(status) = all.watch(&params, "0").await.map(|_| ()).unwrap_err() else {
+        panic!("expected a Status");
+    };
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert!(
+        status.message.contains("WatchList feature gate"),
+        "{}",
+        status.message
+    );
+
+    server.set_watch_list(WatchList::Offered);
+    let rv = server.resource_version().to_string();
+    let mut stream = all.watch(&params, "0").await.unwrap().boxed();
+    let mut added = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(WatchEvent::Added(s)) => added.push(s.metadata.name.unwrap()),
+            Some(WatchEvent::Bookmark(b)) => {
+                assert_eq!(
+                    b.metadata
+                        .annotations
+                        .get("k8s.io/initial-events-end")
+                        .map(String::as_str),
+                    Some("true")
+                );
+                assert_eq!(b.metadata.resource_version, rv);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    added.sort();
+    assert_eq!(added, ["nginx", "web"]);
+    server.apply(service("demo", "new", "10.96.9.10"));
+    loop {
+        match tokio::time::timeout(WAIT, stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(WatchEvent::Added(s)) => {
+                assert_eq!(s.metadata.name.as_deref(), Some("new"));
+                break;
+            }
+            Some(WatchEvent::Bookmark(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }

@@ -218,7 +218,13 @@ pub struct KubeSourceOptions {
     pub watch_nodes: bool,
     /// The API server URL, for error messages (`connection refused to <url>`).
     pub api_url: Option<String>,
-    /// List page size (`limit`).
+    /// How each kind's state is fetched at start and after a relist: a streaming list (one
+    /// watch with `sendInitialEvents`) or paged lists.
+    pub initial_list: InitialList,
+    /// How long a streaming list may stay quiet after an object without ending
+    /// ([`INITIAL_EVENTS_END_PATIENCE`]).
+    pub initial_events_patience: Duration,
+    /// List page size (`limit`) of paged lists.
     pub page_size: u32,
     /// First retry delay after a failed list/watch; doubles (with jitter) up to `backoff_max`.
     /// The defaults are client-go's (0.8 s .. 30 s).
@@ -241,6 +247,8 @@ impl Default for KubeSourceOptions {
             pod_zones: PodZones::OnDemand,
             watch_nodes: false,
             api_url: None,
+            initial_list: InitialList::Auto,
+            initial_events_patience: INITIAL_EVENTS_END_PATIENCE,
             page_size: 500,
             backoff_initial: Duration::from_millis(800),
             backoff_max: Duration::from_secs(30),
@@ -260,6 +268,8 @@ impl fmt::Debug for KubeSourceOptions {
             .field("pod_zones", &self.pod_zones)
             .field("watch_nodes", &self.watch_nodes)
             .field("api_url", &self.api_url)
+            .field("initial_list", &self.initial_list)
+            .field("initial_events_patience", &self.initial_events_patience)
             .field("page_size", &self.page_size)
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
@@ -269,6 +279,38 @@ impl fmt::Debug for KubeSourceOptions {
             .field("summary_interval", &self.summary_interval)
             .finish()
     }
+}
+
+/// How the source fetches the objects of a kind before it watches them.
+///
+/// A streaming list is one watch request with `sendInitialEvents=true`: the API server sends
+/// every object as an event, from its watch cache, then a bookmark that ends the initial
+/// events, and the same connection goes on with the changes. Neither side holds a page of
+/// objects, and the API server does not read etcd for it (KEP-3157). Kubernetes offers it
+/// where the `WatchList` feature gate is on: 1.32 and 1.34 onwards by default; 1.27-1.31 and
+/// 1.33 refuse it with 422 Invalid unless the gate was turned on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitialList {
+    /// A streaming list, and paged lists from then on for a kind whose streaming list the API
+    /// server refuses (400 or 422) or never ends (no end bookmark within
+    /// [`INITIAL_EVENTS_END_PATIENCE`] of the last object: a server from before 1.27, which
+    /// ignores the parameter). What client-go does since 1.35.
+    Auto,
+    /// Streaming lists only: a refusal is an error that readiness reports.
+    Streaming,
+    /// Paged lists (`limit`/`continue`), then a watch from the list's resourceVersion.
+    Paged,
+}
+
+/// How long a streaming list may go quiet after an object without the bookmark that ends the
+/// initial events. A server that streams sends it right after the last object; one that
+/// ignores `sendInitialEvents` never does.
+pub const INITIAL_EVENTS_END_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The API server refused a streaming list as a request it does not take (the `WatchList`
+/// gate off, a proxy or an old server rejecting the parameters), not as a failure.
+fn refuses_streaming(err: &watcher::Error) -> bool {
+    matches!(err, watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 400 || s.code == 422)
 }
 
 /// When the source watches pods only for the client-zone map (`KubeSourceOptions::pod_zones`).
@@ -612,19 +654,27 @@ impl Watch {
         {
             page_size = n;
         }
-        let config = watcher::Config::default().page_size(page_size.max(1));
+        let paged = watcher::Config::default().page_size(page_size.max(1));
+        let mut streaming = self.opts.initial_list != InitialList::Paged;
         let mut backoff = Backoff::new(self.opts.backoff_initial, self.opts.backoff_max);
         let stall = self.opts.stall_timeout.max(Duration::from_millis(1));
         // How many stall timeouts a list may take; doubles after each stalled list.
         let mut list_patience = 1u32;
         let mut ever_listed = false;
         loop {
-            let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
+            let config = if streaming {
+                paged.clone().streaming_lists()
+            } else {
+                paged.clone()
+            };
+            let mut stream = watcher::watcher(api.clone(), config).boxed();
             // Objects of a list in progress; swapped in whole at InitDone.
             let mut listing: Vec<(Key, Object)> = Vec::new();
             // A new watcher lists first.
             let mut in_list = true;
             let mut restart = false;
+            // A streaming list accepted and not yet ended: when its last object came.
+            let mut streamed_since: Option<Instant> = None;
             self.activity.touch(kind);
             loop {
                 let limit = if in_list {
@@ -633,8 +683,34 @@ impl Watch {
                     stall
                 };
                 let due = tokio::time::Instant::from_std(self.activity.last(kind) + limit);
+                let end_due = streamed_since
+                    .map(|t| tokio::time::Instant::from_std(t + self.opts.initial_events_patience));
                 let item = tokio::select! {
                     item = stream.next() => item,
+                    _ = tokio::time::sleep_until(end_due.unwrap_or(due)), if end_due.is_some() => {
+                        // Objects came, then nothing ended them: the parameter was ignored.
+                        if self.opts.initial_list == InitialList::Auto {
+                            info!(
+                                "kubernetes: {kind}: the API server sent no end of the streaming \
+                                 list's initial events (it ignores sendInitialEvents); listing in pages"
+                            );
+                            streaming = false;
+                        } else {
+                            failed(
+                                &self.status,
+                                kind,
+                                format!(
+                                    "streaming list of {kind}: no bookmark ended the initial events \
+                                     within {:?} of the last object; the API server ignores \
+                                     sendInitialEvents (use --initial-list paged or auto)",
+                                    self.opts.initial_events_patience
+                                ),
+                            );
+                            // Not a synchronisation sleep: the retry backoff (with jitter).
+                            tokio::time::sleep(backoff.next_delay()).await;
+                        }
+                        break;
+                    }
                     _ = tokio::time::sleep_until(due) => {
                         // Heard from meanwhile (the body of a response in progress): wait on.
                         // Dropping `next()` loses nothing: the watcher keeps its own state.
@@ -659,12 +735,21 @@ impl Watch {
                 let msg = match item {
                     Ok(event) => match event {
                         Event::Init => {
-                            debug!("kubernetes: {kind}: listing");
+                            debug!(
+                                "kubernetes: {kind}: listing ({})",
+                                if streaming { "streaming" } else { "paged" }
+                            );
                             in_list = true;
                             listing = Vec::new();
+                            if streaming {
+                                streamed_since = Some(received);
+                            }
                             None
                         }
                         Event::InitApply(o) => {
+                            if streaming {
+                                streamed_since = Some(received);
+                            }
                             let key = key_of(&o);
                             if let Some(stripped) = strip(o) {
                                 listing.push((key, stripped));
@@ -673,6 +758,7 @@ impl Watch {
                         }
                         Event::InitDone => {
                             in_list = false;
+                            streamed_since = None;
                             list_patience = 1;
                             // The first complete list is the kind's sync (after a 403 was
                             // lifted, say): current now. A relist after a failure must also
@@ -705,16 +791,32 @@ impl Watch {
                             })
                         }
                     },
+                    Err(err)
+                        if streaming
+                            && self.opts.initial_list == InitialList::Auto
+                            && refuses_streaming(&err) =>
+                    {
+                        info!(
+                            "kubernetes: {kind}: the API server does not offer streaming lists \
+                             ({}); listing in pages",
+                            describe(&err, kind, self.opts.api_url.as_deref())
+                        );
+                        streaming = false;
+                        break;
+                    }
                     Err(err) => {
                         // Failures in a row back off further; one after a recovery starts over.
                         if !self.status.is_failing(kind) {
                             backoff.reset();
                         }
-                        failed(
-                            &self.status,
-                            kind,
-                            describe(&err, kind, self.opts.api_url.as_deref()),
-                        );
+                        let mut text = describe(&err, kind, self.opts.api_url.as_deref());
+                        if streaming && refuses_streaming(&err) {
+                            text.push_str(
+                                "; this API server does not offer streaming lists: use \
+                                 --initial-list auto or paged",
+                            );
+                        }
+                        failed(&self.status, kind, text);
                         restart = needs_relist(&err);
                         // Not a synchronisation sleep: the retry backoff (with jitter).
                         tokio::time::sleep(backoff.next_delay()).await;

@@ -315,6 +315,17 @@ struct Faults {
     storm_410: bool,
 }
 
+/// Where the `WatchList` feature gate stands: streaming lists (`sendInitialEvents=true`) are
+/// offered (Kubernetes 1.32, 1.34 and later by default), refused with 422 Invalid (1.27-1.31
+/// and 1.33 by default) or not known at all, the parameter ignored (before 1.27): the watch
+/// then sends every object as ADDED and never the bookmark that ends the initial events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchList {
+    Offered,
+    Refused,
+    Ignored,
+}
+
 struct Shared {
     state: Mutex<State>,
     /// What `GET /version` answers (major, minor, gitVersion).
@@ -328,6 +339,7 @@ struct Shared {
     resets: watch::Sender<u64>,
     /// The bearer token every request must carry (401 otherwise); None: no authentication.
     token: Option<String>,
+    watch_list: Mutex<WatchList>,
 }
 
 impl Shared {
@@ -381,6 +393,7 @@ impl ApiServer {
             watches_stalled: watch::channel(false).0,
             resets: watch::channel(0).0,
             token,
+            watch_list: Mutex::new(WatchList::Refused),
         });
         let server = ApiServer {
             shared,
@@ -521,6 +534,12 @@ impl ApiServer {
     /// Lists of every resource answer `code` (e.g. 500) with a Status, until `None`.
     pub fn fail_lists(&self, code: Option<u16>) {
         self.shared.faults.lock().unwrap().list_error = code;
+    }
+
+    /// Whether watches with `sendInitialEvents=true` (streaming lists) are served, refused or
+    /// ignored; see [`WatchList`]. Refused at the start, as by the 1.31 `/version` reports.
+    pub fn set_watch_list(&self, watch_list: WatchList) {
+        *self.shared.watch_list.lock().unwrap() = watch_list;
     }
 
     /// Lists answer only after `delay` (a loaded API server, a big cluster).
@@ -902,9 +921,20 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     if let Some(name) = &target.name {
         return get(&shared, &target, name);
     }
-    if is_watch {
-        return start_watch(&shared, &target, &params);
+    let streaming = is_watch && params.get("sendInitialEvents").map(String::as_str) == Some("true");
+    if is_watch && !streaming {
+        return start_watch(&shared, &target, &params, false);
     }
+    if streaming {
+        let watch_list = *shared.watch_list.lock().unwrap();
+        if let Some(refusal) = refuse_streaming(watch_list, &params) {
+            return refusal;
+        }
+        if watch_list == WatchList::Ignored {
+            return start_watch(&shared, &target, &params, false);
+        }
+    }
+    // A streaming list is a list: it waits and fails as lists do.
     let (delay, error) = {
         let f = shared.faults.lock().unwrap();
         (f.list_delay, f.list_error)
@@ -925,7 +955,56 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             None,
         );
     }
+    if streaming {
+        return start_watch(&shared, &target, &params, true);
+    }
     list(&shared, &target, &params)
+}
+
+/// The API server's validation of a watch with `sendInitialEvents=true` (apimachinery's
+/// `ValidateListOptions`): 422 Invalid, naming the field, when the gate is off or the request
+/// lacks what streaming needs.
+fn refuse_streaming(
+    watch_list: WatchList,
+    params: &HashMap<String, String>,
+) -> Option<Response<Body>> {
+    let invalid = |field: &str, message: &str| {
+        Some(status_response(
+            422,
+            "Invalid",
+            &format!("ListOptions.meta.k8s.io \"\" is invalid: {field}: Forbidden: {message}"),
+            Some(
+                json!({"group": "meta.k8s.io", "kind": "ListOptions", "causes": [
+                    {"reason": "FieldValueForbidden", "message": format!("Forbidden: {message}"), "field": field}
+                ]}),
+            ),
+        ))
+    };
+    let version_match = params.get("resourceVersionMatch").map(String::as_str);
+    match watch_list {
+        WatchList::Ignored => None,
+        _ if version_match.is_none_or(str::is_empty) => invalid(
+            "sendInitialEvents",
+            "sendInitialEvents is forbidden for watch unless resourceVersionMatch is provided",
+        ),
+        WatchList::Refused => invalid(
+            "sendInitialEvents",
+            "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+        ),
+        WatchList::Offered
+            if params.get("allowWatchBookmarks").map(String::as_str) != Some("true") =>
+        {
+            invalid(
+                "allowWatchBookmarks",
+                "allowWatchBookmarks must be set to true when sendInitialEvents is set",
+            )
+        }
+        WatchList::Offered if version_match != Some("NotOlderThan") => invalid(
+            "resourceVersionMatch",
+            "sendInitialEvents requires resourceVersionMatch=NotOlderThan",
+        ),
+        WatchList::Offered => None,
+    }
 }
 
 fn get(shared: &Shared, target: &Target, name: &str) -> Response<Body> {
@@ -1063,10 +1142,14 @@ fn list(shared: &Shared, target: &Target, params: &HashMap<String, String>) -> R
         .expect("valid response")
 }
 
+/// A watch; with `initial_events` (a streaming list), one that starts with the current state
+/// as ADDED events and a BOOKMARK annotated `k8s.io/initial-events-end` at its
+/// resourceVersion, then goes on with the changes.
 fn start_watch(
     shared: &Shared,
     target: &Target,
     params: &HashMap<String, String>,
+    initial_events: bool,
 ) -> Response<Body> {
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let storm = shared.faults.lock().unwrap().storm_410;
@@ -1080,6 +1163,25 @@ fn start_watch(
         match requested {
             Some(Err(_)) => {
                 return status_response(400, "BadRequest", "invalid resourceVersion", None);
+            }
+            Some(Ok(rv)) if initial_events && rv > state.rv => return too_large(rv, state.rv),
+            // NotOlderThan any version we have: the current state, then the end bookmark.
+            _ if initial_events => {
+                for item in state.items(target.res, target.namespace.as_deref()) {
+                    let _ = tx.send(event_line("ADDED", &item));
+                }
+                let end = json!({
+                    "kind": target.res.kind(),
+                    "apiVersion": target.res.api_version(),
+                    "metadata": {
+                        "resourceVersion": state.rv.to_string(),
+                        "annotations": {"k8s.io/initial-events-end": "true"},
+                    },
+                });
+                let _ = tx.send(event_line(
+                    "BOOKMARK",
+                    &serde_json::to_vec(&end).expect("JSON"),
+                ));
             }
             // No version: the current state as ADDED events, then changes.
             None => {
