@@ -507,7 +507,7 @@ async fn a_silent_upstream_holds_a_bounded_number_of_queries_and_others_are_unaf
 use clusterdns::cluster::kube_source::{self, KubeSourceOptions};
 use clusterdns::cluster::status::{ResourceKind, SourceStatus};
 use clusterdns::cluster::ClusterView;
-use support::apiserver::{ApiServer, Res};
+use support::apiserver::{ApiServer, Res, WatchList};
 use support::{eventually, namespace, node, service, slice};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -685,7 +685,18 @@ async fn a_stalled_watch_is_restarted_and_changes_arrive_by_relist() {
 /// the error is named, and the first good list brings the source back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_failing_with_500_keep_the_view_and_recover() {
+    lists_failing_with_500(WatchList::Refused, "list").await;
+}
+
+/// The same with streaming lists: the streaming list's watch fails as the list would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_lists_failing_with_500_keep_the_view_and_recover() {
+    lists_failing_with_500(WatchList::Offered, "watch").await;
+}
+
+async fn lists_failing_with_500(watch_list: WatchList, verb: &str) {
     let server = ApiServer::start().await;
+    server.set_watch_list(watch_list);
     seed(&server);
     let source = start_source(&server, options(&server)).await;
     let s = &source;
@@ -698,7 +709,7 @@ async fn lists_failing_with_500_keep_the_view_and_recover() {
     eventually("a relist failing with 500", WAIT, || {
         s.status
             .last_error(ResourceKind::Services)
-            .is_some_and(|e| e.starts_with("500 InternalError: list services"))
+            .is_some_and(|e| e.starts_with(&format!("500 InternalError: {verb} services")))
     })
     .await;
     assert!(s.stale());
@@ -715,7 +726,18 @@ async fn lists_failing_with_500_keep_the_view_and_recover() {
 /// twice the patience, and the list completes; the view serves throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_list_is_given_more_patience_and_completes() {
+    slow_list(WatchList::Refused).await;
+}
+
+/// The same with a streaming list, whose first answer is as slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_streaming_list_is_given_more_patience_and_completes() {
+    slow_list(WatchList::Offered).await;
+}
+
+async fn slow_list(watch_list: WatchList) {
     let server = ApiServer::start().await;
+    server.set_watch_list(watch_list);
     seed(&server);
     let source = start_source(&server, options(&server)).await;
     let s = &source;
@@ -739,6 +761,13 @@ async fn a_slow_list_is_given_more_patience_and_completes() {
         s.has("during.demo") && !s.stale()
     })
     .await;
+    if watch_list == WatchList::Offered {
+        // It was the streaming list that was slow: nothing fell back to pages.
+        assert!(!server
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("GET /api/v1/services?") && !r.contains("watch=")));
+    }
 }
 
 /// Every connection reset mid-stream: the watches resume, nothing is lost.
