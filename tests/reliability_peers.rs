@@ -999,6 +999,13 @@ async fn a_real_process_logs_two_lines_across_an_api_outage() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mark = process.stderr.lock().unwrap().len();
+    // The fake API server refuses streaming lists, as 1.31 does: one line says so for every
+    // kind that falls back to paged lists.
+    let fallbacks = process.stderr.lock().unwrap()[..mark]
+        .iter()
+        .filter(|l| l.contains("does not offer streaming lists"))
+        .count();
+    assert_eq!(fallbacks, 1, "{:?}", &process.stderr.lock().unwrap()[..mark]);
 
     server.stop().await;
     // 4 s of outage: with client-go's backoff (0.8 s doubling) three or four attempts for

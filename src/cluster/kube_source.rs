@@ -307,6 +307,9 @@ pub enum InitialList {
 /// ignores `sendInitialEvents` never does.
 pub const INITIAL_EVENTS_END_PATIENCE: Duration = Duration::from_secs(10);
 
+/// Whether the fall back to paged lists was logged at info (once per process).
+static FALLBACK_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The API server refused a streaming list as a request it does not take (the `WatchList`
 /// gate off, a proxy or an old server rejecting the parameters), not as a failure.
 fn refuses_streaming(err: &watcher::Error) -> bool {
@@ -796,11 +799,17 @@ impl Watch {
                             && self.opts.initial_list == InitialList::Auto
                             && refuses_streaming(&err) =>
                     {
-                        info!(
+                        let text = format!(
                             "kubernetes: {kind}: the API server does not offer streaming lists \
                              ({}); listing in pages",
                             describe(&err, kind, self.opts.api_url.as_deref())
                         );
+                        // Every kind finds out: one line says it, the rest are at debug.
+                        if FALLBACK_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            debug!("{text}");
+                        } else {
+                            info!("{text}");
+                        }
                         streaming = false;
                         break;
                     }
