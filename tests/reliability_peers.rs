@@ -1005,7 +1005,12 @@ async fn a_real_process_logs_two_lines_across_an_api_outage() {
         .iter()
         .filter(|l| l.contains("does not offer streaming lists"))
         .count();
-    assert_eq!(fallbacks, 1, "{:?}", &process.stderr.lock().unwrap()[..mark]);
+    assert_eq!(
+        fallbacks,
+        1,
+        "{:?}",
+        &process.stderr.lock().unwrap()[..mark]
+    );
 
     server.stop().await;
     // 4 s of outage: with client-go's backoff (0.8 s doubling) three or four attempts for
