@@ -382,7 +382,7 @@ pub fn spawn(
                 }
                 ResourceKind::Pods if compact_pods => watch_placements(&mut watches, w, c),
                 ResourceKind::Pods => watches.spawn(w.run(Api::<ApiPod>::all(c), |o| {
-                    Pod::from_api(&o.into_api()).map(Object::Pod)
+                    Pod::from_api(&o.into_api()).map(|p| Object::Pod(Box::new(p)))
                 })),
                 ResourceKind::Nodes => watches.spawn(w.run(Api::<ApiNode>::all(c), |o| {
                     Node::from_api(&o.into_api()).map(Object::Node)
@@ -578,7 +578,9 @@ enum Object {
     Namespace(Namespace),
     Service(Service),
     Slice(EndpointSlice),
-    Pod(Pod),
+    /// Boxed: the largest model object (216 bytes), watched only for `pods verified`,
+    /// placement and the prober; unboxed it would set the size of every list's slots.
+    Pod(Box<Pod>),
     /// A pod of the compact watch: where it runs, nothing else.
     Placement(Placement),
     Node(Node),
@@ -611,6 +613,8 @@ enum Msg {
         kind: ResourceKind,
         objects: Vec<(Key, Object)>,
     },
+    /// A complete list of the compact pod watch, as the table it builds.
+    ReplacePlacements(PodIpTable),
 }
 
 struct Watch {
@@ -673,6 +677,10 @@ impl Watch {
             let mut stream = watcher::watcher(api.clone(), config).boxed();
             // Objects of a list in progress; swapped in whole at InitDone.
             let mut listing: Vec<(Key, Object)> = Vec::new();
+            // The compact pod watch's list goes straight into the table it makes: 100 000
+            // pods kept as listed items until the list ends (248-byte slots, two names each)
+            // left the heap fragmented around what was allocated meanwhile (bench/RESULTS.md).
+            let mut placements: Option<PodIpTable> = None;
             // A new watcher lists first.
             let mut in_list = true;
             let mut restart = false;
@@ -744,6 +752,7 @@ impl Watch {
                             );
                             in_list = true;
                             listing = Vec::new();
+                            placements = None;
                             if streaming {
                                 streamed_since = Some(received);
                             }
@@ -754,8 +763,12 @@ impl Watch {
                                 streamed_since = Some(received);
                             }
                             let key = key_of(&o);
-                            if let Some(stripped) = strip(o) {
-                                listing.push((key, stripped));
+                            match strip(o) {
+                                Some(Object::Placement(p)) => placements
+                                    .get_or_insert_with(PodIpTable::default)
+                                    .insert(&key.0, &key.1, &p.ips, p.node.as_deref()),
+                                Some(stripped) => listing.push((key, stripped)),
+                                None => {}
                             }
                             None
                         }
@@ -770,9 +783,12 @@ impl Watch {
                                 ever_listed = true;
                                 healthy(&self.status, kind);
                             }
-                            Some(Msg::Replace {
-                                kind,
-                                objects: std::mem::take(&mut listing),
+                            Some(match placements.take() {
+                                Some(table) => Msg::ReplacePlacements(table),
+                                None => Msg::Replace {
+                                    kind,
+                                    objects: std::mem::take(&mut listing),
+                                },
                             })
                         }
                         Event::Apply(o) => {
@@ -1225,6 +1241,8 @@ impl Publisher {
                 }
                 self.pending_since.get_or_insert_with(Instant::now);
             }
+            // Always taken by apply_placement.
+            Msg::ReplacePlacements(_) => {}
         }
     }
 
@@ -1240,6 +1258,7 @@ impl Publisher {
             Msg::Replace { kind, .. } if *kind == ResourceKind::Pods && !self.opts.watch_pods => {
                 Instant::now()
             }
+            Msg::ReplacePlacements(_) => Instant::now(),
             _ => return Some(msg),
         };
         let Some(table) = &mut self.pod_table else {
@@ -1256,14 +1275,12 @@ impl Publisher {
                 old: Some(Object::Placement(p)),
                 ..
             } => table.remove(&key.0, &key.1, &p.ips),
-            Msg::Replace { objects, .. } => {
-                let mut fresh = PodIpTable::default();
-                for (key, o) in &objects {
-                    if let Object::Placement(p) = o {
-                        fresh.insert(&key.0, &key.1, &p.ips, p.node.as_deref());
-                    }
-                }
-                *table = fresh;
+            Msg::Replace { .. } | Msg::ReplacePlacements(_) => {
+                // A list without a placement (no pod scheduled yet) comes as an empty Replace.
+                *table = match msg {
+                    Msg::ReplacePlacements(fresh) => fresh,
+                    _ => PodIpTable::default(),
+                };
                 self.relisted = true;
                 if !self.listed.contains(&ResourceKind::Pods) {
                     self.listed.push(ResourceKind::Pods);
@@ -1369,7 +1386,7 @@ impl Publisher {
             // Only the compact watch sends these, and apply_placement takes them.
             Object::Placement(_) => false,
             Object::Slice(o) => put(&mut s.slices, key, o),
-            Object::Pod(o) => put(&mut s.pods, key, o),
+            Object::Pod(o) => put(&mut s.pods, key, *o),
             Object::Node(mut o) => {
                 // Labels serve placement and the prober, which also watch pods; DNS needs
                 // only `micro_vm`.
@@ -1511,7 +1528,7 @@ impl Publisher {
                 ResourceKind::Pods => s
                     .pods
                     .iter()
-                    .map(|(k, v)| (k.clone(), Object::Pod((**v).clone())))
+                    .map(|(k, v)| (k.clone(), Object::Pod(Box::new((**v).clone()))))
                     .collect(),
                 ResourceKind::Nodes => s
                     .nodes
