@@ -28,6 +28,19 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// What the view holds once it has every object of [`seed`].
+fn assert_serves_the_seed(source: &support::kube_source::Source) {
+    assert_eq!(source.cluster_ips("nginx.demo"), [ip("10.96.0.10")]);
+    assert_eq!(
+        source.endpoints("web.demo"),
+        [ip("10.1.0.1"), ip("10.1.0.2")]
+    );
+    let snapshot = source.view.snapshot();
+    assert!(snapshot.namespace_exists("demo"));
+    assert!(snapshot.pod_ip_in_namespace(&ip("10.1.0.1"), "demo"));
+    assert_eq!(snapshot.store.nodes.len(), 1);
+}
+
 /// The demo cluster: a ClusterIP service, a headless one with two endpoints, a pod, a node.
 fn seed(server: &ApiServer) {
     server.apply(namespace("demo"));
@@ -46,15 +59,7 @@ async fn initial_sync_then_the_snapshot_answers() {
     let source = start(&server, options(&server)).await;
     source.wait_ready(WAIT).await;
 
-    assert_eq!(source.cluster_ips("nginx.demo"), [ip("10.96.0.10")]);
-    assert_eq!(
-        source.endpoints("web.demo"),
-        [ip("10.1.0.1"), ip("10.1.0.2")]
-    );
-    let snapshot = source.view.snapshot();
-    assert!(snapshot.namespace_exists("demo"));
-    assert!(snapshot.pod_ip_in_namespace(&ip("10.1.0.1"), "demo"));
-    assert_eq!(snapshot.store.nodes.len(), 1);
+    assert_serves_the_seed(&source);
 
     let status = &source.status;
     assert!(status.synced_at().is_some());
@@ -726,15 +731,7 @@ async fn a_streaming_list_syncs_every_kind_without_a_list_request() {
     seed(&server);
     let source = start(&server, options(&server)).await;
     source.wait_ready(WAIT).await;
-    assert_eq!(source.cluster_ips("nginx.demo"), [ip("10.96.0.10")]);
-    assert_eq!(
-        source.endpoints("web.demo"),
-        [ip("10.1.0.1"), ip("10.1.0.2")]
-    );
-    let snapshot = source.view.snapshot();
-    assert!(snapshot.namespace_exists("demo"));
-    assert!(snapshot.pod_ip_in_namespace(&ip("10.1.0.1"), "demo"));
-    assert_eq!(snapshot.store.nodes.len(), 1);
+    assert_serves_the_seed(&source);
     assert!(source.status.not_ready_reasons().is_empty());
     for path in PATHS {
         assert_eq!(lists_of(&server, path), 0, "{path} was listed");
