@@ -15,6 +15,10 @@
 //! nothing phantom or lost remains. Failed watches never remove records: the last complete view
 //! keeps serving and [`SourceStatus::stale_since`] says since when it may be out of date.
 //!
+//! Initial lists: a streaming list (one watch with `sendInitialEvents`, see [`InitialList`])
+//! where the API server offers it, so each object is decoded from its own event line and no
+//! page of 500 is ever held; paged lists where it does not. Both end in the same `InitDone`.
+//!
 //! Staleness, per kind: a kind goes stale when a list or watch attempt fails or stalls, and is
 //! current again when its watch delivers an event or a bookmark, or its first list completes.
 //! A relist alone is not enough: in a 410 storm every relist may succeed while every watch
