@@ -774,8 +774,19 @@ async fn a_streaming_list_syncs_every_kind_without_a_list_request() {
 /// `auto` lists in pages instead, without reporting a failure, and does not ask again.
 #[tokio::test]
 async fn a_refused_streaming_list_falls_back_to_pages() {
+    refused_streaming_list_falls_back(WatchList::Refused).await;
+}
+
+/// The same refusal as a 500 from the watch cache (the gate off where validation did not
+/// look): also a fall back, not a failure retried forever.
+#[tokio::test]
+async fn a_streaming_list_refused_by_the_watch_cache_falls_back_to_pages() {
+    refused_streaming_list_falls_back(WatchList::RefusedByCache).await;
+}
+
+async fn refused_streaming_list_falls_back(refusal: WatchList) {
     let server = ApiServer::start().await;
-    server.set_watch_list(WatchList::Refused);
+    server.set_watch_list(refusal);
     seed(&server);
     let source = start(&server, options(&server)).await;
     source.wait_ready(WAIT).await;

@@ -314,10 +314,14 @@ pub const INITIAL_EVENTS_END_PATIENCE: Duration = Duration::from_secs(10);
 /// Whether the fall back to paged lists was logged at info (once per process).
 static FALLBACK_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// The API server refused a streaming list as a request it does not take (the `WatchList`
-/// gate off, a proxy or an old server rejecting the parameters), not as a failure.
+/// The API server refused a streaming list as a request it does not take, not as a
+/// failure: 400 or 422 (the `WatchList` gate off, a proxy or an old server rejecting the
+/// parameters), or a server error that says so (the watch cache's own check of the gate,
+/// which bypasses validation, answers 500 "sendInitialEvents is forbidden ...").
 fn refuses_streaming(err: &watcher::Error) -> bool {
-    matches!(err, watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 400 || s.code == 422)
+    matches!(err, watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        if s.code == 400 || s.code == 422
+            || (s.code >= 500 && s.message.contains("sendInitialEvents")))
 }
 
 /// When the source watches pods only for the client-zone map (`KubeSourceOptions::pod_zones`).

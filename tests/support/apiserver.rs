@@ -324,6 +324,9 @@ pub enum WatchList {
     Offered,
     Refused,
     Ignored,
+    /// Refused as the watch cache does when the gate is off but validation let the request
+    /// through (kubernetes#132497): 500 InternalError naming `sendInitialEvents`.
+    RefusedByCache,
 }
 
 struct Shared {
@@ -983,6 +986,12 @@ fn refuse_streaming(
     let version_match = params.get("resourceVersionMatch").map(String::as_str);
     match watch_list {
         WatchList::Ignored => None,
+        WatchList::RefusedByCache => Some(status_response(
+            500,
+            "InternalError",
+            "Internal error occurred: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+            None,
+        )),
         _ if version_match.is_none_or(str::is_empty) => invalid(
             "sendInitialEvents",
             "sendInitialEvents is forbidden for watch unless resourceVersionMatch is provided",
