@@ -688,7 +688,8 @@ impl Watch {
             // The compact pod watch's list goes straight into the table it makes: 100 000
             // pods kept as listed items until the list ends (248-byte slots, two names each)
             // left the heap fragmented around what was allocated meanwhile (bench/RESULTS.md).
-            let mut placements: Option<PodIpTable> = None;
+            let compact = kind == ResourceKind::Pods && !self.opts.watch_pods;
+            let mut placements = PodIpTable::default();
             // A new watcher lists first.
             let mut in_list = true;
             let mut restart = false;
@@ -760,7 +761,7 @@ impl Watch {
                             );
                             in_list = true;
                             listing = Vec::new();
-                            placements = None;
+                            placements = PodIpTable::default();
                             if streaming {
                                 streamed_since = Some(received);
                             }
@@ -772,9 +773,9 @@ impl Watch {
                             }
                             let key = key_of(&o);
                             match strip(o) {
-                                Some(Object::Placement(p)) => placements
-                                    .get_or_insert_with(PodIpTable::default)
-                                    .insert(&key.0, &key.1, &p.ips, p.node.as_deref()),
+                                Some(Object::Placement(p)) => {
+                                    placements.insert(&key.0, &key.1, &p.ips, p.node.as_deref())
+                                }
                                 Some(stripped) => listing.push((key, stripped)),
                                 None => {}
                             }
@@ -791,12 +792,13 @@ impl Watch {
                                 ever_listed = true;
                                 healthy(&self.status, kind);
                             }
-                            Some(match placements.take() {
-                                Some(table) => Msg::ReplacePlacements(table),
-                                None => Msg::Replace {
+                            Some(if compact {
+                                Msg::ReplacePlacements(std::mem::take(&mut placements))
+                            } else {
+                                Msg::Replace {
                                     kind,
                                     objects: std::mem::take(&mut listing),
-                                },
+                                }
                             })
                         }
                         Event::Apply(o) => {
@@ -1263,9 +1265,6 @@ impl Publisher {
             {
                 *received
             }
-            Msg::Replace { kind, .. } if *kind == ResourceKind::Pods && !self.opts.watch_pods => {
-                Instant::now()
-            }
             Msg::ReplacePlacements(_) => Instant::now(),
             _ => return Some(msg),
         };
@@ -1283,12 +1282,8 @@ impl Publisher {
                 old: Some(Object::Placement(p)),
                 ..
             } => table.remove(&key.0, &key.1, &p.ips),
-            Msg::Replace { .. } | Msg::ReplacePlacements(_) => {
-                // A list without a placement (no pod scheduled yet) comes as an empty Replace.
-                *table = match msg {
-                    Msg::ReplacePlacements(fresh) => fresh,
-                    _ => PodIpTable::default(),
-                };
+            Msg::ReplacePlacements(fresh) => {
+                *table = fresh;
                 self.relisted = true;
                 if !self.listed.contains(&ResourceKind::Pods) {
                     self.listed.push(ResourceKind::Pods);
