@@ -179,6 +179,121 @@ fn the_image_holds_a_static_nonroot_binary_with_only_cap_net_bind_service() {
     }
 }
 
+/// `(key, address)` of every code symbol of `bin`, the key as build/link-ordered computes it:
+/// demangled, without `.llvm.N` suffixes and crate hashes.
+fn code_symbols(bin: &Path) -> Vec<(String, u64)> {
+    let nm = Command::new("nm")
+        .args(["--defined-only", "-f", "posix"])
+        .arg(bin)
+        .output()
+        .expect("nm (binutils)");
+    assert!(nm.status.success(), "nm {}", bin.display());
+    let mut syms = Vec::new();
+    for line in String::from_utf8_lossy(&nm.stdout).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 3 && matches!(f[1], "t" | "T" | "W" | "w") {
+            let name = f[0].split(".llvm.").next().unwrap().to_string();
+            syms.push((name, u64::from_str_radix(f[2], 16).unwrap()));
+        }
+    }
+    let mut filt = Command::new("c++filt")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("c++filt (binutils)");
+    let input: String = syms.iter().map(|(n, _)| format!("{n}\n")).collect();
+    let mut stdin = filt.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(input.as_bytes()).unwrap();
+    });
+    let out = filt.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let demangled = String::from_utf8_lossy(&out.stdout);
+    let keys: Vec<String> = demangled.lines().map(without_crate_hashes).collect();
+    assert_eq!(keys.len(), syms.len(), "c++filt: one line per symbol");
+    keys.into_iter()
+        .zip(syms)
+        .map(|(k, (_, addr))| (k, addr))
+        .collect()
+}
+
+/// `core[c1f1a4ba060b9bfa]::str` -> `core::str`.
+fn without_crate_hashes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('[') {
+        let tail = &rest[i + 1..];
+        let hex = tail
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .unwrap_or(tail.len());
+        out.push_str(&rest[..i]);
+        if hex > 0 && tail[hex..].starts_with(']') {
+            rest = &tail[hex + 1..];
+        } else {
+            out.push('[');
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The image's binary is linked by build/link-ordered: the functions build/code-order.txt lists
+/// (what `serve` and `sidecar` run) sit together at the start of .text instead of being spread
+/// over its 26 MB, so each process keeps a few MiB less code resident (bench/RESULTS.md).
+#[test]
+fn the_image_binary_places_the_code_it_runs_first() {
+    if rootfs().is_none() {
+        return;
+    }
+    // The unstripped binary the image's was stripped from (.ci/build-image).
+    let bin = Path::new(REPO).join("target/x86_64-unknown-linux-gnu/image/clusterdns");
+    let list = std::fs::read_to_string(Path::new(REPO).join("build/code-order.txt")).unwrap();
+    let hottest: BTreeSet<&str> = list
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && l.contains("::"))
+        .take(300)
+        .collect();
+    let sections = Command::new("readelf")
+        .args(["-S", "-W"])
+        .arg(&bin)
+        .output()
+        .expect("readelf");
+    let sections = String::from_utf8_lossy(&sections.stdout);
+    let text = sections
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let i = f.iter().position(|w| *w == ".text")?;
+            u64::from_str_radix(f.get(i + 2)?, 16).ok()
+        })
+        .expect(".text in readelf -S");
+    let found: Vec<u64> = code_symbols(&bin)
+        .into_iter()
+        .filter(|(k, _)| hottest.contains(k.as_str()))
+        .map(|(_, addr)| addr - text)
+        .collect();
+    assert!(
+        found.len() >= hottest.len() * 3 / 4,
+        "only {} of the {} hottest functions of build/code-order.txt are in {}: regenerate it \
+         (bench/code_order.py)",
+        found.len(),
+        hottest.len(),
+        bin.display()
+    );
+    // In the linker's own order they are spread over the whole .text (26 MB); placed first,
+    // all of them lie within the few MiB the listed functions take.
+    let far: Vec<u64> = found.iter().copied().filter(|o| *o >= 4 << 20).collect();
+    assert!(
+        far.is_empty(),
+        "{} of the hottest functions lie beyond the first 4 MiB of .text (offsets {:x?}): \
+         the binary was not linked by build/link-ordered",
+        far.len(),
+        &far[..far.len().min(10)]
+    );
+}
+
 /// Regular files under `dir`, recursively.
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
