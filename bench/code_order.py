@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Lists the functions clusterdns runs, hottest first, for the linker to place together.
+"""Lists the functions clusterdns runs, for the linker to place together.
 
     python3 bench/code_order.py --bin target/x86_64-unknown-linux-gnu/image/clusterdns \
         [--kubeconfig FILE] [--out build/code-order.txt]
@@ -243,12 +243,20 @@ def main():
             print(f"{label}: {time.monotonic() - t:.0f} s", file=sys.stderr)
             outs.append(out)
         total = collections.Counter()
-        for out in outs:
+        in_sidecar = set()
+        in_serve = set()
+        for (label, _), out in zip(runs, outs):
             for fn, c in self_costs(out).items():
                 # Anything that ran at least once counts; the hottest go first.
                 total[fn] += c + 1
+                (in_sidecar if label == "sidecar" else in_serve).add(fn)
+    # Three groups, each hottest first: what both modes run, what only the sidecar runs, what
+    # only the server runs. A sidecar (one per micro-VM pod) then touches the first two alone,
+    # the server the first and the last.
+    group = {fn: (fn not in in_sidecar) * 2 + (fn not in in_serve) for fn in total}
+    ordered = sorted(total, key=lambda fn: (group[fn], -total[fn]))
     symbols = []
-    for fn, _ in total.most_common():
+    for fn in ordered:
         # callgrind's names: "sym" or "sym'2" (a recursion level); the file lists symbols only.
         sym = fn.split("'")[0].split(" ")[0]
         if sym and not sym.startswith("0x"):
@@ -261,8 +269,9 @@ def main():
             names.append(key)
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
-        f.write("# Functions clusterdns runs, hottest first (bench/code_order.py; demangled, without\n")
-        f.write("# crate hashes). build/link-ordered places them first in .text.\n")
+        f.write("# Functions clusterdns runs: both modes, the sidecar only, the server only, each\n")
+        f.write("# hottest first (bench/code_order.py; demangled, without crate hashes).\n")
+        f.write("# build/link-ordered places them first in .text.\n")
         for n in names:
             f.write(n + "\n")
     print(f"{len(names)} functions -> {a.out}", file=sys.stderr)
