@@ -30,11 +30,12 @@ import collections
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from run import free_port, gen_cluster  # bench/run.py, beside this script
 
 # ThinLTO and cross-codegen-unit calls give local functions a `.llvm.N` suffix.
 LLVM_SUFFIX = re.compile(r"\.llvm\.[0-9]+$")
@@ -48,6 +49,7 @@ def keys(symbols):
                          text=True, check=True).stdout.splitlines()
     assert len(out) == len(plain), "c++filt: one line per symbol"
     return [CRATE_HASH.sub("", k) for k in out]
+
 
 QUERIES = [
     ("kubernetes.default.svc.cluster.local", "A"),
@@ -69,14 +71,6 @@ QUERIES = [
     ("dns-version.cluster.local", "TXT"),
     ("example.com", "A"),
 ]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def dig(port, name, qtype, tcp=False):
@@ -174,11 +168,9 @@ def sidecar_run(bin_, out):
 def cluster_files(bin_, d):
     """A synthetic cluster as `kubectl get -o yaml` and `-o json` print it: the file source
     decodes each format with its own code."""
-    text = subprocess.run([bin_, "gen-cluster", "--services", "300", "--pods", "2000"],
-                          capture_output=True, text=True, check=True).stdout
-    yaml_path = os.path.join(d, "cluster.yaml")
-    with open(yaml_path, "w") as f:
-        f.write(text)
+    yaml_path = gen_cluster(bin_, d, 300, 2000, 1)
+    with open(yaml_path) as f:
+        text = f.read()
     paths = [yaml_path]
     try:
         import json
@@ -209,7 +201,7 @@ def self_costs(path):
                 costs[line[4:].strip()] += 0
             elif line.startswith("calls="):
                 skip_next = True  # the next line is the call's inclusive cost
-            elif fn and line[:1].isdigit() or line[:1] in "+-*":
+            elif fn and line[:1] and line[:1] in "0123456789+-*":
                 if skip_next:
                     skip_next = False
                     continue
