@@ -490,18 +490,7 @@ impl ApiServer {
     /// Ends every open watch with an ERROR event carrying a 410 Status, as the API server does
     /// when a watcher falls out of the compacted window.
     pub fn expire_watches(&self) {
-        let mut state = self.shared.lock();
-        let line = event_line(
-            "ERROR",
-            &serde_json::to_vec(&expired(format!(
-                "too old resource version: {} ({})",
-                state.oldest, state.rv
-            )))
-            .expect("JSON"),
-        );
-        for w in state.watches.drain(..) {
-            let _ = w.tx.send(line.clone());
-        }
+        expire_watches(&mut self.shared.lock());
     }
 
     /// Ends every open watch cleanly (the stream just stops, as on an API server timeout).
@@ -552,10 +541,13 @@ impl ApiServer {
 
     /// A 410 storm: open watches end with 410 Expired now, and while it lasts every watch from
     /// a resourceVersion and every list continuation is 410 too. Fresh lists still work.
+    /// Under the state lock, as watches read the flag: a watch starting as the storm begins
+    /// either sees it or is expired with the others, never escapes both.
     pub fn set_410_storm(&self, storm: bool) {
+        let mut state = self.shared.lock();
         self.shared.faults.lock().unwrap().storm_410 = storm;
         if storm {
-            self.expire_watches();
+            expire_watches(&mut state);
         }
     }
 
@@ -1151,6 +1143,21 @@ fn list(shared: &Shared, target: &Target, params: &HashMap<String, String>) -> R
         .expect("valid response")
 }
 
+/// Ends every open watch with 410 Expired, as when the watch cache drops old history.
+fn expire_watches(state: &mut State) {
+    let line = event_line(
+        "ERROR",
+        &serde_json::to_vec(&expired(format!(
+            "too old resource version: {} ({})",
+            state.oldest, state.rv
+        )))
+        .expect("JSON"),
+    );
+    for w in state.watches.drain(..) {
+        let _ = w.tx.send(line.clone());
+    }
+}
+
 /// A watch; with `initial_events` (a streaming list), one that starts with the current state
 /// as ADDED events and a BOOKMARK annotated `k8s.io/initial-events-end` at its
 /// resourceVersion, then goes on with the changes.
@@ -1161,10 +1168,10 @@ fn start_watch(
     initial_events: bool,
 ) -> Response<Body> {
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
-    let storm = shared.faults.lock().unwrap().storm_410;
     let stalled = shared.watches_stalled.subscribe();
     {
         let mut state = shared.lock();
+        let storm = shared.faults.lock().unwrap().storm_410;
         let requested = params
             .get("resourceVersion")
             .filter(|v| !v.is_empty() && v.as_str() != "0")
