@@ -883,6 +883,45 @@ fn compacted(o: &Object) -> Object {
     with_fresh_name(o.clone())
 }
 
+/// Copies of `kind`'s objects in `store`, each with a name of its own, keyed by that name:
+/// nothing of them shares an allocation with the originals, so the originals can all be freed
+/// while the copies live. `empty` is the interned empty namespace of cluster-scoped keys.
+fn staged_copies(store: &Store, kind: ResourceKind, empty: &Arc<str>) -> Vec<(Key, Object)> {
+    fn copies<K, T>(
+        table: &HashMap<K, Arc<T>>,
+        wrap: impl Fn(&T) -> Object,
+        key: impl Fn(&K) -> Key,
+    ) -> Vec<(Key, Object)> {
+        let mut out = Vec::with_capacity(table.len());
+        for (k, v) in table {
+            let object = with_fresh_name(wrap(v));
+            let key = object.share_key(key(k));
+            out.push((key, object));
+        }
+        out
+    }
+    let cluster = |name: &Arc<str>| (empty.clone(), name.clone());
+    match kind {
+        ResourceKind::Namespaces => {
+            copies(&store.namespaces, |v| Object::Namespace(v.clone()), cluster)
+        }
+        ResourceKind::Services => copies(
+            &store.services,
+            |v| Object::Service(v.clone()),
+            Clone::clone,
+        ),
+        ResourceKind::EndpointSlices => {
+            copies(&store.slices, |v| Object::Slice(v.clone()), Clone::clone)
+        }
+        ResourceKind::Pods => copies(
+            &store.pods,
+            |v| Object::Pod(Box::new(v.clone())),
+            Clone::clone,
+        ),
+        ResourceKind::Nodes => copies(&store.nodes, |v| Object::Node(v.clone()), cluster),
+    }
+}
+
 /// `o` with a name string of its own (a clone of an object shares it).
 fn with_fresh_name(mut o: Object) -> Object {
     let fresh = |s: &mut Arc<str>| *s = Arc::<str>::from(&**s);
@@ -1445,9 +1484,9 @@ impl Publisher {
         }
     }
 
-    /// `kind`'s table made of `objects` alone; with `copy`, of compacted copies of them.
-    fn refill(&mut self, kind: ResourceKind, objects: Vec<(Key, Object)>, copy: bool) {
-        // A new table (not a cleared shared one): snapshots keep the old one while they live.
+    /// A new empty table for `kind` (not a cleared shared one: snapshots keep the old one while
+    /// they live).
+    fn clear(&mut self, kind: ResourceKind) {
         let s = &mut self.store;
         match kind {
             ResourceKind::Namespaces => s.namespaces = Arc::default(),
@@ -1459,6 +1498,11 @@ impl Publisher {
             ResourceKind::Pods => s.pods = Arc::default(),
             ResourceKind::Nodes => s.nodes = Arc::default(),
         }
+    }
+
+    /// `kind`'s table made of `objects` alone; with `copy`, of compacted copies of them.
+    fn refill(&mut self, kind: ResourceKind, objects: Vec<(Key, Object)>, copy: bool) {
+        self.clear(kind);
         if copy {
             // Copies, made here, of what the watch task stripped: the originals were
             // allocated on runtime threads between the much larger full objects they came
@@ -1506,46 +1550,39 @@ impl Publisher {
     }
 
     /// The kinds stored uncopied during the initial sync, copied now that no list is being
-    /// decoded any more: the copies fill the holes the decoding left, and the originals,
-    /// freed together, leave whole pages that the trim after this publish returns.
+    /// decoded any more. The originals lie between the decoding's holes; copies made beside
+    /// them would fill those holes and leave the originals' own between them once freed. So
+    /// the copy is staged outside the heap first (`malloc::staged`), every original is freed
+    /// together, and the store's copies are made from the staged ones into the heap the
+    /// originals and the decoding left free, where they pack (bench/RESULTS.md, issue 17).
     fn compact(&mut self) {
-        for kind in std::mem::take(&mut self.uncompacted) {
-            let s = &self.store;
-            let cluster = |name: &Arc<str>| (intern(""), name.clone());
-            let objects: Vec<(Key, Object)> = match kind {
-                ResourceKind::Namespaces => s
-                    .namespaces
-                    .iter()
-                    .map(|(k, v)| (cluster(k), Object::Namespace((**v).clone())))
-                    .collect(),
-                ResourceKind::Services => s
-                    .services
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Object::Service((**v).clone())))
-                    .collect(),
-                ResourceKind::EndpointSlices => s
-                    .slices
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Object::Slice((**v).clone())))
-                    .collect(),
-                ResourceKind::Pods => s
-                    .pods
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Object::Pod(Box::new((**v).clone()))))
-                    .collect(),
-                ResourceKind::Nodes => s
-                    .nodes
-                    .iter()
-                    .map(|(k, v)| (cluster(k), Object::Node((**v).clone())))
-                    .collect(),
-            };
-            // Collected in place (same element type): no second vector.
-            let objects = objects
-                .into_iter()
-                .map(|(k, o)| (k, with_fresh_name(o)))
-                .collect();
-            self.refill(kind, objects, false);
+        if self.uncompacted.is_empty() {
+            return;
         }
+        let kinds = std::mem::take(&mut self.uncompacted);
+        // Looked up before staging: a name interned while staging would live in the region.
+        let empty = intern("");
+        let store = &self.store;
+        let staged: Vec<(ResourceKind, Vec<(Key, Object)>)> = crate::malloc::staged(|| {
+            kinds
+                .iter()
+                .map(|&kind| (kind, staged_copies(store, kind, &empty)))
+                .collect()
+        });
+        for &kind in &kinds {
+            self.clear(kind);
+        }
+        // The originals' small blocks, merged with the free space around them.
+        super::file_source::release_freed_memory();
+        for (kind, objects) in staged {
+            self.refill(kind, objects, true);
+        }
+        let released = crate::malloc::release_staging();
+        let stats = crate::malloc::staging_stats();
+        debug!(
+            "kubernetes: compaction staged {} blocks in all; released: {released} ({} still live)",
+            stats.staged_blocks, stats.live_blocks
+        );
     }
 
     fn publish(&mut self) {
