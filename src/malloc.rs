@@ -212,7 +212,9 @@ mod staging {
         #[inline(never)]
         unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
             if in_region(p) {
-                LIVE.fetch_sub(1, Ordering::Relaxed);
+                // Release: what the freeing thread did with the block comes before `release`
+                // sees the count at zero and hands the pages back.
+                LIVE.fetch_sub(1, Ordering::Release);
             } else {
                 unsafe { System.dealloc(p, l) }
             }
