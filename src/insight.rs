@@ -103,15 +103,35 @@ async fn probe_loop(
 ) {
     use crate::prober::active::{self, ActiveOptions, ProbeKind};
     let mut ticker = tokio::time::interval(interval);
-    // Stale from the start until the first good read.
-    let stale_since = Arc::new(std::sync::Mutex::new(Some(std::time::Instant::now())));
-    let since = stale_since.clone();
+    // The latest read, exported at each scrape as a whole: set here one label at a time, the
+    // gauges showed a scrape a half-filled set of verdicts (and "not stale" before any).
+    let latest = Arc::new(std::sync::Mutex::new(Latest {
+        // Stale from the start until the first good read.
+        stale_since: Some(std::time::Instant::now()),
+        ..Latest::default()
+    }));
+    let shown = latest.clone();
     metrics.on_scrape(move |m| {
-        let stale = since
-            .lock()
-            .map(|s| s.map_or(0.0, |t| t.elapsed().as_secs_f64()))
-            .unwrap_or(0.0);
-        m.probe_aws_stale_seconds.set(stale);
+        let Ok(l) = shown.lock() else { return };
+        m.probe_aws_stale_seconds
+            .set(l.stale_since.map_or(0.0, |t| t.elapsed().as_secs_f64()));
+        if let Some(paths) = &l.paths {
+            m.probe_paths.reset();
+            for ((path, verdict), n) in paths {
+                m.probe_paths
+                    .with_label_values(&[path, verdict.as_str()])
+                    .set(*n);
+            }
+        }
+        if let Some(probes) = &l.probes {
+            m.probe_up.reset();
+            m.probe_latency.reset();
+            for (target, protocol, up, latency) in probes {
+                let labels = [target.as_str(), protocol];
+                m.probe_up.with_label_values(&labels).set(i64::from(*up));
+                m.probe_latency.with_label_values(&labels).set(*latency);
+            }
+        }
     });
     loop {
         tokio::select! {
@@ -121,25 +141,25 @@ async fn probe_loop(
         let objects = view.snapshot().store.to_objects();
         match aws.load().await {
             Ok(model) => {
-                if let Ok(mut s) = stale_since.lock() {
-                    *s = None;
-                }
                 if matches!(aws, AwsSource::Api(_)) {
                     // Read from AWS at run time: subnets (and their zones) may have changed.
                     view.set_subnet_zones(crate::prober::aws::subnet_zones(&model));
                 }
                 let (findings, _) = crate::prober::paths::judge_all(&model, &objects);
-                metrics.probe_paths.reset();
+                let mut paths = std::collections::BTreeMap::new();
                 for f in &findings {
-                    metrics
-                        .probe_paths
-                        .with_label_values(&[f.path, &f.judgement.verdict.to_string()])
-                        .inc();
+                    *paths
+                        .entry((f.path, f.judgement.verdict.to_string()))
+                        .or_insert(0) += 1;
+                }
+                if let Ok(mut l) = latest.lock() {
+                    l.paths = Some(paths);
+                    l.stale_since = None;
                 }
             }
             Err(e) => {
-                if let Ok(mut s) = stale_since.lock() {
-                    s.get_or_insert_with(std::time::Instant::now);
+                if let Ok(mut l) = latest.lock() {
+                    l.stale_since.get_or_insert_with(std::time::Instant::now);
                 }
                 warn!("prober: {e}; keeping the last verdicts")
             }
@@ -153,17 +173,31 @@ async fn probe_loop(
                 .filter(|t| t.kind == ProbeKind::Dns)
                 .collect();
             let results = active::probe_all(&targets, &ActiveOptions::default()).await;
-            metrics.probe_up.reset();
-            metrics.probe_latency.reset();
+            let mut probes = Vec::with_capacity(results.len());
             for r in &results {
                 let target = format!("{}:{}", r.target.ip, r.target.port);
-                metrics.record_probe(
-                    &target,
-                    r.target.protocol.as_str(),
-                    r.outcome.as_str(),
-                    r.latency,
-                );
+                let protocol = r.target.protocol.as_str();
+                let outcome = r.outcome.as_str();
+                metrics
+                    .probe_results
+                    .with_label_values(&[&target, protocol, outcome])
+                    .inc();
+                probes.push((target, protocol, outcome == "ok", r.latency.as_secs_f64()));
+            }
+            if let Ok(mut l) = latest.lock() {
+                l.probes = Some(probes);
             }
         }
     }
+}
+
+/// What the insight loop last learnt, for the scrape to export.
+#[derive(Default)]
+struct Latest {
+    /// Since when AWS could not be read (None after a good read).
+    stale_since: Option<std::time::Instant>,
+    /// Findings per (path, verdict) of the last good read.
+    paths: Option<std::collections::BTreeMap<(&'static str, String), i64>>,
+    /// The last active probes: target, protocol, up, latency in seconds.
+    probes: Option<Vec<(String, &'static str, bool, f64)>>,
 }

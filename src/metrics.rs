@@ -504,12 +504,16 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        if let Ok(r) = self.refreshers.lock() {
+        // Held through the gather: a concurrent scrape's refresh (which may reset a family
+        // and fill it again) does not interleave with this one's reading.
+        let refreshers = self.refreshers.lock();
+        if let Ok(r) = &refreshers {
             for f in r.iter() {
                 f(self);
             }
         }
         let mut families = self.registry.gather();
+        drop(refreshers);
         families.extend(self.block_families());
         if self.legacy.load(std::sync::atomic::Ordering::Relaxed) {
             let old = legacy_families(&families);
